@@ -1,0 +1,39 @@
+from pathlib import Path
+
+from setuptools import setup
+
+extras = {
+    "deepspeed": ["deepspeed>=0.16.0"],
+    "track": ["wandb>=0.18", "swanlab>=0.4", "tensorboard>=2.17"],
+    "gpu": ["flash-attn>=2.6"],
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "sse-starlette>=2.0"],
+    "eval": ["lm-eval>=0.4.5"],
+    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "psutil>=5.9"],
+}
+
+setup(
+    name="miniminds",
+    version="0.1.0",
+    description="Train a small language model from scratch, HuggingFace-native: tokenizer, data, pretraining and beyond.",
+    long_description=Path("README.md").read_text(encoding="utf-8") if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=["modeling_miniminds", "data_process", "recipes"],
+    package_data={"recipes": ["configs/*.yaml"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "trl>=1.12",
+        "accelerate>=1.2",
+        "datasets>=3.0",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "datasketch>=1.6",
+        "numpy>=1.26",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require=extras,
+)
