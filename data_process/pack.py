@@ -1,0 +1,212 @@
+"""Tokenize and pack documents into fixed-length blocks for padding-free pretraining.
+
+    python -m data_process.pack --input data/synth/pretrain.jsonl --output data/packed \\
+        --tokenizer runs/tokenizer --block_size 512 --num_proc 2 --bin
+
+Documents are tokenized in batches by `datasets.map(num_proc=...)`, each followed by eos, then concatenated
+and cut into blocks. `position_ids` restart at 0 at every document start and at every block start, so a
+model given no attention mask sees each document on its own (see create_causal_mask). Everything streams
+through Arrow files on disk: memory does not grow with the corpus. Tokens after the last full block are
+dropped and their count is logged.
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+from transformers import AutoTokenizer
+
+from data_process.io import build_parser, cli, umask
+from data_process.loading import load_text_dataset
+
+logger = logging.getLogger(__name__)
+
+PACK_BATCH_DOCS = 1000
+BIN_NAME = "input_ids.bin"
+INDEX_NAME = "input_ids.json"
+
+
+def _tokenize(batch, tokenizer, text_column, eos_id):
+    ids = tokenizer(batch[text_column], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    if eos_id is not None:
+        ids = [row + [eos_id] for row in ids]
+    return {"input_ids": ids}
+
+
+def tokenize_dataset(dataset, tokenizer, text_column="text", num_proc=None, add_eos=True, batch_size=1000):
+    """One row of token ids per document (eos appended), computed in batches across `num_proc` processes."""
+    if text_column not in dataset.column_names:
+        raise ValueError(f"no column '{text_column}' to tokenize (columns: {', '.join(dataset.column_names)})")
+    eos_id = tokenizer.eos_token_id if add_eos else None
+    if add_eos and eos_id is None:
+        raise ValueError("add_eos=True but the tokenizer has no eos_token")
+    return dataset.map(
+        _tokenize,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc if num_proc and num_proc > 1 else None,
+        remove_columns=dataset.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "text_column": text_column, "eos_id": eos_id},
+        features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))}),
+        desc="tokenize",
+    )
+
+
+def block_position_ids(doc_starts):
+    """Position ids for blocks given a bool array (blocks, block_size) marking the first token of each document.
+
+    Each block also restarts at 0, since a document continued from the previous block has lost its context.
+    """
+    starts = doc_starts.copy()
+    starts[:, 0] = True
+    index = np.broadcast_to(np.arange(starts.shape[1]), starts.shape)
+    last_start = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+    return index - last_start
+
+
+def _generate_blocks(tokenized, block_size):
+    """Carry the unfinished block across Arrow batches so no document boundary is lost between batches."""
+    carry_ids = np.empty(0, dtype=np.int32)
+    carry_starts = np.empty(0, dtype=bool)
+    for batch in tokenized.with_format("arrow").iter(batch_size=PACK_BATCH_DOCS):
+        column = batch.column("input_ids")
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        starts = np.zeros(len(flat), dtype=bool)
+        starts[(np.cumsum(lengths) - lengths)[lengths > 0]] = True
+        ids = np.concatenate([carry_ids, flat])
+        doc_starts = np.concatenate([carry_starts, starts])
+        full = len(ids) // block_size * block_size
+        blocks = ids[:full].reshape(-1, block_size)
+        positions = block_position_ids(doc_starts[:full].reshape(-1, block_size))
+        for block, position in zip(blocks, positions):
+            yield {"input_ids": block, "position_ids": position}
+        carry_ids, carry_starts = ids[full:], doc_starts[full:]
+
+
+def pack_dataset(dataset, tokenizer, block_size, text_column="text", num_proc=None, add_eos=True):
+    """Tokenize `dataset[text_column]` and pack it into rows of `input_ids` and `position_ids` (block_size each).
+
+    Blocks are filled across document boundaries; the final partial block is dropped (count logged).
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2, got {block_size}")
+    tokenized = tokenize_dataset(dataset, tokenizer, text_column, num_proc, add_eos)
+    total = _total_tokens(tokenized)
+    num_blocks, dropped = divmod(total, block_size)
+    if num_blocks == 0:
+        raise ValueError(f"the dataset has {total} tokens, fewer than one block of block_size={block_size}")
+    features = datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int32"), length=block_size),
+            "position_ids": datasets.Sequence(datasets.Value("int32"), length=block_size),
+        }
+    )
+    packed = datasets.Dataset.from_generator(
+        _generate_blocks,
+        gen_kwargs={"tokenized": tokenized, "block_size": block_size},
+        features=features,
+        split="train",
+    )
+    logger.info("packed %d documents, %d tokens into %d blocks of %d", len(dataset), total, num_blocks, block_size)
+    if dropped:
+        logger.warning("dropped the last %d of %d tokens (after the last full block of %d)", dropped, total, block_size)
+    return packed
+
+
+def _total_tokens(tokenized):
+    total = 0
+    for batch in tokenized.with_format("arrow").iter(batch_size=10 * PACK_BATCH_DOCS):
+        total += int(pc.sum(pc.list_value_length(batch.column("input_ids"))).as_py() or 0)
+    return total
+
+
+def write_bin(packed, output_dir, vocab_size, eos_token_id=None):
+    """Write the blocks as one flat uint16 (vocab <= 65536) or uint32 memmap file plus a JSON index."""
+    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+    block_size = len(packed[0]["input_ids"])
+    output_dir = Path(output_dir)
+    bin_path = output_dir / BIN_NAME
+    with open(bin_path, "wb") as handle:
+        for batch in packed.with_format("arrow").iter(batch_size=PACK_BATCH_DOCS):
+            flat = pc.list_flatten(batch.column("input_ids")).to_numpy(zero_copy_only=False)
+            handle.write(flat.astype(dtype).tobytes())
+    index = {
+        "file": BIN_NAME,
+        "dtype": np.dtype(dtype).name,
+        "num_blocks": len(packed),
+        "block_size": block_size,
+        "vocab_size": vocab_size,
+        "eos_token_id": eos_token_id,
+        "note": "row-major blocks; a document ends with eos_token_id",
+    }
+    (output_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return bin_path
+
+
+def load_bin(output_dir):
+    """Memory-map the blocks written by `write_bin` as an array of shape (num_blocks, block_size)."""
+    output_dir = Path(output_dir)
+    index = json.loads((output_dir / INDEX_NAME).read_text(encoding="utf-8"))
+    return np.memmap(
+        output_dir / index["file"], dtype=index["dtype"], mode="r", shape=(index["num_blocks"], index["block_size"])
+    )
+
+
+def save_packed(packed, output_dir, tokenizer=None, write_memmap=False):
+    """Save atomically: write a sibling temporary folder, then move it into place."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+    try:
+        packed.save_to_disk(str(tmp))
+        if write_memmap:
+            write_bin(packed, tmp, len(tokenizer), tokenizer.eos_token_id)
+        tmp.chmod(0o777 & ~umask())
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def make_parser():
+    parser = build_parser(__doc__)
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="JSONL/parquet files, folders, globs or a Hub id (see data_process.loading.load_text_dataset)",
+    )
+    parser.add_argument("--output", required=True, help="folder for the packed dataset (save_to_disk)")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or Hub id")
+    parser.add_argument("--block_size", type=int, default=512, help="tokens per block (the training sequence length)")
+    parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenizer processes")
+    parser.add_argument("--text_column", default="text", help="column holding the document text")
+    parser.add_argument("--no_eos", action="store_true", help="do not append eos after each document")
+    parser.add_argument("--bin", action="store_true", help="also write input_ids.bin (uint16/uint32 memmap) + index")
+    return parser
+
+
+@cli
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    parts = [load_text_dataset(name, text_column=args.text_column) for name in args.input]
+    dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    packed = pack_dataset(dataset, tokenizer, args.block_size, args.text_column, args.num_proc, not args.no_eos)
+    save_packed(packed, args.output, tokenizer, write_memmap=args.bin)
+    print(f"wrote {len(packed)} blocks of {args.block_size} tokens to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

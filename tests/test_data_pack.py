@@ -1,0 +1,89 @@
+"""Packing keeps every token, restarts positions at document and block starts, and streams across batches."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from data_process import pack
+from data_process.loading import load_text_dataset
+
+DOCS = ["你好，世界。", "The cat sat.", "3 + 5 = 8", "一个稍微长一点的文档，用来跨越块的边界。" * 3, "end"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+def reference_stream(tokenizer, docs):
+    """The concatenation the packer must reproduce: each document's tokens followed by eos."""
+    ids, starts = [], []
+    for doc in docs:
+        tokens = tokenizer.encode(doc, add_special_tokens=False) + [tokenizer.eos_token_id]
+        starts += [True] + [False] * (len(tokens) - 1)
+        ids += tokens
+    return np.array(ids), np.array(starts)
+
+
+def expected_positions(starts, block_size):
+    positions = []
+    for i, start in enumerate(starts):
+        positions.append(0 if start or i % block_size == 0 else positions[-1] + 1)
+    return np.array(positions)
+
+
+@pytest.mark.parametrize("block_size", [4, 16])
+def test_every_token_kept_in_order_and_positions_restart(tokenizer, block_size, monkeypatch):
+    monkeypatch.setattr(pack, "PACK_BATCH_DOCS", 2)  # carry unfinished blocks across several Arrow batches
+    packed = pack.pack_dataset(datasets.Dataset.from_dict({"text": DOCS}), tokenizer, block_size)
+    ids, starts = reference_stream(tokenizer, DOCS)
+    full = len(ids) // block_size * block_size
+    assert len(packed) == len(ids) // block_size
+    assert np.array_equal(np.array(packed["input_ids"]).ravel(), ids[:full])
+    assert np.array_equal(np.array(packed["position_ids"]).ravel(), expected_positions(starts, block_size)[:full])
+
+
+def test_dropped_remainder_is_logged(tokenizer, caplog):
+    ids, _ = reference_stream(tokenizer, DOCS)
+    block_size = 7 if len(ids) % 7 else 6
+    pack.pack_dataset(datasets.Dataset.from_dict({"text": DOCS}), tokenizer, block_size)
+    assert f"dropped the last {len(ids) % block_size} of {len(ids)} tokens" in caplog.text
+
+
+def test_multiprocess_matches_single_process(tiny_corpus, tokenizer):
+    dataset = load_text_dataset(tiny_corpus["pretrain"])
+    single = pack.pack_dataset(dataset, tokenizer, 64, num_proc=1)
+    # select() gives a new fingerprint, so the tokenized cache of the first run is not reused
+    multi = pack.pack_dataset(dataset.select(range(len(dataset))), tokenizer, 64, num_proc=2)
+    assert single["input_ids"] == multi["input_ids"] and single["position_ids"] == multi["position_ids"]
+    eos_count = (np.array(single["input_ids"]) == tokenizer.eos_token_id).sum()
+    assert eos_count == len(dataset) - 1, "the last document's eos lies in the dropped partial block"
+
+
+def test_too_little_text_for_one_block(tokenizer):
+    with pytest.raises(ValueError, match="fewer than one block of block_size=4096"):
+        pack.pack_dataset(datasets.Dataset.from_dict({"text": ["short"]}), tokenizer, 4096)
+
+
+def test_cli_writes_arrow_and_memmap_loadable_by_pretraining(tiny_corpus, tiny_tokenizer_dir, tmp_path):
+    output = tmp_path / "packed"
+    argv = ["--input", str(tiny_corpus["pretrain"]), "--output", str(output), "--tokenizer", str(tiny_tokenizer_dir)]
+    assert pack.main([*argv, "--block_size", "32", "--num_proc", "1", "--bin"]) == 0
+    dataset = load_text_dataset(output)
+    assert dataset.column_names == ["input_ids", "position_ids"] and len(dataset[0]["input_ids"]) == 32
+    blocks = pack.load_bin(output)
+    assert blocks.dtype == np.uint16 and np.array_equal(blocks, np.array(dataset["input_ids"]))
+    assert json.loads((output / pack.INDEX_NAME).read_text())["num_blocks"] == len(dataset)
+    assert pack.main([*argv, "--block_size", "64", "--num_proc", "1"]) == 0
+    assert len(load_text_dataset(output)[0]["input_ids"]) == 64 and not (output / pack.BIN_NAME).exists()
+
+
+def test_cli_reports_bad_input_with_exit_status(tmp_path, tiny_tokenizer_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": null}\n', encoding="utf-8")
+    argv = ["--input", str(bad), "--output", str(tmp_path / "out"), "--tokenizer", str(tiny_tokenizer_dir)]
+    assert pack.main(argv) == 1
+    assert f"{bad}:2: field 'text': expected a string, got null" in capsys.readouterr().err
