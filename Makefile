@@ -23,6 +23,8 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/model_step.py
+	$(PY) benchmarks/pretrain_throughput.py --model minimind-26m --threads 1
+	$(PY) benchmarks/data_pipeline.py --mb 50
 
 clean:
 	rm -rf runs .pytest_cache
