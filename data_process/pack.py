@@ -19,6 +19,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from transformers import AutoTokenizer
 
@@ -70,24 +71,35 @@ def block_position_ids(doc_starts):
     return index - last_start
 
 
-def _generate_blocks(tokenized, block_size):
-    """Carry the unfinished block across Arrow batches so no document boundary is lost between batches."""
-    carry_ids = np.empty(0, dtype=np.int32)
-    carry_starts = np.empty(0, dtype=bool)
-    for batch in tokenized.with_format("arrow").iter(batch_size=PACK_BATCH_DOCS):
+class BlockPacker:
+    """A batched `datasets.map` function that cuts the token stream into blocks, carrying the unfinished block to
+    the next batch so no document boundary is lost between batches. Whole batches go to Arrow at once (a per-row
+    generator spent more time than the tokenizer). Batches must arrive in order, so it runs in one process."""
+
+    def __init__(self, block_size):
+        self.block_size = block_size
+        self.carry_ids = np.empty(0, dtype=np.int32)
+        self.carry_starts = np.empty(0, dtype=bool)
+
+    def __call__(self, batch):
         column = batch.column("input_ids")
         lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
         flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
         starts = np.zeros(len(flat), dtype=bool)
         starts[(np.cumsum(lengths) - lengths)[lengths > 0]] = True
-        ids = np.concatenate([carry_ids, flat])
-        doc_starts = np.concatenate([carry_starts, starts])
-        full = len(ids) // block_size * block_size
-        blocks = ids[:full].reshape(-1, block_size)
-        positions = block_position_ids(doc_starts[:full].reshape(-1, block_size))
-        for block, position in zip(blocks, positions):
-            yield {"input_ids": block, "position_ids": position}
-        carry_ids, carry_starts = ids[full:], doc_starts[full:]
+        ids = np.concatenate([self.carry_ids, flat])
+        doc_starts = np.concatenate([self.carry_starts, starts])
+        full = len(ids) // self.block_size * self.block_size
+        positions = block_position_ids(doc_starts[:full].reshape(-1, self.block_size))
+        self.carry_ids, self.carry_starts = ids[full:], doc_starts[full:]
+        return pa.table(
+            {
+                "input_ids": pa.FixedSizeListArray.from_arrays(pa.array(ids[:full]), self.block_size),
+                "position_ids": pa.FixedSizeListArray.from_arrays(
+                    pa.array(positions.ravel().astype(np.int32)), self.block_size
+                ),
+            }
+        )
 
 
 def pack_dataset(dataset, tokenizer, block_size, text_column="text", num_proc=None, add_eos=True):
@@ -108,12 +120,15 @@ def pack_dataset(dataset, tokenizer, block_size, text_column="text", num_proc=No
             "position_ids": datasets.Sequence(datasets.Value("int32"), length=block_size),
         }
     )
-    packed = datasets.Dataset.from_generator(
-        _generate_blocks,
-        gen_kwargs={"tokenized": tokenized, "block_size": block_size},
+    packed = tokenized.with_format("arrow").map(
+        BlockPacker(block_size),
+        batched=True,
+        batch_size=PACK_BATCH_DOCS,
+        remove_columns=tokenized.column_names,
         features=features,
-        split="train",
+        desc="pack",
     )
+    packed = packed.with_format(None)
     logger.info("packed %d documents, %d tokens into %d blocks of %d", len(dataset), total, num_blocks, block_size)
     if dropped:
         logger.warning("dropped the last %d of %d tokens (after the last full block of %d)", dropped, total, block_size)

@@ -89,12 +89,19 @@ def timed(stage, *args) -> tuple[dict, object]:
     return {"seconds": round(time.perf_counter() - start, 2), **metrics}, artifact
 
 
+def format_number(value) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
 def write_report(out: Path, stages: dict) -> Path:
     (out / "report.json").write_text(json.dumps({"stages": stages}, ensure_ascii=False, indent=2), encoding="utf-8")
     lines = ["# MiniMinds demo report", "", "| stage | seconds | key metrics |", "| --- | ---: | --- |"]
     for name, metrics in stages.items():
         shown = {k: v for k, v in metrics.items() if k != "seconds" and not isinstance(v, (dict, list))}
-        lines.append(f"| {name} | {metrics['seconds']} | " + ", ".join(f"{k}={v}" for k, v in shown.items()) + " |")
+        cells = ", ".join(f"{k}={format_number(v)}" for k, v in shown.items())
+        lines.append(f"| {name} | {metrics['seconds']} | {cells} |")
     for name, metrics in stages.items():
         for key, value in metrics.items():
             if isinstance(value, (dict, list)):
