@@ -25,16 +25,16 @@ python recipes/pretrain.py --config recipes/configs/pretrain_64m.yaml ... --resu
 import logging
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow.compute as pc
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, IntervalStrategy, Trainer, TrainingArguments, set_seed
+from transformers import AutoModelForCausalLM, IntervalStrategy, Trainer, TrainingArguments, set_seed
 from trl import TrlParser
 
 from data_process.loading import load_text_dataset
 from data_process.pack import pack_dataset
 from modeling_miniminds import get_config
+from recipes.tokenizer import load_tokenizer
 from recipes.utils import (
     MiniMindsTrainerMixin,
     check_vocab_fits,
@@ -199,20 +199,12 @@ class PackedBlockCollator:
         return batch
 
 
-def load_tokenizer(model_args: ModelArguments):
+def resolve_tokenizer(model_args: ModelArguments):
     """The tokenizer from --tokenizer_name_or_path, else from --model_name_or_path."""
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if name is None:
         raise ValueError("Pass --tokenizer_name_or_path (or --model_name_or_path to reuse that model's tokenizer).")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except OSError as err:
-        if Path(name).expanduser().exists():
-            raise
-        raise FileNotFoundError(f"Tokenizer {name}: no such folder, and not loadable as a Hub id ({err}).") from err
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"The tokenizer {name} has no eos token; packing needs one to separate documents.")
-    return tokenizer
+    return load_tokenizer(name)
 
 
 def build_model(model_args: ModelArguments, tokenizer, block_size: int):
@@ -345,7 +337,7 @@ def main(
     )
 
     set_seed(training_args.seed)
-    tokenizer = load_tokenizer(model_args)
+    tokenizer = resolve_tokenizer(model_args)
     model = build_model(model_args, tokenizer, script_args.block_size)
     train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer, model.config.vocab_size)
     if eval_dataset is None:

@@ -167,7 +167,12 @@ def train_tokenizer(
 
 def load_tokenizer(name_or_path):
     """Load an existing tokenizer folder or Hub id as is (its vocabulary, special tokens and template untouched)."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as err:
+        if Path(name_or_path).expanduser().exists():
+            raise
+        raise FileNotFoundError(f"Tokenizer {name_or_path}: no such folder, and not loadable as a Hub id ({err}).") from err
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {name_or_path} has no eos_token; packing and generation need one")
     return tokenizer
