@@ -1,6 +1,5 @@
 """One loader for pretraining text: local JSONL/parquet files, folders, globs, packed datasets or Hub ids."""
 
-import glob
 import logging
 import os
 from pathlib import Path
@@ -26,12 +25,6 @@ def _looks_local(name):
     return any(ch in name for ch in "*?[") or name.startswith((".", "/", "~")) or name.endswith(LOCAL_HINTS)
 
 
-def _jsonl_rows(files, text_column):
-    for path in files:
-        for record in read_jsonl(path, validate=lambda r: validate_pretrain(r, text_column)):
-            yield {text_column: record[text_column]}
-
-
 def _has_lines(path):
     with open(path, "rb") as handle:
         return any(line.strip() not in (b"", b"\xef\xbb\xbf") for line in handle)
@@ -54,7 +47,9 @@ def _from_jsonl(files, text_column):
 
 
 def _stamped_rows(stamps, text_column):
-    yield from _jsonl_rows([Path(path) for path, *_ in stamps], text_column)
+    for path, *_ in stamps:
+        for record in read_jsonl(path, validate=lambda r: validate_pretrain(r, text_column)):
+            yield {text_column: record[text_column]}
 
 
 def _data_error_in(err):
@@ -83,8 +78,6 @@ def _load_saved(path, split):
 
 
 def _local_files(name):
-    if any(ch in name for ch in "*?[") and not glob.glob(name):
-        raise FileNotFoundError(f"no files match {name}")
     files = expand_inputs([name], suffixes=DATA_SUFFIXES)
     kinds = {p.suffix for p in files}
     if not kinds <= {".jsonl", ".json", ".parquet"} or len(kinds) > 1:

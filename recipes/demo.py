@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from data_process.io import read_jsonl
 from data_process.synth import build_corpus
 from recipes import pretrain
 from recipes.tokenizer import compression_stats, train_tokenizer
@@ -29,17 +30,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def stage_corpus(out: Path, size: str, seed: int) -> tuple[dict, dict]:
     paths = build_corpus(out / "data", size=size, seed=seed)
-    metrics = {
-        f"{kind}_records": sum(1 for _ in open(paths[kind], encoding="utf-8"))
-        for kind in ("pretrain", "sft", "dpo", "rl")
-    }
+    written = json.loads((out / "data" / "manifest.json").read_text(encoding="utf-8"))["records"]
+    metrics = {f"{kind}_records": written[kind] for kind in ("pretrain", "sft", "dpo", "rl")}
     metrics["pretrain_mb"] = round(paths["pretrain"].stat().st_size / 2**20, 2)
     return metrics, paths
 
@@ -47,7 +41,7 @@ def stage_corpus(out: Path, size: str, seed: int) -> tuple[dict, dict]:
 def stage_tokenizer(out: Path, paths: dict, vocab_size: int) -> tuple[dict, Path]:
     folder = out / "tokenizer"
     tokenizer = train_tokenizer([paths["pretrain"], paths["sft"]], folder, vocab_size=vocab_size)
-    held_out = [record["text"] for record in read_jsonl(paths["eval"] / "pretrain.jsonl")]
+    held_out = [record["text"] for record in read_jsonl(paths["eval"] / "pretrain.jsonl", validate="pretrain")]
     metrics = {"vocab_size": len(tokenizer), "compression": compression_stats(tokenizer, held_out)}
     return metrics, folder
 
