@@ -6,8 +6,6 @@ extras = {
     "deepspeed": ["deepspeed>=0.16.0"],
     "track": ["wandb>=0.18", "swanlab>=0.4", "tensorboard>=2.17"],
     "gpu": ["flash-attn>=2.6"],
-    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "sse-starlette>=2.0"],
-    "eval": ["lm-eval>=0.4.5"],
     "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "psutil>=5.9"],
 }
 
@@ -19,12 +17,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_miniminds", "data_process", "recipes"],
+    packages=["modeling_miniminds", "data_process", "recipes", "recipes.training"],
     package_data={"recipes": ["configs/*.yaml"]},
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.0",
-        "trl>=1.12",
+        "transformers>=5.24",
+        "trl>=1.16",
+        "peft>=0.15",
         "accelerate>=1.2",
         "datasets>=3.0",
         "tokenizers>=0.21",

@@ -209,14 +209,17 @@ def main(argv=None):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from data_process.dedup import DedupConfig
-    from recipes.tokenizer import train_tokenizer
+    from data_process.loading import iter_texts
+    from modeling_miniminds.tokenizer import train_tokenizer
 
     corpus = workdir / "corpus.jsonl"
     lines = generate_corpus(corpus, args.mb, args.seed)
     size_mb = corpus.stat().st_size / MB
-    tokenizer = train_tokenizer([corpus], workdir / "tokenizer", vocab_size=6400, max_docs=TOKENIZER_SAMPLE_DOCS)
+    tokenizer = train_tokenizer(iter_texts([corpus], TOKENIZER_SAMPLE_DOCS), workdir / "tokenizer", vocab_size=6400)
     print(f"corpus: {size_mb:.1f} MB, {lines} lines; {os.cpu_count()} CPUs; num_proc={args.num_proc}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine skews wall times)")
+    print(
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine skews wall times)"
+    )
 
     if "pack" in args.stages:
         block = args.block_size

@@ -23,12 +23,24 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Trainer, TrainerCallback
 
+from data_process.collators import PackedBlockCollator
+from data_process.loading import iter_texts, load_text_dataset
 from data_process.pack import pack_dataset, tokenize_dataset
-from data_process.loading import load_text_dataset
 from data_process.synth import build_corpus
-from recipes.pretrain import ModelArguments, PackedBlockCollator, build_model, main, make_parser
-from recipes.tokenizer import train_tokenizer
-from recipes.utils import count_parameters
+from modeling_miniminds.tokenizer import train_tokenizer
+from recipes.training.cli import RecipeParser
+from recipes.training.models import count_parameters
+from recipes.training.pretraining import (
+    PretrainConfig,
+    PretrainModelArguments,
+    PretrainScriptArguments,
+    build_model,
+    pretrain,
+)
+
+
+def make_parser():
+    return RecipeParser((PretrainScriptArguments, PretrainConfig, PretrainModelArguments))
 
 # Dense bf16 peak TFLOPS (no sparsity) of GPUs MFU is usually quoted for.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
@@ -141,7 +153,7 @@ def recipe_run(args, data, tokenizer_dir, output_dir):
         "--attn_implementation", args.attn_implementation, "--dataloader_num_workers", str(args.num_workers),
         "--dataloader_drop_last", "true",
     ]
-    main(*make_parser().parse_args_and_config(argv), callbacks=[timer])
+    pretrain(*make_parser().parse_args_and_config(argv), callbacks=[timer])
     return rate_after_warmup(timer.times, args.batch_size * args.block_size, args.warmup)
 
 
@@ -174,7 +186,7 @@ def run(args):
 def measure(args, work):
     torch.manual_seed(0)
     corpus = build_corpus(work / "corpus", size=args.corpus_size, seed=0)
-    train_tokenizer([corpus["pretrain"]], work / "tokenizer", vocab_size=args.vocab_size)
+    train_tokenizer(iter_texts([corpus["pretrain"]]), work / "tokenizer", vocab_size=args.vocab_size)
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
     texts = load_text_dataset(corpus["pretrain"])
     blocks = pack_dataset(texts, tokenizer, args.block_size)
@@ -186,7 +198,7 @@ def measure(args, work):
 
     def fresh_model():
         torch.manual_seed(0)
-        model_args = ModelArguments(model_config=args.model, attn_implementation=args.attn_implementation)
+        model_args = PretrainModelArguments(model_config=args.model, attn_implementation=args.attn_implementation)
         return build_model(model_args, tokenizer, args.block_size).to(device)
 
     pad_id = tokenizer.pad_token_id

@@ -14,30 +14,16 @@ characters. Every text field of every project format is cleaned (messages, promp
 import re
 import unicodedata
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 
-from tqdm import tqdm
+from data_process.io import JsonlTransform, add_io_arguments, build_parser, cli, dumps, print_rejected, record_text
+from data_process.text import IS_CJK
 
-from data_process.io import (
-    RejectedWriter,
-    add_io_arguments,
-    atomic_write,
-    build_parser,
-    cli,
-    dumps,
-    expand_inputs,
-    get_validator,
-    iter_records,
-    record_text,
-    rejected_path_for,
-)
-
-CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200e\u200f\u2060\ufeff\u00ad"))
 HALF_TO_FULL = {",": "，", "!": "！", "?": "？", ":": "：", ";": "；", "(": "（", ")": "）"}
 FULL_TO_HALF = {v: k for k, v in HALF_TO_FULL.items()}
 PUNCT = re.compile("[" + re.escape("".join(HALF_TO_FULL) + "".join(FULL_TO_HALF)) + "]")
-IS_CJK = re.compile(f"[{CJK}]")
 CONTEXT_CHARS = 20
 BLANK_RUNS = re.compile(r"\n{3,}")
 TRAILING_SPACE = re.compile(r"[ \t]+\n")
@@ -150,34 +136,20 @@ def clean_record(record, config, changed=None):
 def clean_jsonl(inputs, output, config=None, fmt="auto", skip_bad=False, removed_path=None):
     """Clean JSONL files into `output`; return a report of counts per rule (changed) and filter (removed)."""
     config = config or CleanConfig()
-    validate = get_validator(fmt)
     changed, removed = Counter(), Counter()
     kept = 0
-    rejected = RejectedWriter(rejected_path_for(output)) if skip_bad else None
-    removed_handle = open(removed_path, "w", encoding="utf-8") if removed_path else None
-    try:
-        with atomic_write(output) as out:
-            for path in expand_inputs(inputs):
-                for _, _, _, record in tqdm(iter_records(path, validate, rejected), desc=f"clean {path.name}"):
-                    cleaned, reason = clean_record(record, config, changed)
-                    if reason:
-                        removed[reason] += 1
-                        if removed_handle:
-                            removed_handle.write(dumps({"reason": reason, "record": record}) + "\n")
-                        continue
-                    out.write(dumps(cleaned) + "\n")
-                    kept += 1
-    finally:
-        if removed_handle:
-            removed_handle.close()
-        if rejected:
-            rejected.close()
-    return {
-        "kept": kept,
-        "removed": dict(removed),
-        "changed": dict(changed),
-        "rejected": rejected.count if rejected else 0,
-    }
+    job = JsonlTransform(inputs, output, fmt, skip_bad, desc="clean")
+    with job, open(removed_path, "w", encoding="utf-8") if removed_path else nullcontext() as removed_handle:
+        for item in job.records():
+            cleaned, reason = clean_record(item.record, config, changed)
+            if reason:
+                removed[reason] += 1
+                if removed_handle:
+                    removed_handle.write(dumps({"reason": reason, "record": item.record}) + "\n")
+                continue
+            job.write(cleaned)
+            kept += 1
+    return {"kept": kept, "removed": dict(removed), "changed": dict(changed), "rejected": job.rejected}
 
 
 def make_parser():
@@ -202,8 +174,7 @@ def print_report(report, output):
     for kind in ("changed", "removed"):
         for rule, count in sorted(report[kind].items()):
             print(f"  {kind:<8}{rule:<16}{count}")
-    if report.get("rejected"):
-        print(f"  rejected {report['rejected']} bad lines -> {rejected_path_for(output)}")
+    print_rejected(report["rejected"], output)
 
 
 @cli

@@ -16,21 +16,7 @@ Every output record is validated against its project format before it is written
 
 import json
 
-from tqdm import tqdm
-
-from data_process.io import (
-    VALIDATORS,
-    DataError,
-    RejectedWriter,
-    add_io_arguments,
-    atomic_write,
-    build_parser,
-    cli,
-    dumps,
-    expand_inputs,
-    iter_records,
-    rejected_path_for,
-)
+from data_process.io import VALIDATORS, JsonlTransform, add_io_arguments, build_parser, cli, print_rejected
 
 SHAREGPT_ROLES = {
     "human": "user",
@@ -212,7 +198,7 @@ def convert_record(record, source="auto", target="auto"):
     else:
         fmt, converted = CONVERTERS[source](record)
     if target not in ("auto", fmt):
-        raise ValueError(f"a {source} record converts to {fmt}, not {target}")
+        raise ValueError(f"{source} records convert to {fmt}, not {target}")
     VALIDATORS[fmt](converted)
     return fmt, converted
 
@@ -223,26 +209,18 @@ def convert_jsonl(inputs, output, source="auto", target="auto", skip_bad=False):
     All records must convert to the same project format (one output file holds one format).
     """
     counts = {}
-    rejected = RejectedWriter(rejected_path_for(output)) if skip_bad else None
-    try:
-        with atomic_write(output) as out:
-            for path in expand_inputs(inputs):
-                for line, _, raw, record in tqdm(iter_records(path, None, rejected), desc=f"convert {path.name}"):
-                    try:
-                        fmt, converted = convert_record(record, source, target)
-                        if counts and fmt not in counts:
-                            raise ValueError(f"converts to {fmt} but earlier records gave {next(iter(counts))}")
-                    except ValueError as err:
-                        if rejected is None:
-                            raise DataError(f"{path}:{line}: {err}") from None
-                        rejected.add(path, line, str(err), raw.decode("utf-8", errors="replace"))
-                        continue
-                    out.write(dumps(converted) + "\n")
-                    counts[fmt] = counts.get(fmt, 0) + 1
-    finally:
-        if rejected:
-            rejected.close()
-    counts["rejected"] = rejected.count if rejected else 0
+    with JsonlTransform(inputs, output, skip_bad=skip_bad, desc="convert") as job:
+        for item in job.records():
+            try:
+                fmt, converted = convert_record(item.record, source, target)
+                if counts and fmt not in counts:
+                    raise ValueError(f"converts to {fmt} but earlier records gave {next(iter(counts))}")
+            except ValueError as err:
+                job.reject(item, err)
+                continue
+            job.write(converted)
+            counts[fmt] = counts.get(fmt, 0) + 1
+    counts["rejected"] = job.rejected
     return counts
 
 
@@ -261,8 +239,7 @@ def main(argv=None):
     counts = convert_jsonl(args.input, args.output, args.source, args.target, args.skip_bad)
     rejected = counts.pop("rejected")
     print(f"wrote {', '.join(f'{n} {fmt}' for fmt, n in counts.items()) or 'no'} records to {args.output}")
-    if rejected:
-        print(f"rejected {rejected} bad lines -> {rejected_path_for(args.output)}")
+    print_rejected(rejected, args.output)
     return 0
 
 

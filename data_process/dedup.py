@@ -18,29 +18,17 @@ import tempfile
 import unicodedata
 import zlib
 from array import array
+from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing import Pool
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
-from tqdm import tqdm
 
-from data_process.io import (
-    RejectedWriter,
-    add_io_arguments,
-    atomic_write,
-    build_parser,
-    cli,
-    dumps,
-    expand_inputs,
-    get_validator,
-    iter_records,
-    record_text,
-    rejected_path_for,
-)
+from data_process.io import JsonlTransform, add_io_arguments, build_parser, cli, dumps, print_rejected, record_text
+from data_process.text import CJK
 
 SPACES = re.compile(r"\s+")
-CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 TOKEN = re.compile(rf"[{CJK}]|[^\W{CJK}]+")
 ROLL_PRIME = np.uint64(1_000_003)
 MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -208,56 +196,52 @@ def _signatures(pool, signer, texts, batch_size):
     return [pair for batch in pool.map(_sign_batch, batches) for pair in batch]
 
 
+def _duplicate_entry(item, kind, similarity, original, files):
+    """One line of the --duplicates report: the removed record and the kept original it repeats."""
+    original_file, original_line = original
+    return {
+        "file": str(item.path),
+        "line": item.line,
+        "kind": kind,
+        "similarity": round(similarity, 4),
+        "duplicate_of": {"file": str(files[original_file]), "line": original_line},
+    }
+
+
 def dedup_jsonl(inputs, output, config=None, fmt="auto", skip_bad=False, duplicates_path=None):
     """Write the first occurrence of each record to `output`; return counts (input, kept, exact, near, rejected)."""
     config = config or DedupConfig()
-    validate = get_validator(fmt)
-    files = expand_inputs(inputs)
-    rejected = RejectedWriter(rejected_path_for(output)) if skip_bad else None
+    job = JsonlTransform(inputs, output, fmt, skip_bad, desc="dedup")
     dedup = Deduplicator(config)
     counts = {"input": 0, "kept": 0, "exact": 0, "near": 0}
     pool = None
     if config.num_proc > 1:
         pool = Pool(config.num_proc, initializer=_init_worker, initargs=(config.num_perm, config.seed, config.ngram))
-    dup_handle = open(duplicates_path, "w", encoding="utf-8") if duplicates_path else None
     # Records are read in chunks of a few batches per worker, so memory stays bounded while workers stay busy.
     chunk_size = config.batch_size * config.num_proc * 4
     try:
-        with atomic_write(output, "wb") as out:
-            for file_index, path in enumerate(files):
-                records = tqdm(iter_records(path, validate, rejected), desc=f"dedup {path.name}", unit=" records")
-                for chunk in _chunks(records, chunk_size):
-                    texts = [record_text(record) for *_, record in chunk]
-                    signed = _signatures(pool, dedup.signer, texts, config.batch_size)
-                    for (line, _, raw, _), (digest, signature) in zip(chunk, signed):
-                        counts["input"] += 1
-                        found = dedup.check(digest, signature, (file_index, line))
-                        if found is None:
-                            out.write(raw + b"\n")
-                            counts["kept"] += 1
-                            continue
-                        kind, row, similarity = found
-                        counts[kind] += 1
-                        if dup_handle:
-                            original_file, original_line = dedup.origin(row)
-                            entry = {
-                                "file": str(path),
-                                "line": line,
-                                "kind": kind,
-                                "similarity": round(similarity, 4),
-                                "duplicate_of": {"file": str(files[original_file]), "line": original_line},
-                            }
-                            dup_handle.write(dumps(entry) + "\n")
+        with job, open(duplicates_path, "w", encoding="utf-8") if duplicates_path else nullcontext() as dup_handle:
+            for chunk in _chunks(job.records(), chunk_size):
+                texts = [record_text(item.record) for item in chunk]
+                signed = _signatures(pool, dedup.signer, texts, config.batch_size)
+                for item, (digest, signature) in zip(chunk, signed):
+                    counts["input"] += 1
+                    found = dedup.check(digest, signature, (item.file_index, item.line))
+                    if found is None:
+                        job.write(item.raw)
+                        counts["kept"] += 1
+                        continue
+                    kind, row, similarity = found
+                    counts[kind] += 1
+                    if dup_handle:
+                        entry = _duplicate_entry(item, kind, similarity, dedup.origin(row), job.files)
+                        dup_handle.write(dumps(entry) + "\n")
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-        if dup_handle:
-            dup_handle.close()
-        if rejected:
-            rejected.close()
         dedup.close()
-    counts["rejected"] = rejected.count if rejected else 0
+    counts["rejected"] = job.rejected
     return counts
 
 
@@ -303,8 +287,7 @@ def main(argv=None):
         f"kept {counts['kept']} of {counts['input']} records in {args.output}; removed {counts['exact']} exact "
         f"and {counts['near']} near duplicates"
     )
-    if counts["rejected"]:
-        print(f"rejected {counts['rejected']} bad lines -> {rejected_path_for(args.output)}")
+    print_rejected(counts["rejected"], args.output)
     return 0
 
 

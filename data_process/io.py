@@ -1,10 +1,13 @@
-"""JSONL reading, validation and writing shared by every data tool and recipe.
+"""JSONL reading, validation and writing shared by every data tool and recipe, and their command-line plumbing
+(flag parser, logging setup, one-line errors).
 
 Every problem with an input line becomes a `DataError` naming `file:line` and the field, or, with
-`skip_bad=True`, a line in a rejected file plus a logged count. Nothing is dropped silently.
+`skip_bad=True`, a line in a rejected file plus a logged count. Nothing is dropped silently. Tools that turn
+JSONL into JSONL (clean, dedup, convert, sample) do it through `JsonlTransform`.
 """
 
 import argparse
+import difflib
 import functools
 import glob
 import json
@@ -12,14 +15,19 @@ import logging
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import NamedTuple
+
+from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("pretrain", "sft", "dpo", "rl", "prompt")
 JSONL_SUFFIXES = (".jsonl",)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SPELLING_NOTE = "Every --flag_name can also be written --flag-name."
 
 
 class DataError(ValueError):
@@ -173,10 +181,16 @@ def record_text(record):
 
 
 def rejected_path_for(output):
-    """Where `--skip-bad` puts rejected lines for a tool writing `output`."""
+    """Where `--skip_bad` puts rejected lines for a tool writing `output`."""
     output = Path(output)
     stem = output.name[: -len(output.suffix)] if output.suffix == ".jsonl" else output.name
     return output.with_name(f"{stem}.rejected.jsonl")
+
+
+def print_rejected(count, output):
+    """The closing line of a --skip_bad run that set lines aside, the same in every tool."""
+    if count:
+        print(f"rejected {count} bad line{'s' if count > 1 else ''} -> {rejected_path_for(output)}")
 
 
 class RejectedWriter:
@@ -223,6 +237,11 @@ def iter_lines(path):
             yield number, start, raw.rstrip(b"\r\n")
 
 
+def _json_error(err):
+    """json's message plus the column; some messages already end in "at" ("Invalid control character at")."""
+    return f"{err.msg.removesuffix(' at')} at column {err.colno}"
+
+
 def parse_line(path, number, raw, validate=None):
     """Decode and parse one JSONL line into a dict, raising DataError naming `path:number`."""
     try:
@@ -232,7 +251,7 @@ def parse_line(path, number, raw, validate=None):
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{number}: malformed JSON: {err.msg} at column {err.colno}") from None
+        raise DataError(f"{path}:{number}: malformed JSON: {_json_error(err)}") from None
     if not isinstance(record, dict):
         raise DataError(f"{path}:{number}: expected a JSON object, got {_type_name(record)}")
     if validate is not None:
@@ -357,14 +376,77 @@ def expand_inputs(paths, suffixes=JSONL_SUFFIXES):
     return files
 
 
+class InputRecord(NamedTuple):
+    """A good input line: where it came from, its bytes as read (BOM and line ending stripped) and its record."""
+
+    path: Path
+    file_index: int
+    line: int
+    offset: int
+    raw: bytes
+    record: dict
+
+
+class JsonlTransform:
+    """Stream the good records of JSONL inputs into one output file, handling bad lines the same way in every tool.
+
+    As a context manager: the output appears only if the block succeeds. Bad lines, and records the tool turns
+    down through `reject`, raise DataError naming `file:line`, or with `skip_bad` go to `<output>.rejected.jsonl`.
+
+        with JsonlTransform(inputs, output, fmt="sft", skip_bad=True, desc="clean") as job:
+            for item in job.records():
+                job.write(item.record)
+        job.rejected  # number of lines written to the rejected file
+    """
+
+    def __init__(self, inputs, output, fmt=None, skip_bad=False, desc="read"):
+        self.files = expand_inputs(inputs)
+        self.output = Path(output)
+        self.validate = get_validator(fmt)
+        self.skip_bad = skip_bad
+        self.desc = desc
+        self._rejected = None
+
+    def __enter__(self):
+        with ExitStack() as stack:
+            self._out = stack.enter_context(atomic_write(self.output, "wb"))
+            if self.skip_bad:
+                self._rejected = stack.enter_context(RejectedWriter(rejected_path_for(self.output)))
+            self._close = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc):
+        return self._close.__exit__(*exc)
+
+    @property
+    def rejected(self):
+        return self._rejected.count if self._rejected else 0
+
+    def records(self):
+        """Every good record of every input in order, with a progress bar per file."""
+        for file_index, path in enumerate(self.files):
+            lines = iter_records(path, self.validate, self._rejected)
+            for line, offset, raw, record in tqdm(lines, desc=f"{self.desc} {path.name}", unit=" records"):
+                yield InputRecord(path, file_index, line, offset, raw, record)
+
+    def write(self, line):
+        """Write a record as JSON, or bytes (an input line copied unchanged) as they are."""
+        data = line if isinstance(line, bytes) else dumps(line).encode("utf-8")
+        self._out.write(data + b"\n")
+
+    def reject(self, item, reason):
+        """Turn down a record the tool cannot use, as a bad input line would be."""
+        if self._rejected is None:
+            raise DataError(f"{item.path}:{item.line}: {reason}") from None
+        self._rejected.add(item.path, item.line, str(reason), item.raw.decode("utf-8", errors="replace"))
+
+
 def add_io_arguments(parser, formats=True):
-    """The flags every data tool shares: --input, --output, --skip-bad and (optionally) --format."""
+    """The flags every data tool shares: --input, --output, --skip_bad and (optionally) --format."""
     parser.add_argument("--input", nargs="+", required=True, help="input JSONL files, folders or globs")
     parser.add_argument("--output", required=True, help="output path")
     parser.add_argument(
-        "--skip-bad",
         "--skip_bad",
-        dest="skip_bad",
         action="store_true",
         help="write bad lines to <output>.rejected.jsonl with their reason instead of stopping at the first one",
     )
@@ -378,16 +460,22 @@ def add_io_arguments(parser, formats=True):
     return parser
 
 
+def setup_logging(level=logging.INFO):
+    """One log format for every tool and recipe. Calling it again adds no second handler; it only sets the level."""
+    logging.basicConfig(format=LOG_FORMAT)
+    logging.getLogger().setLevel(level)
+
+
 def cli(main):
-    """Turn bad input (DataError and other ValueErrors, missing files) in a CLI `main` into a one-line message
-    on stderr and exit status 1."""
+    """Turn a user's mistake in a CLI `main` (DataError and other ValueErrors, missing or unwritable files) into one
+    `error:` line on stderr and exit status 1, instead of a traceback."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        setup_logging()
         try:
             return main(argv)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
 
@@ -398,5 +486,53 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Defaults in every flag's help, and the module docstring (with its example command) kept as written."""
 
 
+def _underscored(flag):
+    return "--" + flag[2:].replace("-", "_")
+
+
+def _dashed(flag):
+    return "--" + flag[2:].replace("_", "-")
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse that takes `--flag-name` for `--flag_name` (and the reverse) and names the nearest real flag for
+    an unknown one. Help shows flags as declared (underscores, the project convention)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("epilog", SPELLING_NOTE)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        end = args.index("--") if "--" in args else len(args)
+        return super().parse_known_args([*map(self._declared_spelling, args[:end]), *args[end:]], namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self._unrecognized(extras))
+        return namespace
+
+    def _declared_spelling(self, arg):
+        """`arg` with its flag respelled as declared when only the other spelling is a known flag."""
+        flag, eq, value = arg.partition("=")
+        if not flag.startswith("--") or flag in self._option_string_actions:
+            return arg
+        for spelling in (_underscored(flag), _dashed(flag)):
+            if spelling in self._option_string_actions:
+                return spelling + eq + value
+        return arg
+
+    def _unrecognized(self, extras):
+        message = f"unrecognized argument{'s' if len(extras) > 1 else ''} {' '.join(extras)}"
+        flags = {_underscored(o): o for o in self._option_string_actions if o.startswith("--")}
+        guesses = []
+        for arg in extras:
+            if arg.startswith("--"):
+                guesses += [flags[m] for m in difflib.get_close_matches(_underscored(arg.partition("=")[0]), flags, 1)]
+        return f"{message}; did you mean {', '.join(guesses)}?" if guesses else message
+
+
 def build_parser(description):
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    return FlagParser(description=description)

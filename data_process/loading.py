@@ -1,4 +1,4 @@
-"""One loader for pretraining text: local JSONL/parquet files, folders, globs, packed datasets or Hub ids."""
+"""One loader for pretraining text: local JSONL/parquet/.txt files, folders, globs, packed datasets or Hub ids."""
 
 import logging
 import os
@@ -6,12 +6,13 @@ from pathlib import Path
 
 import datasets
 
-from data_process.io import DataError, expand_inputs, read_jsonl, validate_pretrain
+from data_process.io import DataError, expand_inputs, read_jsonl, record_text, validate_pretrain
+from modeling_miniminds.hub import check_name_or_path
 
 logger = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".jsonl", ".parquet")
-LOCAL_HINTS = (".jsonl", ".json", ".parquet", ".arrow", ".txt")
+DATA_SUFFIXES = (".jsonl", ".parquet", ".txt")
+TEXT_SUFFIXES = (".jsonl", ".txt")
 
 
 def is_saved_dataset(path):
@@ -20,9 +21,24 @@ def is_saved_dataset(path):
     return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
-def _looks_local(name):
-    """Paths that cannot be Hub ids: globs, explicit relative/absolute paths, data file names."""
-    return any(ch in name for ch in "*?[") or name.startswith((".", "/", "~")) or name.endswith(LOCAL_HINTS)
+def _file_texts(path: Path):
+    if path.suffix == ".txt":
+        with open(path, encoding="utf-8-sig") as handle:
+            yield from (line.rstrip("\r\n") for line in handle if line.strip())
+    else:
+        yield from (record_text(record) for record in read_jsonl(path, validate="auto"))
+
+
+def iter_texts(inputs, max_docs=None):
+    """Stream the text of every record (any project format) of JSONL files, or every non-empty line of .txt
+    files; `inputs` are files, folders or globs, as for the data tools."""
+    count = 0
+    for path in expand_inputs(inputs, suffixes=TEXT_SUFFIXES):
+        for text in _file_texts(path):
+            yield text
+            count += 1
+            if max_docs and count >= max_docs:
+                return
 
 
 def _has_lines(path):
@@ -48,6 +64,9 @@ def _from_jsonl(files, text_column):
 
 def _stamped_rows(stamps, text_column):
     for path, *_ in stamps:
+        if path.endswith(".txt"):
+            yield from ({text_column: text} for text in iter_texts([path]))
+            continue
         for record in read_jsonl(path, validate=lambda r: validate_pretrain(r, text_column)):
             yield {text_column: record[text_column]}
 
@@ -80,9 +99,9 @@ def _load_saved(path, split):
 def _local_files(name):
     files = expand_inputs([name], suffixes=DATA_SUFFIXES)
     kinds = {p.suffix for p in files}
-    if not kinds <= {".jsonl", ".json", ".parquet"} or len(kinds) > 1:
-        raise ValueError(f"{name}: expected only .jsonl or only .parquet files, got {', '.join(sorted(kinds))}")
-    return files, kinds.pop()
+    if kinds - {".jsonl", ".txt"} and len(kinds) > 1:
+        raise ValueError(f"{name}: expected .jsonl/.txt files or only .parquet files, got {', '.join(sorted(kinds))}")
+    return files, ".parquet" if kinds == {".parquet"} else ".jsonl"
 
 
 def load_text_dataset(name_or_path, split="train", text_column="text"):
@@ -94,11 +113,12 @@ def load_text_dataset(name_or_path, split="train", text_column="text"):
     split of a saved DatasetDict or a Hub dataset (Hub ids need network access).
     """
     name = os.path.expanduser(str(name_or_path))
+    is_glob = any(ch in name for ch in "*?[")
+    if not is_glob:
+        check_name_or_path(name, "dataset")
     if is_saved_dataset(name):
         dataset = _load_saved(name, split)
-    elif Path(name).exists() or _looks_local(name):
-        if not Path(name).exists() and not any(ch in name for ch in "*?["):
-            raise FileNotFoundError(f"dataset path not found: {name}")
+    elif is_glob or Path(name).exists():
         files, kind = _local_files(name)
         dataset = _from_parquet(files, text_column) if kind == ".parquet" else _from_jsonl(files, text_column)
     else:

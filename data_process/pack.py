@@ -21,10 +21,10 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from transformers import AutoTokenizer
 
 from data_process.io import build_parser, cli, umask
 from data_process.loading import load_text_dataset
+from modeling_miniminds.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,37 @@ def save_packed(packed, output_dir, tokenizer=None, write_memmap=False):
     return output_dir
 
 
+def check_blocks(dataset, name: str, block_size: int, vocab_size: int) -> None:
+    """Packed blocks must all be `block_size` long and hold only ids the model's embedding table has."""
+    if len(dataset) == 0:
+        raise ValueError(
+            f"{name}: no complete {block_size}-token block; the dataset holds fewer tokens than --block_size."
+        )
+    input_ids = dataset.data.column("input_ids")
+    lengths = pc.list_value_length(input_ids)
+    shortest, longest = pc.min(lengths).as_py(), pc.max(lengths).as_py()
+    if shortest != block_size or longest != block_size:
+        raise ValueError(
+            f"{name}: packed blocks are {shortest}..{longest} tokens long but --block_size is {block_size}; "
+            "re-pack the data or pass the block size it was packed with."
+        )
+    max_id = pc.max(pc.list_flatten(input_ids)).as_py()
+    if max_id >= vocab_size:
+        raise ValueError(
+            f"{name}: token id {max_id} is outside the model's vocabulary of {vocab_size}; the data was packed "
+            "with a different tokenizer."
+        )
+
+
+def load_blocks(name, tokenizer, block_size: int, vocab_size: int, split="train", text_column="text", num_proc=None):
+    """Fixed-length training blocks from any dataset `load_text_dataset` reads, packed here unless packed already."""
+    dataset = load_text_dataset(name, split=split, text_column=text_column)
+    if "input_ids" not in dataset.column_names:
+        dataset = pack_dataset(dataset, tokenizer, block_size, text_column=text_column, num_proc=num_proc)
+    check_blocks(dataset, name, block_size, vocab_size)
+    return dataset
+
+
 def make_parser():
     parser = build_parser(__doc__)
     parser.add_argument(
@@ -214,9 +245,9 @@ def make_parser():
 @cli
 def main(argv=None):
     args = make_parser().parse_args(argv)
+    tokenizer = load_tokenizer(args.tokenizer)
     parts = [load_text_dataset(name, text_column=args.text_column) for name in args.input]
     dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     packed = pack_dataset(dataset, tokenizer, args.block_size, args.text_column, args.num_proc, not args.no_eos)
     save_packed(packed, args.output, tokenizer, write_memmap=args.bin)
     print(f"wrote {len(packed)} blocks of {args.block_size} tokens to {args.output}")

@@ -10,35 +10,25 @@ the budget.
 
 import logging
 from array import array
+from contextlib import ExitStack
 
 import numpy as np
 from tqdm import tqdm
 
-from data_process.io import (
-    RejectedWriter,
-    add_io_arguments,
-    atomic_write,
-    build_parser,
-    cli,
-    expand_inputs,
-    get_validator,
-    iter_records,
-    rejected_path_for,
-)
+from data_process.io import JsonlTransform, add_io_arguments, build_parser, cli, print_rejected
 
 logger = logging.getLogger(__name__)
 
 MB = 1_000_000
 
 
-def index_lines(files, validate=None, rejected=None):
-    """Arrays (file index, byte offset, byte length) of every good record."""
+def index_lines(records):
+    """Arrays (file index, byte offset, byte length) of the records (InputRecord) given."""
     file_ids, offsets, lengths = array("I"), array("Q"), array("Q")
-    for file_index, path in enumerate(files):
-        for _, offset, raw, _ in tqdm(iter_records(path, validate, rejected), desc=f"index {path.name}"):
-            file_ids.append(file_index)
-            offsets.append(offset)
-            lengths.append(len(raw))
+    for item in records:
+        file_ids.append(item.file_index)
+        offsets.append(item.offset)
+        lengths.append(len(item.raw))
     return np.frombuffer(file_ids, np.uint32), np.frombuffer(offsets, np.uint64), np.frombuffer(lengths, np.uint64)
 
 
@@ -64,36 +54,21 @@ def sample_jsonl(
     inputs, output, count=None, fraction=None, max_bytes=None, seed=0, shuffle=False, fmt="auto", skip_bad=False
 ):
     """Write a seeded sample of the records in `inputs` to `output`; return counts and bytes."""
-    files = expand_inputs(inputs)
-    rejected = RejectedWriter(rejected_path_for(output)) if skip_bad else None
-    try:
-        file_ids, offsets, lengths = index_lines(files, get_validator(fmt), rejected)
-    finally:
-        if rejected:
-            rejected.close()
-    chosen = choose(lengths, seed, count, fraction, max_bytes)
-    if not shuffle:
-        chosen = np.sort(chosen)
     written = 0
-    handles = [open(path, "rb") for path in files]
-    try:
-        with atomic_write(output, "wb") as out:
-            for index in tqdm(chosen, desc="write"):
-                handle = handles[file_ids[index]]
-                handle.seek(int(offsets[index]))
-                out.write(handle.read(int(lengths[index])) + b"\n")
-                written += int(lengths[index]) + 1
-    finally:
-        for handle in handles:
-            handle.close()
+    with JsonlTransform(inputs, output, fmt, skip_bad, desc="index") as job, ExitStack() as stack:
+        file_ids, offsets, lengths = index_lines(job.records())
+        chosen = choose(lengths, seed, count, fraction, max_bytes)
+        if not shuffle:
+            chosen = np.sort(chosen)
+        handles = [stack.enter_context(open(path, "rb")) for path in job.files]
+        for index in tqdm(chosen, desc="write"):
+            handle = handles[file_ids[index]]
+            handle.seek(int(offsets[index]))
+            job.write(handle.read(int(lengths[index])))
+            written += int(lengths[index]) + 1
     if count is not None and count > len(lengths):
         logger.warning("asked for %d records but the input has only %d; wrote them all", count, len(lengths))
-    return {
-        "input": len(lengths),
-        "written": len(chosen),
-        "bytes": written,
-        "rejected": rejected.count if rejected else 0,
-    }
+    return {"input": len(lengths), "written": len(chosen), "bytes": written, "rejected": job.rejected}
 
 
 def make_parser():
@@ -116,8 +91,7 @@ def main(argv=None):
         args.input, args.output, args.n, args.fraction, max_bytes, args.seed, args.shuffle, args.format, args.skip_bad
     )
     print(f"wrote {counts['written']} of {counts['input']} records ({counts['bytes'] / MB:.2f} MB) to {args.output}")
-    if counts["rejected"]:
-        print(f"rejected {counts['rejected']} bad lines -> {rejected_path_for(args.output)}")
+    print_rejected(counts["rejected"], args.output)
     return 0
 
 

@@ -50,9 +50,15 @@ class MiniMindConfig(PretrainedConfig):
         num_experts_per_tok (`int`, defaults to 1): experts each token is sent to (top-k).
         moe_intermediate_size (`int`, *optional*): width of each expert; defaults to `intermediate_size`.
         n_shared_experts (`int`, defaults to 0): experts every token passes through, added to the routed output.
-        norm_topk_prob (`bool`, defaults to `True`): renormalise the top-k routing weights to sum to 1 (only when k > 1:
-            with k = 1 the weight would become a constant 1 and the router would get no gradient from the LM loss).
-        router_aux_loss_coef (`float`, defaults to 0.01): weight of the load-balancing loss added to `loss`.
+        norm_topk_prob (`bool`, defaults to `True`): renormalise the chosen experts' routing weights to sum to 1, as
+            upstream MiniMind does by default. With k = 1 every weight becomes exactly 1 and the router learns only from
+            the balance loss, so the `minimind-moe` preset turns it off. MiniMind2-era configs (which say
+            `n_routed_experts`) renormalised only for k > 1 and load that way.
+        output_router_logits (`bool`, *optional*): return each MoE layer's router logits and add
+            `router_aux_loss_coef * aux_loss` to `loss` (the Mixtral/Qwen3-MoE convention TRL trainers follow); defaults
+            to `use_moe`, so MoE training includes the balance loss unless switched off.
+        router_aux_loss_coef (`float`, defaults to 0.01): weight of the load-balancing loss. Stored as 0.0 for dense
+            models, which have no router, so no trainer can switch a balance loss on for them.
     """
 
     model_type = "minimind"
@@ -83,12 +89,15 @@ class MiniMindConfig(PretrainedConfig):
         moe_intermediate_size: int | None = None,
         n_shared_experts: int = 0,
         norm_topk_prob: bool = True,
+        output_router_logits: bool | None = None,
         router_aux_loss_coef: float = 0.01,
         pad_token_id: int | None = 0,
         bos_token_id: int | None = 1,
         eos_token_id: int | list[int] | None = 2,
         **kwargs,
     ):
+        if "n_routed_experts" in kwargs and num_experts_per_tok == 1:
+            norm_topk_prob = False  # MiniMind2, which named the experts so, renormalised only for k > 1
         # Upstream MiniMind's names for three of the fields.
         num_experts = kwargs.pop("n_routed_experts", num_experts)
         router_aux_loss_coef = kwargs.pop("aux_loss_alpha", router_aux_loss_coef)
@@ -121,7 +130,8 @@ class MiniMindConfig(PretrainedConfig):
         self.moe_intermediate_size = moe_intermediate_size or self.intermediate_size
         self.n_shared_experts = n_shared_experts
         self.norm_topk_prob = norm_topk_prob
-        self.router_aux_loss_coef = router_aux_loss_coef
+        self.output_router_logits = use_moe if output_router_logits is None else output_router_logits
+        self.router_aux_loss_coef = router_aux_loss_coef if use_moe else 0.0
         self._check()
         if self.head_dim is None:
             self.head_dim = hidden_size // num_attention_heads

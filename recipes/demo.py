@@ -4,20 +4,41 @@
     python -m recipes.demo --output_dir runs/demo    # stages: corpus, tokenizer, pretrain, model
 
 Each stage calls the same library function as its recipe. The report lands in `<output_dir>/report.md` and
-`<output_dir>/report.json` (`{"stages": {"<stage>": {"seconds": ..., <metrics>}}}`); later stages add their entries.
+`<output_dir>/report.json` (`{"stages": {"<stage>": {"seconds": ..., "before": {...}, "after": {...}, ...}}}`);
+later stages add their entries. Every metric named held-out is measured on items no training file contains.
 """
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from data_process.io import read_jsonl
+import torch
+import transformers
+import trl
+
+from data_process.loading import iter_texts
 from data_process.synth import build_corpus
-from recipes import pretrain
-from recipes.tokenizer import compression_stats, train_tokenizer
+from data_process.text import compression_stats
+from modeling_miniminds.tokenizer import load_tokenizer, train_tokenizer
+from recipes.training.callbacks import PLOT_FILE
+from recipes.training.cli import RecipeParser
+from recipes.training.evaluation import CompletionProbeCallback, read_probes
+from recipes.training.pretraining import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, pretrain
+
+CONFIGS = Path(__file__).parent / "configs"
+PRETRAIN_RECIPE = CONFIGS / "pretrain_tiny.yaml"
+METRIC_MEANINGS = {
+    "eval_loss": "cross-entropy per token on eval/pretrain.jsonl (held out: no sentence of it is in a training file)",
+    "perplexity": "exp(eval_loss)",
+    "completion_accuracy": "greedy completion of held-out statements (unseen operands, dates, units), whole answer "
+    "exact; see per_family",
+    "trained_fact_recall": "the same on facts the model was trained on (seen data: recall, not generalisation)",
+}
 
 
 def parse_args(argv=None):
@@ -32,24 +53,27 @@ def parse_args(argv=None):
 
 def stage_corpus(out: Path, size: str, seed: int) -> tuple[dict, dict]:
     paths = build_corpus(out / "data", size=size, seed=seed)
-    written = json.loads((out / "data" / "manifest.json").read_text(encoding="utf-8"))["records"]
-    metrics = {f"{kind}_records": written[kind] for kind in ("pretrain", "sft", "dpo", "rl")}
-    metrics["pretrain_mb"] = round(paths["pretrain"].stat().st_size / 2**20, 2)
+    manifest = json.loads((out / "data" / "manifest.json").read_text(encoding="utf-8"))
+    metrics = {
+        "size": size,
+        "records": manifest["records"],
+        "pretrain_mb": round(paths["pretrain"].stat().st_size / 2**20, 2),
+    }
     return metrics, paths
 
 
 def stage_tokenizer(out: Path, paths: dict, vocab_size: int) -> tuple[dict, Path]:
     folder = out / "tokenizer"
-    tokenizer = train_tokenizer([paths["pretrain"], paths["sft"]], folder, vocab_size=vocab_size)
-    held_out = [record["text"] for record in read_jsonl(paths["eval"] / "pretrain.jsonl", validate="pretrain")]
-    metrics = {"vocab_size": len(tokenizer), "compression": compression_stats(tokenizer, held_out)}
+    tokenizer = train_tokenizer(iter_texts([paths["pretrain"], paths["sft"]]), folder, vocab_size=vocab_size)
+    held_out = iter_texts([paths["eval"] / "pretrain.jsonl"])
+    metrics = {"vocab_size": len(tokenizer), "compression_heldout": compression_stats(tokenizer, held_out)}
     return metrics, folder
 
 
 def stage_pretrain(out: Path, paths: dict, tokenizer_dir: Path, max_steps: int | None, seed: int) -> tuple[dict, Path]:
     folder = out / "pretrain"
     argv = [
-        "--config", str(Path(pretrain.__file__).parent / "configs" / "pretrain_tiny.yaml"),
+        "--config", str(PRETRAIN_RECIPE),
         "--dataset_name", str(paths["pretrain"]),
         "--eval_dataset_name", str(paths["eval"] / "pretrain.jsonl"),
         "--tokenizer_name_or_path", str(tokenizer_dir),
@@ -60,49 +84,125 @@ def stage_pretrain(out: Path, paths: dict, tokenizer_dir: Path, max_steps: int |
     ]  # fmt: skip
     if max_steps is not None:
         argv += ["--max_steps", str(max_steps)]
-    result = pretrain.main(*pretrain.make_parser().parse_args_and_config(argv))
-    keep = ("train_loss_first", "train_loss", "eval_loss_first", "eval_loss", "perplexity", "tokens_per_second")
-    return {key: result[key] for key in keep if result.get(key) is not None}, folder
+    script_args, training_args, model_args = RecipeParser(
+        (PretrainScriptArguments, PretrainConfig, PretrainModelArguments)
+    ).parse_args_and_config(argv)
+    probes = CompletionProbeCallback(load_tokenizer(tokenizer_dir), read_probes(paths["completion"]))
+    result = pretrain(script_args, training_args, model_args, callbacks=[probes])
+    metrics = {
+        "preset": model_args.model_config,
+        "parameters_m": round(result["num_parameters"] / 1e6, 3),
+        "steps": result["global_step"],
+        "tokens": result["num_tokens"],
+        "tokens_per_second": round(result["tokens_per_second"], 1),
+        "train_loss": result["train_loss"],
+        "output_dir": str(folder),
+        "curves": f"{folder.name}/{PLOT_FILE}",
+        "before": heldout_metrics(result["eval_loss_first"], probes.before),
+        "after": heldout_metrics(result["eval_loss"], probes.after),
+        "completion_per_family": probes.after["per_family"],
+    }
+    return metrics, folder
+
+
+def heldout_metrics(eval_loss: float, probes: dict) -> dict:
+    return {
+        "eval_loss": round(eval_loss, 4),
+        "perplexity": round(torch.tensor(eval_loss).exp().item(), 3),
+        "completion_accuracy": probes["accuracy"],
+    }
+
+
+RELOAD_SCRIPT = """
+import json, sys
+sys.modules["modeling_miniminds"] = None  # any import of MiniMinds now fails: the folder must carry its code
+from recipes.training.evaluation import score_folder
+print(json.dumps(score_folder(sys.argv[1], {"heldout_completion": sys.argv[2], "trained_fact_recall": sys.argv[3]})))
+"""
 
 
 def stage_model(model_dir: Path, paths: dict) -> tuple[dict, None]:
     """Reload the saved folder in a fresh Python where MiniMinds cannot be imported (trust_remote_code only) and
-    complete held-out facts."""
-    command = [sys.executable, "-m", "recipes.complete_facts", "--without_package", "--model", str(model_dir)]
-    command += ["--eval_file", str(paths["eval"] / "pretrain.jsonl")]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    score the held-out probes again, and the trained facts (seen data, reported as recall)."""
+    command = [
+        sys.executable,
+        "-c",
+        RELOAD_SCRIPT,
+        str(model_dir),
+        str(paths["completion"]),
+        str(paths["trained_facts"]),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise RuntimeError(f"Reloading {model_dir} through trust_remote_code failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1]), None
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    return {
+        "model_class": scores["model_class"],
+        "completion_accuracy": scores["heldout_completion"]["accuracy"],
+        "trained_fact_recall": scores["trained_fact_recall"]["accuracy"],
+        "samples": scores["heldout_completion"]["samples"],
+    }, None
 
 
 def timed(stage, *args) -> tuple[dict, object]:
-    """Run a stage, which returns (metrics, what the next stage needs), and add its wall time to the metrics."""
+    """Run a stage, which returns (metrics, what the next stage needs), and put its wall time first."""
     start = time.perf_counter()
     metrics, artifact = stage(*args)
-    return {"seconds": round(time.perf_counter() - start, 2), **metrics}, artifact
+    return {"seconds": round(time.perf_counter() - start, 1), **metrics}, artifact
 
 
-def format_number(value) -> str:
-    if not isinstance(value, float):
-        return str(value)
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+def machine() -> dict:
+    return {
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})",
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+    }
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def stage_rows(name: str, metrics: dict) -> list[str]:
+    """One markdown section per stage: its scalars, then before/after side by side."""
+    lines = [f"## {name} ({metrics['seconds']} s)", ""]
+    scalars = {k: v for k, v in metrics.items() if k != "seconds" and not isinstance(v, (dict, list))}
+    lines += [f"- {key}: {format_value(value)}" for key, value in scalars.items()]
+    if "curves" in metrics:
+        lines += ["", f"![{name} loss and learning rate]({metrics['curves']})"]
+    if "before" in metrics:
+        lines += ["", "| held-out metric | before | after |", "| --- | ---: | ---: |"]
+        for key in metrics["after"]:
+            lines.append(f"| {key} | {format_value(metrics['before'][key])} | {format_value(metrics['after'][key])} |")
+    for key, value in metrics.items():
+        if isinstance(value, (dict, list)) and key not in ("before", "after"):
+            lines += ["", f"{key}:", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]
+    return lines + [""]
 
 
 def write_report(out: Path, stages: dict) -> Path:
-    (out / "report.json").write_text(json.dumps({"stages": stages}, ensure_ascii=False, indent=2), encoding="utf-8")
-    lines = ["# MiniMinds demo report", "", "| stage | seconds | key metrics |", "| --- | ---: | --- |"]
+    report = {"machine": machine(), "stages": stages}
+    (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    total = sum(stage["seconds"] for stage in stages.values())
+    lines = ["# MiniMinds demo report", "", f"{len(stages)} stages in {total:.0f} s on {report['machine']['device']}, "
+             f"{report['machine']['threads']} threads.", "", "| stage | seconds |", "| --- | ---: |"]  # fmt: skip
+    lines += [f"| {name} | {metrics['seconds']} |" for name, metrics in stages.items()]
+    lines += ["", "What the metrics mean:", ""] + [f"- {key}: {meaning}" for key, meaning in METRIC_MEANINGS.items()]
+    lines.append("")
     for name, metrics in stages.items():
-        shown = {k: v for k, v in metrics.items() if k != "seconds" and not isinstance(v, (dict, list))}
-        cells = ", ".join(f"{k}={format_number(v)}" for k, v in shown.items())
-        lines.append(f"| {name} | {metrics['seconds']} | {cells} |")
-    for name, metrics in stages.items():
-        for key, value in metrics.items():
-            if isinstance(value, (dict, list)):
-                lines += ["", f"## {name}: {key}", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]
-    report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return report
+        lines += stage_rows(name, metrics)
+    lines += ["Machine:", "", "```json", json.dumps(report["machine"], indent=2), "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
 
 
 def main(argv=None) -> dict:

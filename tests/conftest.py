@@ -36,8 +36,9 @@ def tiny_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tiny_corpus, tmp_path_factory):
     """Folder of a 512-token byte-level BPE tokenizer trained on the tiny corpus (AutoTokenizer loads it)."""
-    from recipes.tokenizer import train_tokenizer
+    from data_process.loading import iter_texts
+    from modeling_miniminds.tokenizer import train_tokenizer
 
     output_dir = tmp_path_factory.mktemp("tokenizer")
-    train_tokenizer([tiny_corpus["pretrain"], tiny_corpus["sft"]], output_dir, vocab_size=TINY_VOCAB)
+    train_tokenizer(iter_texts([tiny_corpus["pretrain"], tiny_corpus["sft"]]), output_dir, vocab_size=TINY_VOCAB)
     return output_dir

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from data_process import clean, text
 from data_process.clean import CleanConfig, clean_jsonl, clean_record, main, normalize_text
 
 
@@ -67,3 +68,9 @@ def test_cli_prints_the_report(tiny_corpus, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("kept ") and "clean.jsonl" in out
     assert len(output.read_text(encoding="utf-8").splitlines()) == 300
+
+
+def test_cjk_range_is_the_shared_one():
+    """Guards a second copy of the CJK range drifting from data_process.text's."""
+    assert clean.IS_CJK is text.IS_CJK
+    assert normalize_text("㐀,豈!", CleanConfig()) == "㐀，豈！"  # Extension A and Compatibility ideographs

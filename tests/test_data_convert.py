@@ -123,3 +123,9 @@ def test_cli(tmp_path, capsys):
     expected = {"prompt": [{"role": "user", "content": "1+1?"}], "answer": "2"}
     assert json.loads(output.read_text(encoding="utf-8")) == expected
     assert "wrote 1 rl records" in capsys.readouterr().out
+
+
+def test_target_mismatch_message_reads_naturally():
+    """Guards "a alpaca record converts to sft": the message names the source without an article."""
+    with pytest.raises(ValueError, match=r"^alpaca records convert to sft, not dpo$"):
+        convert_record({"instruction": "x", "output": "y"}, target="dpo")

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from data_process import dedup, text
 from data_process.dedup import DedupConfig, dedup_jsonl, main
 
 WORDS = ("river mountain quiet library orange planet window garden music teacher thunder lantern "
@@ -82,3 +83,9 @@ def test_cli(tmp_path, capsys):
     path, _ = planted(tmp_path)
     assert main(["--input", str(path), "--output", str(tmp_path / "o.jsonl"), "--num_proc", "1"]) == 0
     assert "kept 40 of 44 records" in capsys.readouterr().out
+
+
+def test_cjk_range_is_the_shared_one():
+    """Guards a second copy of the CJK range drifting from data_process.text's: each ideograph is one token."""
+    assert dedup.CJK is text.CJK
+    assert dedup.TOKEN.findall("㐀豈 ab1 中") == ["㐀", "豈", "ab1", "中"]

@@ -64,3 +64,22 @@ def test_clear_errors_name_the_path(tmp_path):
     datasets.Dataset.from_dict({"body": ["x"]}).to_parquet(str(tmp_path / "wrong.parquet"))
     with pytest.raises(ValueError, match="wrong.parquet: no column 'text'"):
         load_text_dataset(tmp_path / "wrong.parquet")
+
+
+def test_txt_files_load_one_document_per_line_like_the_tokenizer(tmp_path):
+    """pretrain used to reject the .txt files that recipes/tokenizer.py accepts."""
+    from data_process.loading import iter_texts
+
+    (tmp_path / "a.txt").write_text("\ufefffirst line\n\n  \nsecond line\r\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"text": "third"}\n', encoding="utf-8")
+    assert load_text_dataset(tmp_path / "a.txt")["text"] == ["first line", "second line"]
+    assert load_text_dataset(tmp_path)["text"] == ["first line", "second line", "third"]
+    assert list(iter_texts(tmp_path)) == ["first line", "second line", "third"]
+
+
+def test_missing_path_fails_at_once_naming_the_nearest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pretrain.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="dataset data/pretrian.jsonl: no such file or folder; did you mean"):
+        load_text_dataset("data/pretrian.jsonl")

@@ -87,3 +87,18 @@ def test_cli_reports_bad_input_with_exit_status(tmp_path, tiny_tokenizer_dir, ca
     argv = ["--input", str(bad), "--output", str(tmp_path / "out"), "--tokenizer", str(tiny_tokenizer_dir)]
     assert pack.main(argv) == 1
     assert f"{bad}:2: field 'text': expected a string, got null" in capsys.readouterr().err
+
+
+def test_cli_user_mistakes_give_one_error_line(tmp_path, capsys):
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"text": "a document"}\n', encoding="utf-8")
+    missing = tmp_path / "no_such_tokenizer"
+    argv = ["--input", str(source), "--output", str(tmp_path / "out"), "--tokenizer", str(missing)]
+    assert pack.main(argv) == 1
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert line.startswith(f"error: tokenizer {missing}: no such file or folder") and "Traceback" not in err
+    with pytest.raises(SystemExit) as caught:
+        pack.main([*argv, "--blok_size", "64"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("did you mean --block_size?")

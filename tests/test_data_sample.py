@@ -55,3 +55,13 @@ def test_cli_bad_line_exit_status(tmp_path, capsys):
     source.write_text('{"text": "ok"}\n{"text": ""}\n', encoding="utf-8")
     assert main(["--input", str(source), "--output", str(tmp_path / "o.jsonl"), "--n", "1"]) == 1
     assert f"{source}:2: field 'text': empty text" in capsys.readouterr().err
+
+
+def test_skip_bad_counts_rejected_lines_and_copies_good_ones_unchanged(tmp_path):
+    source = tmp_path / "mixed.jsonl"
+    source.write_bytes(b'{"text": "a"}\n{"text": ""}\n{"text":  "b"}\n')
+    output = tmp_path / "out.jsonl"
+    counts = sample_jsonl([source], output, fraction=1.0, skip_bad=True)
+    assert counts == {"input": 2, "written": 2, "bytes": 14 + 15, "rejected": 1}  # each line plus "\n"
+    assert output.read_bytes() == b'{"text": "a"}\n{"text":  "b"}\n'
+    assert json.loads((tmp_path / "out.rejected.jsonl").read_text(encoding="utf-8"))["line"] == 2

@@ -1,13 +1,63 @@
-"""Built-in corpus: deterministic, valid in every project format, held-out eval split, checkable RL answers."""
+"""Built-in corpus: deterministic, valid in every project format, an eval split and completion probes unseen in
+training, checkable RL answers."""
 
 import json
 import random
+import re
+from collections import Counter
 
 import pytest
 
 from data_process.io import read_jsonl
 from data_process.rewards import accuracy_reward, extract_answer, format_reward
-from data_process.synth import build_corpus, main, sample_item
+from data_process.synth import (
+    HELDOUT_ROWS,
+    PROBE_FAMILIES,
+    SIZES,
+    TABLES,
+    build_corpus,
+    main,
+    sample_item,
+    split_keys,
+)
+
+TRAINING_KINDS = ("pretrain", "sft", "dpo", "rl")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """The demo's corpus (size small, ~3 s): the split must hold at the size a model is trained on."""
+    return build_corpus(tmp_path_factory.mktemp("small"), size="small", seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_training_text(small_corpus):
+    """The raw text of every training file, JSON escapes and all."""
+    return "\n".join(small_corpus[kind].read_text(encoding="utf-8") for kind in TRAINING_KINDS)
+
+
+def sentences(text):
+    return [s for s in SENTENCE_END.split(text) if s.strip()]
+
+
+def occurs_as_sentence(sentence, text):
+    """Whether `sentence` stands in `text` other than as the tail of a longer number or word: a rejected DPO reply
+    "14 minus 3 equals 1." holds "4 minus 3 equals 1." without stating it."""
+    start = text.find(sentence)
+    while start > 0 and text[start - 1].isalnum():
+        start = text.find(sentence, start + 1)
+    return start >= 0
+
+
+def eval_sentences(eval_dir):
+    """Every statement of the eval split: pretraining text and the first line of each chosen assistant reply."""
+    found = [s for r in read_jsonl(eval_dir / "pretrain.jsonl") for s in sentences(r["text"])]
+    chats = [r["conversations"] for r in read_jsonl(eval_dir / "sft.jsonl")]
+    chats += [r["chosen"] for r in read_jsonl(eval_dir / "dpo.jsonl")]
+    for messages in chats:
+        found += [s for m in messages if m["role"] == "assistant" for s in sentences(m["content"].split("\n")[0])]
+    return found
 
 
 def user_questions(records, field):
@@ -24,10 +74,13 @@ def test_every_file_is_valid_in_its_format(tiny_corpus):
 
 
 def test_same_seed_same_bytes_other_seed_differs(tiny_corpus, tmp_path):
-    again = build_corpus(tmp_path / "again", size="tiny", seed=0)
+    build_corpus(tmp_path / "again", size="tiny", seed=0)
     other = build_corpus(tmp_path / "other", size="tiny", seed=1)
-    for kind in ("pretrain", "sft", "dpo", "rl"):
-        assert again[kind].read_bytes() == tiny_corpus[kind].read_bytes()
+    written = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.json*"))
+    assert len(written) == 11  # 4 training files, 6 in eval/, manifest.json
+    for name in written:
+        assert (tmp_path / "again" / name).read_bytes() == (tiny_corpus["eval"].parent / name).read_bytes()
+    for kind in (*TRAINING_KINDS, "completion"):
         assert other[kind].read_bytes() != tiny_corpus[kind].read_bytes()
 
 
@@ -40,10 +93,61 @@ def test_corpus_is_bilingual_and_multi_turn(tiny_corpus):
 
 
 def test_eval_questions_never_appear_in_training(tiny_corpus):
-    train = user_questions(read_jsonl(tiny_corpus["sft"]), "conversations")
-    train |= user_questions(read_jsonl(tiny_corpus["rl"]), "prompt")
-    held_out = user_questions(read_jsonl(tiny_corpus["eval"] / "rl.jsonl"), "prompt")
+    fields = {"sft": "conversations", "dpo": "chosen", "rl": "prompt"}
+    train, held_out = set(), set()
+    for kind, field in fields.items():
+        train |= user_questions(read_jsonl(tiny_corpus[kind]), field)
+        held_out |= user_questions(read_jsonl(tiny_corpus["eval"] / f"{kind}.jsonl"), field)
     assert held_out and not held_out & train
+
+
+def test_no_eval_sentence_appears_in_any_training_file(small_corpus, small_training_text):
+    """Regression: fact items were split by question wording only, so 1,762 of 2,223 eval pretraining sentences
+    (size small) stood word for word in pretrain.jsonl."""
+    held_out = {json.dumps(s, ensure_ascii=False)[1:-1] for s in eval_sentences(small_corpus["eval"])}
+    assert len(held_out) > 1000
+    leaked = sorted(s for s in held_out if occurs_as_sentence(s, small_training_text))
+    assert not leaked, f"{len(leaked)} eval sentences in training files, e.g. {leaked[:3]}"
+
+
+def test_eval_keys_are_never_training_keys(small_corpus):
+    """Keys name the checkable content (operands, date, unit, fact row), the same in both languages."""
+    keys = split_keys("small", seed=0)
+    assert keys["eval"] and not keys["eval"] & keys["train"]
+    families = {key.split(":")[0] for key in keys["eval"]}
+    assert families == {key.split(":")[0] for key in keys["train"]} - {"month_days"}
+    probe_keys = {p["key"] for p in read_jsonl(small_corpus["completion"])}
+    assert probe_keys and not probe_keys & keys["train"]
+    assert {p["key"] for p in read_jsonl(small_corpus["trained_facts"])} <= keys["train"]
+
+
+def test_fact_rows_are_held_out_whole(small_corpus, small_training_text):
+    """Some animals and countries exist only in eval: 10-20% of each table, never named in training text."""
+    for family, rows in TABLES.items():
+        assert 0.1 <= len(HELDOUT_ROWS[family]) / len(rows) <= 0.2
+    held_out = [row[1] for family in ("animal", "capital") for row in TABLES[family] if row[1] in HELDOUT_ROWS[family]]
+    assert not re.findall(rf"\b(?:{'|'.join(map(re.escape, held_out))})\b", small_training_text)
+    eval_text = small_corpus["eval"].joinpath("sft.jsonl").read_text(encoding="utf-8")
+    assert all(name in eval_text for name in held_out)
+
+
+def test_completion_probes_score_a_whole_unseen_answer(small_corpus):
+    """Regression: the demo scored a last word like " legs." whose number the prompt already gave."""
+    probes = list(read_jsonl(small_corpus["completion"]))
+    per_family = Counter(p["family"] for p in probes)
+    assert set(per_family) == set(PROBE_FAMILIES) and min(per_family.values()) >= 40
+    assert len(probes) == SIZES["small"]["eval"]
+    assert Counter(p["lang"] for p in probes)["zh"] == len(probes) // 2
+    for probe in probes:
+        prompt, answer = probe["prompt"], probe["answer"]
+        assert answer.strip() and prompt == prompt.strip()
+        if probe["family"] == "compare":
+            assert int(answer) == max(map(int, re.findall(r"\d+", prompt)))
+        else:
+            assert not re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", prompt), probe
+    compares = [p for p in probes if p["family"] == "compare"]
+    larger_first = sum(re.findall(r"\d+", p["prompt"])[0] == p["answer"] for p in compares)
+    assert 0.3 < larger_first / len(compares) < 0.7
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])

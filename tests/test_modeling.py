@@ -1,5 +1,6 @@
 """The model package against its references: transformers' Qwen3, itself unpacked/uncached, and itself reloaded."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -39,21 +40,25 @@ def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, length), generator=generator)
 
 
-def cpu_attention_implementations() -> list[str]:
-    """eager and sdpa always; flex_attention where this torch build runs it on CPU."""
-    implementations = ["eager", "sdpa"]
+@functools.cache
+def flex_attention_unavailable() -> str | None:
+    """Why torch itself cannot run flex attention here (it compiles a kernel, which needs a C++ toolchain on CPU)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    query = torch.randn(1, 1, 16, 8)
     try:
-        model = build(tiny_config(), seed=0)
-        model.set_attn_implementation("flex_attention")
-        with torch.no_grad():  # flex attention has no CPU backward
-            model(random_ids(1, 8))
-        implementations.append("flex_attention")
-    except Exception:  # flex attention needs a compiler toolchain that some CPU installs lack
-        pass
-    return implementations
+        torch.compile(flex_attention)(query, query, query)
+    except Exception as error:  # inductor reports a missing toolchain through several exception types
+        return f"torch cannot compile flex_attention on this CPU: {type(error).__name__}: {error}"[:300]
+    return None
 
 
-IMPLEMENTATIONS = cpu_attention_implementations()
+@pytest.fixture(params=["eager", "sdpa", "flex_attention"])
+def implementation(request) -> str:
+    """An attention backend; flex_attention is skipped, with torch's error as the reason, where torch cannot run it."""
+    if request.param == "flex_attention" and (reason := flex_attention_unavailable()):
+        pytest.skip(reason)
+    return request.param
 
 
 @pytest.mark.parametrize("rope", [None, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}])
@@ -84,9 +89,8 @@ def test_state_dict_uses_upstream_names():
 
 
 def test_legacy_upstream_config_keys():
-    config = MiniMindConfig(
-        rope_theta=10000.0, rope_scaling=None, flash_attn=True, n_routed_experts=8, aux_loss_alpha=0.1, dropout=0.0
-    )
+    legacy = dict(rope_theta=10000.0, rope_scaling=None, flash_attn=True, n_routed_experts=8, aux_loss_alpha=0.1)
+    config = MiniMindConfig(use_moe=True, dropout=0.0, **legacy)
     assert config.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}
     assert (config.num_experts, config.router_aux_loss_coef) == (8, 0.1)
     yarn = MiniMindConfig(rope_scaling={"type": "yarn", "factor": 16, "original_max_position_embeddings": 2048})
@@ -104,7 +108,10 @@ def test_default_config_is_upstream_dense_model():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(hidden_size=100, num_attention_heads=8), "hidden_size (100) must be divisible by num_attention_heads (8)"),
+        (
+            dict(hidden_size=100, num_attention_heads=8),
+            "hidden_size (100) must be divisible by num_attention_heads (8)",
+        ),
         (dict(num_attention_heads=8, num_key_value_heads=3), "num_attention_heads (8) must be divisible by"),
         (dict(use_moe=True, num_experts=2, num_experts_per_tok=3), "num_experts_per_tok (3)"),
     ],
@@ -117,19 +124,6 @@ def test_bad_config_raises(overrides, message):
 def test_unknown_preset_lists_presets():
     with pytest.raises(ValueError, match="minimind-tiny"):
         get_config("minimind-huge")
-
-
-def test_moe_forward_backward_and_aux_loss():
-    config = tiny_moe_config(router_aux_loss_coef=0.5)
-    model = build(config).train()
-    ids = random_ids(2, 24)
-    out = model(ids, labels=ids)
-    assert out.aux_loss is not None and out.aux_loss.item() >= 1.0 - 1e-4  # 1.0 is perfect balance
-    lm_loss = model.loss_function(logits=out.logits, labels=ids, vocab_size=VOCAB)
-    torch.testing.assert_close(out.loss, lm_loss + 0.5 * out.aux_loss)
-    out.loss.backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None, name
 
 
 def test_moe_matches_per_token_reference():
@@ -149,15 +143,6 @@ def test_moe_matches_per_token_reference():
     torch.testing.assert_close(out.reshape(-1, config.hidden_size), torch.stack(expected), atol=1e-5, rtol=1e-5)
 
 
-def test_top1_router_learns_from_lm_loss():
-    """Upstream renormalised top-1 weights to exactly 1, so the LM loss never reached the router."""
-    model = build(tiny_config(use_moe=True, num_experts=4, num_experts_per_tok=1, router_aux_loss_coef=0.0)).train()
-    ids = random_ids(2, 16)
-    model(ids, labels=ids).loss.backward()
-    assert model.model.layers[0].mlp.gate.weight.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_attention_implementations_agree(implementation):
     model = build(tiny_config())
     ids = random_ids(2, 33)
@@ -171,7 +156,6 @@ def test_attention_implementations_agree(implementation):
     torch.testing.assert_close(logits[1, 5:], reference[1, 5:], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("moe", [False, True])
 def test_packed_equals_unpacked(implementation, moe):
     config = tiny_moe_config() if moe else tiny_config()
@@ -275,8 +259,9 @@ REMOTE_CODE_CHECK = textwrap.dedent(
 )
 
 
-def test_reload_through_trust_remote_code_without_package(tmp_path):
-    model = build(tiny_config())
+@pytest.mark.parametrize("moe", [False, True])
+def test_reload_through_trust_remote_code_without_package(tmp_path, moe):
+    model = build(tiny_moe_config() if moe else tiny_config())
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     ids = random_ids(2, 16)

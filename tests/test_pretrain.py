@@ -13,28 +13,32 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, TrainerCallback
 
+from data_process.collators import PackedBlockCollator
 from modeling_miniminds import MiniMindForCausalLM, get_config
-from recipes.pretrain import (
-    ModelArguments,
-    PackedBlockCollator,
-    PretrainConfig,
-    PretrainTrainer,
-    build_model,
-    main,
-    make_parser,
-)
-from recipes.utils import (
-    METRICS_FILE,
-    PLOT_FILE,
+from recipes.training.args import resolve_precision
+from recipes.training.callbacks import METRICS_FILE, PLOT_FILE, read_metrics
+from recipes.training.checkpoints import (
     STAGING_PREFIX,
     latest_checkpoint,
     prepare_output_dir,
-    read_metrics,
     resolve_resume_checkpoint,
 )
+from recipes.training.cli import RecipeParser
+from recipes.training.pretraining import (
+    PretrainConfig,
+    PretrainModelArguments,
+    PretrainScriptArguments,
+    PretrainTrainer,
+    build_model,
+)
+from recipes.training.pretraining import pretrain as main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO / "recipes" / "configs" / "pretrain_tiny.yaml"
+
+
+def make_parser():
+    return RecipeParser((PretrainScriptArguments, PretrainConfig, PretrainModelArguments))
 
 
 def parse(output_dir, corpus, tokenizer_dir, *overrides, eval_file=True):
@@ -88,7 +92,6 @@ def test_tiny_model_learns_and_saves_a_complete_model(tmp_path, tiny_corpus, tin
 
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_minimind.MiniMindForCausalLM"
-    assert config["use_cache"] is True
     tokenizer = AutoTokenizer.from_pretrained(out)
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["eos_token_id"] == tokenizer.eos_token_id == config["eos_token_id"]
@@ -106,7 +109,8 @@ def test_tiny_model_learns_and_saves_a_complete_model(tmp_path, tiny_corpus, tin
         ids = torch.load(sys.argv[2])
         with torch.no_grad():
             torch.save(model(ids).logits, sys.argv[3])
-        model.generate(ids, max_new_tokens=4, do_sample=False)
+        generated = model.generate(ids, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+        assert generated.past_key_values.get_seq_length() == ids.shape[1] + 3, "generation must reuse its KV cache"
         """
     )
     subprocess.run(
@@ -149,7 +153,8 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path, tiny_corpu
 KILL_DURING_SECOND_CHECKPOINT = """
 import os, signal, sys
 from transformers import Trainer
-from recipes.pretrain import main, make_parser
+from recipes.training.cli import RecipeParser
+from recipes.training.pretraining import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, pretrain
 
 write_rng_state = Trainer._save_rng_state
 
@@ -160,7 +165,8 @@ def killed_mid_checkpoint(self, output_dir):
     return write_rng_state(self, output_dir)
 
 Trainer._save_rng_state = killed_mid_checkpoint
-main(*make_parser().parse_args_and_config(sys.argv[1:]))
+parser = RecipeParser((PretrainScriptArguments, PretrainConfig, PretrainModelArguments))
+pretrain(*parser.parse_args_and_config(sys.argv[1:]))
 """
 
 
@@ -288,14 +294,14 @@ def test_bad_inputs_fail_before_training(
 
 def test_preset_takes_vocab_and_special_tokens_from_tokenizer(tiny_tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    model = build_model(ModelArguments(model_config="minimind-tiny"), tokenizer, block_size=128)
+    model = build_model(PretrainModelArguments(model_config="minimind-tiny"), tokenizer, block_size=128)
     assert model.config.vocab_size == len(tokenizer) == 512
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (
         tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
     )
     with pytest.raises(ValueError, match="max_position_embeddings"):
-        build_model(ModelArguments(model_config="minimind-tiny"), tokenizer, block_size=10**6)
+        build_model(PretrainModelArguments(model_config="minimind-tiny"), tokenizer, block_size=10**6)
 
 
 def test_collator_restarts_positions_and_masks_document_starts():
@@ -360,8 +366,6 @@ def test_weight_decay_only_on_matrices(tmp_path):
 
 def test_precision_defaults(monkeypatch):
     """fp32 on CPU; bf16 on GPUs that have it, fp16 otherwise; explicit flags win."""
-    from recipes.utils import resolve_precision
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision(None, None) == (False, False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -443,3 +447,11 @@ def test_launcher_configs_are_valid():
     for name, kind in (("ddp.yaml", "MULTI_GPU"), ("zero2.yaml", "DEEPSPEED"), ("zero3.yaml", "DEEPSPEED")):
         config = yaml.safe_load((REPO / "ds_configs" / name).read_text())
         assert config["distributed_type"] == kind and config["mixed_precision"] == "no"
+
+
+def test_train_loss_is_reported_when_no_step_was_logged(tmp_path, tiny_corpus, tiny_tokenizer_dir):
+    """With max_steps below logging_steps no loss is logged; the summary falls back to the run's mean loss."""
+    result = main(*parse(tmp_path / "run", tiny_corpus, tiny_tokenizer_dir, "--max_steps", "2", "--logging_steps",
+                         "10", "--block_size", "64", "--per_device_train_batch_size", "4", "--eval_strategy", "no",
+                         eval_file=False))
+    assert result["train_loss"] == result["train_loss_first"] > 5.0  # about ln(512) after two steps

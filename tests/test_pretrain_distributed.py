@@ -2,6 +2,8 @@
 
 Each run trains 3 steps and saves; the tests check that both processes took part (tokens seen = 2 x batch),
 that the checkpoint and the final model are complete, and that the final model loads whole (gathered under ZeRO-3).
+The accelerate DDP run leaves out `--use_cpu true`, as a newcomer would on a machine without GPUs: it used to run two
+independent trainings into one folder, and must now train as one distributed run on the CPU.
 """
 
 import json
@@ -16,7 +18,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from recipes.utils import METRICS_FILE, is_complete_checkpoint, read_metrics
+from recipes.training.callbacks import METRICS_FILE, read_metrics
+from recipes.training.checkpoints import is_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,16 +54,19 @@ def runs(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
         if name not in done:
             out = tmp_path_factory.mktemp(name)
             recipe_args = [
-                "--use_cpu", "true", "--config", "recipes/configs/pretrain_tiny.yaml",
+                "--config", "recipes/configs/pretrain_tiny.yaml",
                 "--dataset_name", str(tiny_corpus["pretrain"]), "--tokenizer_name_or_path", str(tiny_tokenizer_dir),
                 "--output_dir", str(out), "--max_steps", str(STEPS), "--save_steps", str(STEPS),
                 "--eval_steps", str(STEPS), "--logging_steps", "1", "--per_device_train_batch_size", str(BATCH),
                 "--block_size", str(BLOCK), "--disable_tqdm", "true",
             ]
             env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+            if name != "accelerate-ddp":
+                recipe_args += ["--use_cpu", "true"]
             command = [str(part) for part in launcher(name, free_port())] + recipe_args
             proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
             assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+            (out / "launcher.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
             done[name] = out
         return done[name]
 
@@ -97,5 +103,8 @@ def test_ddp_and_zero2_train_the_same_model(runs):
     """ZeRO-2 only shards optimizer state and gradients: from the same initial weights and data it must follow
     plain DDP's loss curve."""
     ddp, zero2 = train_records(runs("accelerate-ddp")), train_records(runs("deepspeed-zero2"))
+    # Every parameter takes part in every step, so DDP is told not to search for unused ones (it warned each run).
+    assert "find_unused_parameters" not in (runs("accelerate-ddp") / "launcher.log").read_text(encoding="utf-8")
+    assert [r["step"] for r in ddp] == [r["step"] for r in zero2] == [1, 2, 3]
     for a, b in zip(ddp, zero2):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

@@ -1,13 +1,25 @@
-"""Tokenizer recipe: exact round trips, fixed special ids, the chat template and its assistant mask."""
+"""Tokenizer: exact round trips, fixed special ids, the chat template and its assistant mask, the recipe's CLI."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from recipes.tokenizer import CHAT_TEMPLATE, TAG_TOKENS, compression_stats, load_tokenizer, main, train_tokenizer
+from data_process.loading import iter_texts
+from data_process.text import compression_stats
+from modeling_miniminds.tokenizer import CHAT_TEMPLATE, TAG_TOKENS, load_tokenizer, train_tokenizer
 
-UPSTREAM = Path(__file__).resolve().parents[2] / "shared" / "upstream-minimind-tokenizer"
+REPO = Path(__file__).resolve().parents[1]
+UPSTREAM = REPO.parent / "shared" / "upstream-minimind-tokenizer"
+
+
+def run_recipe(*argv):
+    return subprocess.run(
+        [sys.executable, "recipes/tokenizer.py", *map(str, argv)], cwd=REPO, capture_output=True, text=True
+    )
+
 
 ROUND_TRIP = [
     "小型语言模型从零开始训练，先训练分词器。",
@@ -111,13 +123,30 @@ def test_tool_calls_reasoning_and_tool_role_render(tokenizer):
     assert rendered.endswith("<|im_start|>assistant\n<think>\n工具返回 8\n</think>\n\n答案：8<|im_end|>\n")
 
 
-def test_cli_trains_saves_and_reports_compression(tiny_corpus, tmp_path, capsys):
-    argv = ["--dataset_name", str(tiny_corpus["pretrain"]), "--output_dir", str(tmp_path), "--vocab_size", "400"]
-    assert main(argv) == 0
-    report = capsys.readouterr().out
-    assert "compression on" in report and "zh" in report and "en" in report
+def test_cli_trains_saves_and_reports_compression(tiny_corpus, tmp_path):
+    done = run_recipe("--dataset_name", tiny_corpus["pretrain"], "--output_dir", tmp_path, "--vocab_size", "400")
+    assert done.returncode == 0, done.stderr
+    assert "compression on" in done.stdout and "zh" in done.stdout and "en" in done.stdout
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert len(reloaded) <= 400 and reloaded.chat_template == CHAT_TEMPLATE
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "  \n"])
+def test_cli_refuses_a_corpus_without_text(tmp_path, content):
+    """An empty file used to give a bytes-only tokenizer and exit 0."""
+    empty = tmp_path / "empty.txt"
+    empty.write_text(content, encoding="utf-8")
+    done = run_recipe("--dataset_name", empty, "--output_dir", tmp_path / "tok")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: no text to train the tokenizer on: the input holds no non-empty document"
+    )
+    assert not (tmp_path / "tok").exists()
+
+
+def test_cli_names_a_missing_input(tmp_path):
+    done = run_recipe("--dataset_name", tmp_path / "nope.jsonl", "--output_dir", tmp_path / "tok")
+    assert done.returncode == 1 and done.stderr.strip() == f"error: input not found: {tmp_path / 'nope.jsonl'}"
 
 
 def test_compression_is_better_than_bytes(tokenizer, tiny_corpus):
@@ -127,7 +156,7 @@ def test_compression_is_better_than_bytes(tokenizer, tiny_corpus):
 
 def test_vocab_size_below_reserved_tokens_is_rejected(tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match="vocab_size must be larger than 265"):
-        train_tokenizer(tiny_corpus["pretrain"], tmp_path, vocab_size=200)
+        train_tokenizer(iter_texts(tiny_corpus["pretrain"]), tmp_path, vocab_size=200)
 
 
 @pytest.mark.skipif(not UPSTREAM.is_dir(), reason="upstream MiniMind tokenizer folder (../shared) not present")

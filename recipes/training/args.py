@@ -1,0 +1,162 @@
+"""Argument classes every stage builds on: TRL's `ScriptArguments` and `ModelConfig`, and one set of training
+defaults put in front of a stage's trainer config (`TrainingArguments`, `SFTConfig`, `DPOConfig`, ...).
+
+A stage then differs only by a small dataclass:
+
+    @dataclass
+    class SFTStageConfig(MiniMindsDefaults, SFTConfig):
+        learning_rate: float = 1e-4
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import trl
+
+
+def resolve_precision(bf16: bool | None, fp16: bool | None, use_cpu: bool = False) -> tuple[bool, bool]:
+    """Pick (bf16, fp16) for flags left unset (None): bf16 on GPUs that have it, fp16 with loss scaling on older
+    GPUs, fp32 on CPU. Flags given explicitly win."""
+    on_gpu = torch.cuda.is_available() and not use_cpu
+    if bf16 is None:
+        bf16 = bool(on_gpu and torch.cuda.is_bf16_supported() and not fp16)
+    if fp16 is None:
+        fp16 = bool(on_gpu and not bf16)
+    return bf16, fp16
+
+
+def launcher_world_size() -> int:
+    """Processes started by torchrun, accelerate or deepspeed (1 when run as a plain script)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass
+class MiniMindsDefaults:
+    """Defaults shared by every MiniMinds stage; put in front of the stage's trainer config class.
+
+    `min_lr_rate` is the final learning rate as a fraction of `learning_rate` (for `cosine_with_min_lr` and
+    `warmup_stable_decay`), `decay_ratio` the share of steps spent decaying in `warmup_stable_decay`.
+    `bf16`/`fp16` left unset pick bf16 on GPUs that support it, fp16 on other GPUs and fp32 on CPU. Started by a
+    launcher with several processes on a machine without a GPU, training runs distributed on the CPU.
+    """
+
+    lr_scheduler_type: str = field(
+        default="cosine_with_min_lr",
+        metadata={"help": "cosine_with_min_lr, warmup_stable_decay, or any transformers scheduler name."},
+    )
+    min_lr_rate: float = field(default=0.1, metadata={"help": "Final learning rate as a fraction of --learning_rate."})
+    decay_ratio: float = field(
+        default=0.2, metadata={"help": "warmup_stable_decay: fraction of the training steps spent decaying."}
+    )
+    warmup_steps: float = field(
+        default=0.02, metadata={"help": "Warmup steps: a count, or a fraction (< 1) of the training steps."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "A checkpoint folder, or `auto`: the latest complete checkpoint in output_dir if there is one."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start from scratch in an output_dir that holds checkpoints, deleting them."},
+    )
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; unset: automatic."})
+    fp16: bool | None = field(default=None, metadata={"help": "fp16 mixed precision; unset: automatic."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Alias of --activation_checkpointing (off unless asked: small models)."}
+    )
+    include_num_input_tokens_seen: str = field(
+        default="all", metadata={"help": "Count input tokens (all, non_padding or no): tokens/s is reported."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run modeling code shipped in a model folder (not needed for MiniMinds folders)."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every parameter takes part in every step (MoE experts included)."}
+    )
+
+    def __post_init__(self):
+        if launcher_world_size() > 1 and not torch.cuda.is_available():
+            self.use_cpu = True
+        self.bf16, self.fp16 = resolve_precision(self.bf16, self.fp16, self.use_cpu)
+        if self.use_cpu or not torch.cuda.is_available():
+            self.dataloader_pin_memory = False
+        super().__post_init__()
+        if self.lr_scheduler_type in ("cosine_with_min_lr", "warmup_stable_decay"):
+            key = "min_lr_rate" if self.lr_scheduler_type == "cosine_with_min_lr" else "min_lr_ratio"
+            kwargs = dict(self.lr_scheduler_kwargs or {})
+            if "min_lr" not in kwargs:
+                kwargs.setdefault(key, self.min_lr_rate)
+            self.lr_scheduler_kwargs = kwargs
+
+
+@dataclass
+class ScriptArguments(trl.ScriptArguments):
+    """TRL's data arguments plus a held-out evaluation file, which every stage reports on."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Training data: a JSONL/parquet file, a folder or glob of them, or a Hub dataset id."},
+    )
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Held-out data for evaluation, in any --dataset_name form."}
+    )
+
+
+@dataclass
+class ModelArguments(trl.ModelConfig):
+    """TRL's model arguments (LoRA included) plus a separate tokenizer."""
+
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub id; defaults to --model_name_or_path."}
+    )
+    attn_implementation: str | None = field(
+        default="sdpa", metadata={"help": "eager, sdpa, flash_attention_2 or flex_attention."}
+    )
+
+
+def setup_distributed(args) -> None:
+    """Set up the process group before the model is built, DeepSpeed's communicator included, and refuse a launch
+    whose processes would each train alone.
+
+    ZeRO-3 shards the model while it is being constructed and reads the world size from DeepSpeed's communicator.
+    On GPUs accelerate initialises it; on CPU (`--use_cpu`) it only sets up torch.distributed, so the model would be
+    sharded as if each process were alone.
+    """
+    _ = args.device
+    if launcher_world_size() > 1 and args.world_size == 1:
+        raise ValueError(
+            f"the launcher started {launcher_world_size()} processes but the Trainer sees one: each would train "
+            "alone into the same folder. On a machine without GPUs pass --use_cpu true."
+        )
+    if args.deepspeed and args.world_size > 1:
+        import deepspeed
+
+        if not deepspeed.comm.is_initialized():
+            deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())
+
+
+@dataclass
+class SFTStageConfig(MiniMindsDefaults, trl.SFTConfig):
+    """SFTConfig with the MiniMinds defaults."""
+
+
+@dataclass
+class RewardStageConfig(MiniMindsDefaults, trl.RewardConfig):
+    """RewardConfig with the MiniMinds defaults."""
+
+
+@dataclass
+class DPOStageConfig(MiniMindsDefaults, trl.DPOConfig):
+    """DPOConfig with the MiniMinds defaults."""
+
+
+@dataclass
+class GRPOStageConfig(MiniMindsDefaults, trl.GRPOConfig):
+    """GRPOConfig with the MiniMinds defaults. GRPO batches hold prompts, not `input_ids`, so the Trainer cannot
+    count input tokens; GRPO logs its own `num_tokens`."""
+
+    include_num_input_tokens_seen: str = field(default="no", metadata={"help": "GRPO counts its own tokens."})

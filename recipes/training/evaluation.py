@@ -1,0 +1,174 @@
+"""Held-out probes: does a model finish a statement it never saw with the right answer, and does a chat model answer
+a held-out question correctly and end its turn?
+
+A probe is `{"family", "lang", "prompt", "answer"}` (see `data_process.synth`: `eval/completion.jsonl` holds
+held-out arithmetic, comparisons, counting, units and dates; `eval/trained_facts.jsonl` holds facts the model was
+trained on, so its score is recall, never "held-out"). The greedy completion must start with the whole answer, not
+followed by another digit or letter ("18" does not match "180").
+
+Chat probes are records in the project's `rl` format (`{"prompt": messages, "answer", "family"}`, e.g.
+`eval/rl.jsonl`): the greedy reply is scored by `data_process.rewards.accuracy_reward`. Held-out fact rows (animals,
+countries, ... that no training file names) cannot be known, so `task_accuracy` is reported over the families a
+model can generalise to (arithmetic, comparison, counting, units, dates) and `accuracy` over all.
+
+This module imports only torch and transformers (and the project's data_process for chat scoring), so it can score a
+saved folder in a Python where MiniMinds' model package is not importable, loaded through `trust_remote_code` alone.
+"""
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+# The families of data_process.synth whose held-out items a model can get right without having seen them.
+GENERALISABLE_FAMILIES = ("add", "sub", "mul", "compare", "count", "unit", "next_day")
+
+
+def read_probes(path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def answer_matches(completion: str, answer: str) -> bool:
+    """The completion starts with the whole answer and the answer is not the prefix of a longer word or number."""
+    text = completion.lstrip()
+    if not text.startswith(answer):
+        return False
+    rest = text[len(answer) :]
+    return not rest or not rest[0].isalnum()
+
+
+@torch.no_grad()
+def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy continuations of plain-text prompts, batched with left padding (generation is per row exact)."""
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    completions = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            batch = batch.to(model.device)
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = padding_side
+    return completions
+
+
+@torch.no_grad()
+def chat_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 32,
+                 **template_kwargs) -> list[tuple[str, bool]]:  # fmt: skip
+    """Greedy assistant replies to chat prompts and whether each ended its turn (emitted the eos token) in time."""
+    prompts = [
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+        for messages in conversations
+    ]
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    replies = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(model.device)  # fmt: skip
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            for row in output[:, batch["input_ids"].shape[1] :]:
+                ended = bool((row == tokenizer.eos_token_id).any())
+                replies.append((tokenizer.decode(row, skip_special_tokens=True), ended))
+    finally:
+        tokenizer.padding_side = padding_side
+    return replies
+
+
+def chat_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 64, num_samples: int = 4,
+                  generalisable=GENERALISABLE_FAMILIES, **template_kwargs) -> dict:  # fmt: skip
+    """Exact-answer accuracy of greedy chat replies (overall, on generalisable families, per family) and the share
+    of replies that end with the end-of-turn token."""
+    from data_process.rewards import accuracy_reward
+
+    if not records:
+        raise ValueError("no chat probes to score")
+    was_training = model.training
+    model.eval()
+    replies = chat_replies(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, **template_kwargs)
+    model.train(was_training)
+    scores = accuracy_reward(completions=[text for text, _ in replies], answer=[r["answer"] for r in records])
+    per_family = defaultdict(list)
+    for record, score in zip(records, scores):
+        per_family[record.get("family", "all")].append(score)
+    task = [s for name, values in per_family.items() if name in generalisable for s in values]
+    return {
+        "accuracy": round(sum(scores) / len(scores), 4),
+        "task_accuracy": round(sum(task) / len(task), 4) if task else None,
+        "eot_rate": round(sum(ended for _, ended in replies) / len(replies), 4),
+        "probes": len(records),
+        "per_family": {name: round(sum(v) / len(v), 4) for name, v in sorted(per_family.items())},
+        "samples": [
+            {"question": r["prompt"][-1]["content"], "answer": r["answer"], "reply": text}
+            for r, (text, _) in list(zip(records, replies))[:num_samples]
+        ],
+    }
+
+
+def completion_accuracy(model, tokenizer, probes: list[dict], num_samples: int = 4) -> dict:
+    """Accuracy over all probes and per family, with a few samples for a report."""
+    if not probes:
+        raise ValueError("no probes to score")
+    was_training = model.training
+    model.eval()
+    longest = max(len(tokenizer(p["answer"], add_special_tokens=False).input_ids) for p in probes)
+    completions = greedy_completions(model, tokenizer, [p["prompt"] for p in probes], max_new_tokens=longest + 2)
+    model.train(was_training)
+    per_family = defaultdict(list)
+    for probe, completion in zip(probes, completions):
+        per_family[probe["family"]].append(answer_matches(completion, probe["answer"]))
+    hits = [hit for family in per_family.values() for hit in family]
+    return {
+        "accuracy": round(sum(hits) / len(hits), 4),
+        "probes": len(hits),
+        "per_family": {name: round(sum(v) / len(v), 4) for name, v in sorted(per_family.items())},
+        "samples": [
+            {"prompt": p["prompt"], "answer": p["answer"], "completion": c}
+            for p, c in list(zip(probes, completions))[:num_samples]
+        ],
+    }
+
+
+def score_folder(model_dir, probe_files: dict[str, str | Path]) -> dict:
+    """Load a saved folder through its own modeling code (`trust_remote_code`) and score each probe file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    result = {"model_class": f"{type(model).__module__}.{type(model).__name__}"}
+    for name, path in probe_files.items():
+        result[name] = completion_accuracy(model, tokenizer, read_probes(path))
+    return result
+
+
+class CompletionProbeCallback(TrainerCallback):
+    """Scores probes on the model as training starts and as it ends: a stage's `before` and `after`."""
+
+    def __init__(self, tokenizer, probes: list[dict]):
+        self.tokenizer, self.probes = tokenizer, probes
+        self.before = self.after = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0 and state.is_world_process_zero:
+            self.before = completion_accuracy(model, self.tokenizer, self.probes)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            self.after = completion_accuracy(model, self.tokenizer, self.probes)
