@@ -3,7 +3,6 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from .configuration_minimind import MiniMindConfig
-from .convert import from_qwen3, to_qwen3
 from .modeling_minimind import (
     MiniMindForCausalLM,
     MiniMindForSequenceClassification,
@@ -22,6 +21,17 @@ MiniMindConfig.register_for_auto_class()
 MiniMindModel.register_for_auto_class("AutoModel")
 MiniMindForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 MiniMindForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+
+
+def __getattr__(name):
+    # Imported on first use, so `python -m modeling_miniminds.convert` runs its module only once.
+    if name in ("to_qwen3", "from_qwen3"):
+        from . import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_PRESET",

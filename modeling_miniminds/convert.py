@@ -1,6 +1,28 @@
-"""Conversion between a dense MiniMind and transformers' Qwen3: the same weights under the same names."""
+"""Conversion between MiniMind and the layouts other tools run: transformers' Qwen3 / Qwen3-MoE, and upstream
+MiniMind `.pth` checkpoints.
 
-from transformers import Qwen3Config, Qwen3ForCausalLM
+    python -m modeling_miniminds.convert to-qwen3 runs/sft runs/sft-qwen3          # vLLM, SGLang, llama.cpp, ...
+    python -m modeling_miniminds.convert from-qwen3 runs/sft-qwen3 runs/sft-again
+    python -m modeling_miniminds.convert from-upstream full_sft_512.pth runs/upstream \
+        --config minimind-26m --tokenizer ../minimind/model
+
+A dense MiniMind with q/k-norm is Qwen3 with the same state dict; a MoE without shared experts is Qwen3-MoE with the
+experts stacked. Every export is checked by equal logits on a fixed input before it is written.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 from .configuration_minimind import MiniMindConfig
 from .modeling_minimind import MiniMindForCausalLM
@@ -24,26 +46,188 @@ SHARED_FIELDS = (
     "bos_token_id",
     "eos_token_id",
 )
+MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob", "router_aux_loss_coef")
+EXPERT = "model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"
+MAX_LOGIT_DIFF = 1e-4
 
 
-def to_qwen3_config(config: MiniMindConfig) -> Qwen3Config:
-    if config.use_moe or not config.use_qk_norm:
+def to_qwen3_config(config: MiniMindConfig) -> Qwen3Config | Qwen3MoeConfig:
+    """The Qwen3 (dense) or Qwen3-MoE config with the same shapes; MiniMind features they lack are refused."""
+    if not config.use_qk_norm:
+        raise ValueError("Qwen3 always normalises q and k: a MiniMind with use_qk_norm=False has no Qwen3 equivalent")
+    shared = {name: getattr(config, name) for name in SHARED_FIELDS}
+    if not config.use_moe:
+        return Qwen3Config(**shared, attention_bias=False)
+    if config.n_shared_experts:
         raise ValueError(
-            "Only dense MiniMind models with q/k-norm have a Qwen3 equivalent "
-            f"(got use_moe={config.use_moe}, use_qk_norm={config.use_qk_norm})."
+            f"Qwen3-MoE has no shared experts and this model has {config.n_shared_experts}: it cannot be exported "
+            "to the Qwen3-MoE layout (serve it with trust_remote_code instead)"
         )
-    return Qwen3Config(**{name: getattr(config, name) for name in SHARED_FIELDS}, attention_bias=False)
+    moe = {name: getattr(config, name) for name in MOE_FIELDS}
+    return Qwen3MoeConfig(**shared, **moe, attention_bias=False, decoder_sparse_step=1, mlp_only_layers=[])
 
 
-def to_qwen3(model: MiniMindForCausalLM) -> Qwen3ForCausalLM:
-    """A `Qwen3ForCausalLM` holding a copy of the MiniMind weights (serves with any Qwen3-aware tool)."""
-    qwen3 = Qwen3ForCausalLM(to_qwen3_config(model.config)).to(model.dtype)
-    qwen3.load_state_dict(model.state_dict(), strict=True)
+def stack_experts(state_dict: dict, config: MiniMindConfig) -> dict:
+    """MiniMind's per-expert Linear weights -> Qwen3-MoE's stacked `gate_up_proj` (gate first) and `down_proj`."""
+    state_dict = dict(state_dict)
+    for layer in range(config.num_hidden_layers):
+        gate_up, down = [], []
+        for expert in range(config.num_experts):
+            key = lambda proj: EXPERT.format(layer=layer, expert=expert, proj=proj)  # noqa: E731
+            gate_up.append(torch.cat([state_dict.pop(key("gate_proj")), state_dict.pop(key("up_proj"))]))
+            down.append(state_dict.pop(key("down_proj")))
+        prefix = f"model.layers.{layer}.mlp"
+        state_dict[f"{prefix}.experts.gate_up_proj"] = torch.stack(gate_up)
+        state_dict[f"{prefix}.experts.down_proj"] = torch.stack(down)
+    return state_dict
+
+
+def unstack_experts(state_dict: dict, config) -> dict:
+    """The inverse of `stack_experts`."""
+    state_dict = dict(state_dict)
+    for layer in range(config.num_hidden_layers):
+        prefix = f"model.layers.{layer}.mlp"
+        gate_up = state_dict.pop(f"{prefix}.experts.gate_up_proj")
+        down = state_dict.pop(f"{prefix}.experts.down_proj")
+        for expert in range(config.num_experts):
+            gate, up = gate_up[expert].chunk(2, dim=0)
+            for proj, weight in (("gate_proj", gate), ("up_proj", up), ("down_proj", down[expert])):
+                state_dict[EXPERT.format(layer=layer, expert=expert, proj=proj)] = weight.clone()
+    return state_dict
+
+
+def to_qwen3(model: MiniMindForCausalLM) -> Qwen3ForCausalLM | Qwen3MoeForCausalLM:
+    """A Qwen3 (or Qwen3-MoE) model holding a copy of the MiniMind weights (serves with any Qwen3-aware tool)."""
+    config = to_qwen3_config(model.config)
+    state_dict = model.state_dict()
+    if model.config.use_moe:
+        qwen3 = Qwen3MoeForCausalLM(config)
+        state_dict = stack_experts(state_dict, model.config)
+    else:
+        qwen3 = Qwen3ForCausalLM(config)
+    qwen3.to(model.dtype).load_state_dict(state_dict, strict=True)
     return qwen3
 
 
-def from_qwen3(model: Qwen3ForCausalLM) -> MiniMindForCausalLM:
-    config = MiniMindConfig(**{name: getattr(model.config, name) for name in SHARED_FIELDS}, use_qk_norm=True)
-    minimind = MiniMindForCausalLM(config).to(model.dtype)
-    minimind.load_state_dict(model.state_dict(), strict=True)
+def from_qwen3(model: Qwen3ForCausalLM | Qwen3MoeForCausalLM) -> MiniMindForCausalLM:
+    """A MiniMind holding a copy of a Qwen3 or Qwen3-MoE (every layer sparse) model's weights."""
+    fields = {name: getattr(model.config, name) for name in SHARED_FIELDS}
+    state_dict = model.state_dict()
+    if isinstance(model, Qwen3MoeForCausalLM):
+        if model.config.mlp_only_layers or model.config.decoder_sparse_step != 1:
+            raise ValueError("only Qwen3-MoE models whose every layer is sparse map onto MiniMind's MoE")
+        fields.update({name: getattr(model.config, name) for name in MOE_FIELDS}, use_moe=True)
+        state_dict = unstack_experts(state_dict, model.config)
+    minimind = MiniMindForCausalLM(MiniMindConfig(**fields, use_qk_norm=True)).to(model.dtype)
+    minimind.load_state_dict(state_dict, strict=True)
     return minimind
+
+
+@torch.no_grad()
+def check_same_logits(reference, converted, vocab_size: int) -> float:
+    """Max |logit difference| on a fixed input; raises when the converted model does not compute the same thing."""
+    ids = torch.randint(3, vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    diff = (reference.eval()(ids).logits.float() - converted.eval()(ids).logits.float()).abs().max().item()
+    if diff > MAX_LOGIT_DIFF:
+        raise RuntimeError(f"converted model differs from the source: max |logit diff| {diff:.3g} > {MAX_LOGIT_DIFF}")
+    return diff
+
+
+def copy_tokenizer(source: Path, output: Path) -> None:
+    """The tokenizer files of `source`, if it has any, written unchanged next to the converted weights."""
+    from .tokenizer import load_tokenizer
+
+    if (source / "tokenizer.json").is_file() or (source / "tokenizer_config.json").is_file():
+        load_tokenizer(source).save_pretrained(output)
+
+
+def save_converted(source_model, converted, output: Path, tokenizer_dir: Path | None) -> float:
+    """Check logits, then write the converted model, the source's generation config and tokenizer."""
+    diff = check_same_logits(source_model, converted, source_model.config.vocab_size)
+    converted.generation_config = GenerationConfig.from_dict(source_model.generation_config.to_dict())
+    converted.save_pretrained(output)
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, output)
+    return diff
+
+
+def export_qwen3(source: Path, output: Path) -> float:
+    model = MiniMindForCausalLM.from_pretrained(source, dtype=torch.float32)
+    return save_converted(model, to_qwen3(model), output, source)
+
+
+def import_qwen3(source: Path, output: Path) -> float:
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    if not isinstance(model, (Qwen3ForCausalLM, Qwen3MoeForCausalLM)):
+        raise ValueError(f"{source}: expected a Qwen3ForCausalLM or Qwen3MoeForCausalLM folder, got {type(model).__name__}")
+    return save_converted(model, from_qwen3(model), output, source)
+
+
+def load_upstream_state_dict(checkpoint: Path) -> dict:
+    """Tensors of an upstream `.pth` (a plain state dict; `module.` prefixes from DDP dropped), loaded safely."""
+    state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{checkpoint}: expected a state dict of tensors (torch.save(model.state_dict()))")
+    return {key.removeprefix("module."): value for key, value in state_dict.items()}
+
+
+def import_upstream(checkpoint: Path, output: Path, config: str, tokenizer_dir: Path | None) -> int:
+    """Upstream MiniMind weights into a MiniMinds folder, every key accounted for (strict); returns the tensor count."""
+    from .presets import get_config
+
+    model = MiniMindForCausalLM(get_config(config))
+    state_dict = load_upstream_state_dict(checkpoint)
+    if model.config.tie_word_embeddings:
+        state_dict.setdefault("lm_head.weight", state_dict.get("model.embed_tokens.weight"))
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{checkpoint} does not match config {config}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for key, tensor in state_dict.items():
+        if tensor.shape != model.state_dict()[key].shape:
+            raise ValueError(f"{checkpoint}: {key} has shape {tuple(tensor.shape)}, config {config} expects "
+                             f"{tuple(model.state_dict()[key].shape)}")  # fmt: skip
+    model.load_state_dict(state_dict, strict=True)
+    model.save_pretrained(output)
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, output)
+    return len(state_dict)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    to_qwen3_cmd = commands.add_parser("to-qwen3", help="MiniMind folder -> Qwen3ForCausalLM / Qwen3MoeForCausalLM")
+    from_qwen3_cmd = commands.add_parser("from-qwen3", help="Qwen3 / Qwen3-MoE folder -> MiniMind folder")
+    for command in (to_qwen3_cmd, from_qwen3_cmd):
+        command.add_argument("source", type=Path, help="model folder to convert")
+        command.add_argument("output", type=Path, help="folder to write")
+    upstream = commands.add_parser("from-upstream", help="upstream MiniMind .pth -> MiniMinds folder")
+    upstream.add_argument("checkpoint", type=Path, help="upstream state dict (.pth)")
+    upstream.add_argument("output", type=Path, help="folder to write")
+    upstream.add_argument("--config", required=True, help="preset name or upstream/MiniMinds config.json")
+    upstream.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder to copy (upstream's works)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        if args.command == "from-upstream":
+            count = import_upstream(args.checkpoint, args.output, args.config, args.tokenizer)
+            print(f"wrote {args.output}: {count} tensors from {args.checkpoint}, all keys matched")
+        else:
+            convert = export_qwen3 if args.command == "to-qwen3" else import_qwen3
+            diff = convert(args.source, args.output)
+            print(f"wrote {args.output}: max |logit diff| vs {args.source} = {diff:.3g}")
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

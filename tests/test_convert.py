@@ -1,0 +1,117 @@
+"""Export and import: Qwen3 / Qwen3-MoE folders any Qwen3-aware tool runs, and upstream MiniMind `.pth` checkpoints.
+
+Each conversion must compute the same logits; a layout that does not map (shared experts, missing or extra tensors)
+is refused by name.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM
+
+from modeling_miniminds import MiniMindForCausalLM, get_config
+from modeling_miniminds.convert import from_qwen3, main, to_qwen3
+from modeling_miniminds.tokenizer import load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+UPSTREAM_TOKENIZER = REPO.parent / "shared" / "upstream-minimind-tokenizer"
+IDS = torch.tensor([[1, 40, 41, 42, 43, 2, 50, 60]])
+
+
+def saved_model(folder, tokenizer_dir=None, seed=0, **config):
+    torch.manual_seed(seed)
+    vocab = len(load_tokenizer(tokenizer_dir)) if tokenizer_dir else 256
+    model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=vocab, **config)).eval()
+    model.save_pretrained(folder)
+    if tokenizer_dir:
+        load_tokenizer(tokenizer_dir).save_pretrained(folder)
+    return model
+
+
+def logits(model):
+    with torch.no_grad():
+        return model.eval()(IDS).logits
+
+
+def test_dense_export_loads_as_plain_qwen3_with_tokenizer(tmp_path, tiny_tokenizer_dir, capsys):
+    source = saved_model(tmp_path / "mm", tiny_tokenizer_dir)
+    assert main(["to-qwen3", str(tmp_path / "mm"), str(tmp_path / "qwen3")]) == 0
+    assert "max |logit diff|" in capsys.readouterr().out
+    config = json.loads((tmp_path / "qwen3" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and "auto_map" not in config
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "qwen3")  # no remote code: a built-in class
+    assert type(exported) is Qwen3ForCausalLM
+    torch.testing.assert_close(logits(exported), logits(source), rtol=1e-5, atol=1e-5)
+    assert len(load_tokenizer(tmp_path / "qwen3")) == len(load_tokenizer(tiny_tokenizer_dir))
+    assert json.loads((tmp_path / "qwen3" / "generation_config.json").read_text())["eos_token_id"] == 2
+
+    assert main(["from-qwen3", str(tmp_path / "qwen3"), str(tmp_path / "back")]) == 0
+    back = MiniMindForCausalLM.from_pretrained(tmp_path / "back")
+    torch.testing.assert_close(logits(back), logits(source), rtol=1e-5, atol=1e-5)
+
+
+def test_moe_without_shared_experts_exports_to_qwen3_moe(tmp_path):
+    moe = dict(use_moe=True, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True)
+    source = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=256, **moe))
+    exported = to_qwen3(source)
+    assert type(exported) is Qwen3MoeForCausalLM
+    torch.testing.assert_close(logits(exported), logits(source), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(from_qwen3(exported)), logits(source), rtol=1e-5, atol=1e-5)
+
+
+def test_shared_experts_are_refused_with_the_reason(tmp_path, capsys):
+    saved_model(tmp_path / "mm", use_moe=True, num_experts=4, num_experts_per_tok=1, n_shared_experts=1)
+    assert main(["to-qwen3", str(tmp_path / "mm"), str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: Qwen3-MoE has no shared experts and this model has 1")
+    assert not (tmp_path / "out").exists()
+
+
+def upstream_checkpoint(tmp_path, config_overrides):
+    """An upstream-style checkpoint: `torch.save(model.state_dict())` (tied lm_head included) and its config."""
+    model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=6400, **config_overrides)).eval()
+    torch.save(model.state_dict(), tmp_path / "full_sft.pth")
+    config = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "vocab_size": 6400, "rope_theta": 1e6, "flash_attn": True, **config_overrides}  # fmt: skip
+    (tmp_path / "upstream_config.json").write_text(json.dumps(config))
+    return model
+
+
+@pytest.mark.skipif(not UPSTREAM_TOKENIZER.is_dir(), reason="upstream MiniMind tokenizer folder (../shared) not present")
+def test_upstream_checkpoint_imports_and_chats_with_upstream_tokenizer(tmp_path):
+    source = upstream_checkpoint(tmp_path, {})
+    argv = ["from-upstream", str(tmp_path / "full_sft.pth"), str(tmp_path / "out"),
+            "--config", str(tmp_path / "upstream_config.json"), "--tokenizer", str(UPSTREAM_TOKENIZER)]  # fmt: skip
+    assert main(argv) == 0
+    imported = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True)
+    torch.testing.assert_close(logits(imported), logits(source))
+    tokenizer = load_tokenizer(tmp_path / "out")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)  # fmt: skip
+    reply = imported.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert reply.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_upstream_checkpoint_with_missing_or_extra_tensors_is_refused(tmp_path, capsys):
+    upstream_checkpoint(tmp_path, {})
+    state = torch.load(tmp_path / "full_sft.pth", weights_only=True)
+    state["model.layers.9.mlp.gate_proj.weight"] = torch.zeros(1)
+    del state["model.norm.weight"]
+    torch.save(state, tmp_path / "bad.pth")
+    argv = ["from-upstream", str(tmp_path / "bad.pth"), str(tmp_path / "out"), "--config",
+            str(tmp_path / "upstream_config.json")]  # fmt: skip
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "missing ['model.norm.weight']" in error and "unexpected ['model.layers.9.mlp.gate_proj.weight']" in error
+
+
+def test_cli_runs_as_a_module(tmp_path):
+    saved_model(tmp_path / "mm")
+    done = subprocess.run([sys.executable, "-m", "modeling_miniminds.convert", "to-qwen3", str(tmp_path / "mm"),
+                           str(tmp_path / "q")], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RuntimeWarning" not in done.stderr
