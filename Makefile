@@ -12,11 +12,12 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[dev,deepspeed]"
+	$(PY) -m pip install -e ".[dev,deepspeed,eval,serve]"
 	touch $(STAMP)
 
+# One BLAS thread per process: the tests' tiny models run fastest that way, and the distributed tests start two.
 test: install
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 demo: install
 	$(PY) -m recipes.demo --output_dir runs/demo
@@ -25,6 +26,8 @@ bench: install
 	$(PY) benchmarks/model_step.py
 	$(PY) benchmarks/pretrain_throughput.py --model minimind-26m --threads 1
 	$(PY) benchmarks/data_pipeline.py --mb 50
+	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/sft_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache

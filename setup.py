@@ -6,7 +6,9 @@ extras = {
     "deepspeed": ["deepspeed>=0.16.0"],
     "track": ["wandb>=0.18", "swanlab>=0.4", "tensorboard>=2.17"],
     "gpu": ["flash-attn>=2.6"],
-    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "psutil>=5.9"],
+    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "psutil>=5.9", "openai>=1.40", "selenium>=4.20"],
+    "serve": ["starlette>=0.40", "uvicorn>=0.30"],
+    "eval": ["lm-eval>=0.4.5"],
 }
 
 setup(
@@ -18,7 +20,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["modeling_miniminds", "data_process", "recipes", "recipes.training"],
-    package_data={"recipes": ["configs/*.yaml"]},
+    package_data={"recipes": ["configs/*.yaml", "lm_eval_tasks/*.yaml"], "modeling_miniminds": ["static/*.html"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.24",

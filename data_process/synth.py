@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_process.io import build_parser, write_jsonl
+from data_process.tools import CALCULATOR_TOOL, calculator
 
 SIZES = {
     "tiny": {"pretrain": 400, "sft": 300, "dpo": 120, "rl": 120, "eval": 40},
@@ -498,6 +499,118 @@ def sft_record(rng, eval_split=False):
     return {"conversations": messages}, keys
 
 
+FULL_STOP = {"zh": "。", "en": "."}
+SYMBOLS = {"add": "+", "sub": "-", "mul": "×"}
+FOLLOW_UPS = {
+    "add": {"zh": "再加上 {n} 呢？", "en": "And if you add {n} to that?"},
+    "sub": {"zh": "再减去 {n} 呢？", "en": "Now take {n} away from that."},
+    "mul": {"zh": "再乘以 {n} 呢？", "en": "And that times {n}?"},
+}
+CHAIN_QUESTIONS = {
+    "zh": ["{expression} 等于多少？", "请一步一步计算 {expression}。"],
+    "en": ["What is {expression}?", "Work out {expression} step by step."],
+}
+CALCULATOR_QUESTIONS = {
+    "zh": ["用计算器算一下 {expression}。", "{expression} 等于多少？", "请计算 {expression}。"],
+    "en": ["Use the calculator to work out {expression}.", "What is {expression}?", "Please calculate {expression}."],
+}
+
+
+def _step(lang, op, a, b):
+    """One arithmetic step as (key, "a + b = r.", r), keyed the way `_arith` keys the same operands."""
+    result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+    key = f"sub:{a}:{b}" if op == "sub" else f"{op}:{min(a, b)}:{max(a, b)}"
+    return key, f"{a} {SYMBOLS[op]} {b} = {result}{FULL_STOP[lang]}", result
+
+
+def _final_reply(lang, expression, result):
+    return f"{expression} = {result}{FULL_STOP[lang]}\n{ANSWER_PREFIX[lang]}{result}"
+
+
+def follow_up_record(rng):
+    """Two turns whose second question only makes sense after the first answer ("And that times 3?"). Training only:
+    such a question names no fact of its own, so an eval copy would repeat training questions word for word."""
+    lang = _lang(rng)
+    while True:
+        first = FAMILIES[_pick(rng, ("add", "sub", "mul"))](rng, lang)
+        previous, op = int(first.answer), _pick(rng, ("add", "sub", "mul"))
+        n = rng.randint(2, 5) if op == "mul" else rng.randint(1, 20)
+        if op == "sub" and n > previous:
+            continue
+        key, statement, result = _step(lang, op, previous, n)
+        if not is_heldout(first.key) and not is_heldout(key):
+            break
+    second = Item(key, lang, statement, FOLLOW_UPS[op][lang].format(n=n), str(result), _near_miss(rng, result))
+    messages = _system(rng, lang)
+    for item in (first, second):
+        messages += [{"role": "user", "content": item.question}, _assistant(item)]
+    return {"conversations": messages}, [first.key, key]
+
+
+def _chain(rng, lang, eval_split):
+    """Three numbers added or subtracted left to right, both intermediate steps keyed in the requested split."""
+    while True:
+        a, b, c = rng.randint(0, 99), rng.randint(0, 99), rng.randint(0, 99)
+        first_op, second_op = _pick(rng, ("add", "sub")), _pick(rng, ("add", "sub"))
+        if first_op == "sub" and b > a:
+            a, b = b, a
+        first_key, first_step, partial = _step(lang, first_op, a, b)
+        if second_op == "sub" and c > partial:
+            second_op = "add"
+        second_key, second_step, result = _step(lang, second_op, partial, c)
+        if is_heldout(first_key) == eval_split and is_heldout(second_key) == eval_split:
+            expression = f"{a} {SYMBOLS[first_op]} {b} {SYMBOLS[second_op]} {c}"
+            return expression, (first_step, second_step), result, [first_key, second_key]
+
+
+def thinking_record(rng, eval_split=False):
+    """A two-step sum whose steps are worked out in `reasoning_content` (rendered as <think>...</think>) before the
+    reply states the result."""
+    lang = _lang(rng)
+    expression, steps, result, keys = _chain(rng, lang, eval_split)
+    question = _pick(rng, CHAIN_QUESTIONS[lang]).format(expression=expression)
+    reasoning = ("" if lang == "zh" else " ").join(steps)
+    reply = {"role": "assistant", "content": _final_reply(lang, expression, result), "reasoning_content": reasoning}
+    return {"conversations": _system(rng, lang) + [{"role": "user", "content": question}, reply]}, keys
+
+
+def _calculator_expression(rng):
+    a, b, c = rng.randint(100, 999), rng.randint(11, 99), rng.randint(2, 999)
+    shapes = [f"{a} * {b}", f"{a} * {b} + {c}", f"{a} * {b} - {c}", f"({a} + {c}) * {b}", f"{a * b} / {b}"]
+    return _pick(rng, shapes)
+
+
+def tool_record(rng, eval_split=False):
+    """Arithmetic too large to do by heart: the assistant calls the `calculator` tool, the tool turn returns what
+    data_process.tools computes, and the assistant states the answer. The record carries the tool list in `tools`."""
+    lang = _lang(rng)
+    expression = _calculator_expression(rng)
+    while is_heldout(f"calc:{expression}") != eval_split:
+        expression = _calculator_expression(rng)
+    result = calculator(expression)
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expression}}}
+    messages = _system(rng, lang) + [
+        {"role": "user", "content": _pick(rng, CALCULATOR_QUESTIONS[lang]).format(expression=expression)},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": result},
+        {"role": "assistant", "content": _final_reply(lang, expression, result)},
+    ]
+    return {"conversations": messages, "tools": [CALCULATOR_TOOL]}, [f"calc:{expression}"]
+
+
+def chat_record(rng, eval_split=False):
+    """One SFT conversation: mostly `sft_record`'s questions; a tenth each are follow-ups (training only), thinking
+    and calculator conversations."""
+    kind = rng.random()
+    if kind < 0.1 and not eval_split:
+        return follow_up_record(rng)
+    if kind < 0.2:
+        return thinking_record(rng, eval_split)
+    if kind < 0.3:
+        return tool_record(rng, eval_split)
+    return sft_record(rng, eval_split)
+
+
 def _bad_reply(rng, item):
     """A rejected reply: wrong answer, missing answer line, or degenerate repetition."""
     kind = rng.randrange(3)
@@ -526,7 +639,7 @@ def rl_record(rng, eval_split=False):
     return {"prompt": prompt, "answer": item.answer, "family": item.key.split(":")[0]}, [item.key]
 
 
-MAKERS = {"pretrain": pretrain_doc, "sft": sft_record, "dpo": dpo_record, "rl": rl_record}
+MAKERS = {"pretrain": pretrain_doc, "sft": chat_record, "dpo": dpo_record, "rl": rl_record}
 
 
 def iter_keyed_records(kind, seed=0, eval_split=False):

@@ -1,7 +1,7 @@
 """The whole pipeline on the built-in corpus, on a laptop CPU, ending in a report.
 
     make demo                                        # installs, then runs this
-    python -m recipes.demo --output_dir runs/demo    # stages: corpus, tokenizer, pretrain, model
+    python -m recipes.demo --output_dir runs/demo    # corpus, tokenizer, pretrain, model, sft, reward, dpo, eval
 
 Each stage calls the same library function as its recipe. The report lands in `<output_dir>/report.md` and
 `<output_dir>/report.json` (`{"stages": {"<stage>": {"seconds": ..., "before": {...}, "after": {...}, ...}}}`);
@@ -22,13 +22,19 @@ import transformers
 import trl
 
 from data_process.loading import iter_texts
+from data_process.mc import write_builtin_mc
 from data_process.synth import build_corpus
 from data_process.text import compression_stats
 from modeling_miniminds.tokenizer import load_tokenizer, train_tokenizer
 from recipes.training.callbacks import PLOT_FILE
 from recipes.training.cli import RecipeParser
+from recipes.training.dpo import DPOModelArguments, DPOScriptArguments, DPOTrainingConfig, dpo
+from recipes.training.eval_lm import evaluate_models
 from recipes.training.evaluation import CompletionProbeCallback, read_probes
+from recipes.training.preference import PreferenceScriptArguments
 from recipes.training.pretraining import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, pretrain
+from recipes.training.reward import RewardModelArguments, RewardTrainingConfig, reward
+from recipes.training.sft import SFTModelArguments, SFTRecipeConfig, SFTScriptArguments, sft
 
 CONFIGS = Path(__file__).parent / "configs"
 PRETRAIN_RECIPE = CONFIGS / "pretrain_tiny.yaml"
@@ -38,7 +44,17 @@ METRIC_MEANINGS = {
     "completion_accuracy": "greedy completion of held-out statements (unseen operands, dates, units), whole answer "
     "exact; see per_family",
     "trained_fact_recall": "the same on facts the model was trained on (seen data: recall, not generalisation)",
+    "loss (sft)": "cross-entropy on the assistant tokens of eval/sft.jsonl (held-out conversations)",
+    "accuracy": "greedy chat replies to eval/rl.jsonl questions whose final answer is exactly right (all families, "
+    "held-out fact rows included, which no model can know)",
+    "task_accuracy": "the same over the families a model can generalise to (arithmetic, comparison, counting, units, "
+    "dates)",
+    "eot_rate": "share of those replies that end their turn with <|im_end|> within the token limit",
+    "pairwise_accuracy": "held-out preference pairs (eval/dpo.jsonl) the reward model scores chosen above rejected",
+    "preference_accuracy / margin": "the same pairs under DPO's implicit reward, and its mean chosen-rejected margin",
 }
+# Steps of the post-training stages in the demo: enough to move the held-out numbers on a 2-core CPU.
+DEMO_STEPS = {"sft": 300, "reward": 120, "dpo": 120}
 
 
 def parse_args(argv=None):
@@ -47,6 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"], help="built-in corpus size")
     parser.add_argument("--vocab_size", type=int, default=2048, help="demo tokenizer vocabulary (default: 2048)")
     parser.add_argument("--max_steps", type=int, default=None, help="cap pretraining steps (default: the recipe's)")
+    parser.add_argument(
+        "--stage_steps", type=int, default=None, help=f"steps of each post-training stage (default: {DEMO_STEPS})"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -144,6 +163,90 @@ def stage_model(model_dir: Path, paths: dict) -> tuple[dict, None]:
     }, None
 
 
+def run_recipe(argument_classes, argv: list, train, callbacks=None) -> dict:
+    """Parse `argv` exactly as the stage's script would, then run the stage's library function."""
+    script_args, training_args, model_args = RecipeParser(argument_classes).parse_args_and_config(map(str, argv))
+    return train(script_args, training_args, model_args, callbacks=callbacks)
+
+
+def common_argv(recipe: str, folder: Path, seed: int, steps: int | None) -> list:
+    argv = ["--config", CONFIGS / recipe, "--output_dir", folder, "--overwrite_output_dir", "true", "--seed", seed,
+            "--report_to", "none"]  # fmt: skip
+    return argv + (["--max_steps", steps] if steps else [])
+
+
+def run_summary(result: dict, folder: Path) -> dict:
+    keep = ("steps", "tokens", "tokens_per_second", "train_loss")
+    summary = {key: round(result[key], 4) if isinstance(result[key], float) else result[key] for key in keep
+               if result.get(key) is not None}  # fmt: skip
+    return {**summary, "output_dir": str(folder), "curves": f"{folder.name}/{PLOT_FILE}"}
+
+
+def stage_sft(out: Path, paths: dict, model_dir: Path, seed: int, steps: int) -> tuple[dict, Path]:
+    folder = out / "sft"
+    argv = common_argv("sft_tiny.yaml", folder, seed, steps) + [
+        "--model_name_or_path", model_dir,
+        "--dataset_name", paths["sft"],
+        "--eval_dataset_name", paths["eval"] / "sft.jsonl",
+        "--chat_eval_dataset", paths["eval"] / "rl.jsonl",
+    ]  # fmt: skip
+    result = run_recipe((SFTScriptArguments, SFTRecipeConfig, SFTModelArguments), argv, sft)
+    metrics = {**run_summary(result, folder), "before": result["before"], "after": result["after"],
+               "chat_per_family": result["chat_per_family"], "chat_samples": result["chat_samples"]}  # fmt: skip
+    return metrics, folder
+
+
+def stage_reward(out: Path, paths: dict, sft_dir: Path, seed: int, steps: int) -> tuple[dict, Path]:
+    folder = out / "reward"
+    argv = common_argv("reward_tiny.yaml", folder, seed, steps) + [
+        "--model_name_or_path", sft_dir,
+        "--dataset_name", paths["dpo"],
+        "--eval_dataset_name", paths["eval"] / "dpo.jsonl",
+    ]  # fmt: skip
+    result = run_recipe((PreferenceScriptArguments, RewardTrainingConfig, RewardModelArguments), argv, reward)
+    return {**run_summary(result, folder), "before": result["before"], "after": result["after"]}, folder
+
+
+def stage_dpo(out: Path, paths: dict, sft_dir: Path, seed: int, steps: int) -> tuple[dict, Path]:
+    folder = out / "dpo"
+    argv = common_argv("dpo_tiny.yaml", folder, seed, steps) + [
+        "--model_name_or_path", sft_dir,
+        "--dataset_name", paths["dpo"],
+        "--eval_dataset_name", paths["eval"] / "dpo.jsonl",
+        "--chat_eval_dataset", paths["eval"] / "rl.jsonl",
+    ]  # fmt: skip
+    result = run_recipe((DPOScriptArguments, DPOTrainingConfig, DPOModelArguments), argv, dpo)
+    return {**run_summary(result, folder), "before": result["before"], "after": result["after"]}, folder
+
+
+def stage_eval(out: Path, paths: dict, model_dirs: list[Path]) -> tuple[dict, None]:
+    """All language models side by side on the same held-out files: bits per byte, multiple choice, chat."""
+    questions = sum(1 for _ in iter_texts([paths["eval"] / "rl.jsonl"]))  # as many as the corpus size's eval split
+    mc = write_builtin_mc(paths["eval"], count=questions)
+    results = evaluate_models(
+        model_dirs,
+        text_files=[paths["eval"] / "pretrain.jsonl"],
+        mc_files=[mc["mc"]],
+        chat_files=[paths["eval"] / "rl.jsonl"],
+        output_dir=out / "eval",
+    )
+    table = {name: model_headline(metrics) for name, metrics in results["models"].items()}
+    return {"models": table, "chart": "eval/eval_chart.png", "table": "eval/eval_table.md"}, None
+
+
+def model_headline(metrics: dict) -> dict:
+    """The few numbers per model that the report table shows."""
+    bpb = list(metrics["bits_per_byte"].values())
+    mc = next(iter(metrics["multiple_choice"].values()), {})
+    chat = next(iter(metrics["chat"].values()), {})
+    return {
+        "bits_per_byte": bpb[0] if bpb else None,
+        "mc_accuracy": mc.get("acc"),
+        "chat_task_accuracy": chat.get("task_accuracy"),
+        "eot_rate": chat.get("eot_rate"),
+    }
+
+
 def timed(stage, *args) -> tuple[dict, object]:
     """Run a stage, which returns (metrics, what the next stage needs), and put its wall time first."""
     start = time.perf_counter()
@@ -178,12 +281,19 @@ def stage_rows(name: str, metrics: dict) -> list[str]:
     lines += [f"- {key}: {format_value(value)}" for key, value in scalars.items()]
     if "curves" in metrics:
         lines += ["", f"![{name} loss and learning rate]({metrics['curves']})"]
+    if "models" in metrics:
+        columns = list(next(iter(metrics["models"].values())))
+        lines += ["", "| model | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+        for model, values in metrics["models"].items():
+            lines.append(f"| {model} | " + " | ".join(format_value(values[c]) for c in columns) + " |")
+        lines += ["", f"![held-out metrics per model]({metrics['chart']})"]
     if "before" in metrics:
         lines += ["", "| held-out metric | before | after |", "| --- | ---: | ---: |"]
         for key in metrics["after"]:
-            lines.append(f"| {key} | {format_value(metrics['before'][key])} | {format_value(metrics['after'][key])} |")
+            before = format_value(metrics["before"].get(key))
+            lines.append(f"| {key} | {before} | {format_value(metrics['after'][key])} |")
     for key, value in metrics.items():
-        if isinstance(value, (dict, list)) and key not in ("before", "after"):
+        if isinstance(value, (dict, list)) and key not in ("before", "after", "models"):
             lines += ["", f"{key}:", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]
     return lines + [""]
 
@@ -214,6 +324,11 @@ def main(argv=None) -> dict:
     stages["tokenizer"], tokenizer_dir = timed(stage_tokenizer, out, paths, args.vocab_size)
     stages["pretrain"], model_dir = timed(stage_pretrain, out, paths, tokenizer_dir, args.max_steps, args.seed)
     stages["model"], _ = timed(stage_model, model_dir, paths)
+    steps = {name: args.stage_steps or default for name, default in DEMO_STEPS.items()}
+    stages["sft"], sft_dir = timed(stage_sft, out, paths, model_dir, args.seed, steps["sft"])
+    stages["reward"], _ = timed(stage_reward, out, paths, sft_dir, args.seed, steps["reward"])
+    stages["dpo"], dpo_dir = timed(stage_dpo, out, paths, sft_dir, args.seed, steps["dpo"])
+    stages["eval"], _ = timed(stage_eval, out, paths, [model_dir, sft_dir, dpo_dir])
     report = write_report(out, stages)
     print(report.read_text(encoding="utf-8"))
     return stages

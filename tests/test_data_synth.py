@@ -20,6 +20,7 @@ from data_process.synth import (
     sample_item,
     split_keys,
 )
+from data_process.tools import CALCULATOR_TOOL, calculator
 
 TRAINING_KINDS = ("pretrain", "sft", "dpo", "rl")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
@@ -183,3 +184,40 @@ def test_cli_writes_manifest(tmp_path, capsys):
 def test_unknown_size_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="size: expected one of tiny, small, medium, got 'huge'"):
         build_corpus(tmp_path, size="huge")
+
+
+def test_sft_has_follow_ups_thinking_and_calculator_conversations(small_corpus):
+    """Every kind of SFT conversation the recipe trains on: follow-ups that need the previous answer, worked steps in
+    `reasoning_content`, and calculator calls whose tool turn holds what data_process.tools computes."""
+    conversations = [(r["conversations"], r.get("tools")) for r in read_jsonl(small_corpus["sft"], validate="sft")]
+    follow_ups = [c for c, _ in conversations if any(m["content"].startswith(("再", "And ", "Now take")) for m in c)]
+    thinking = [c for c, _ in conversations if any(m.get("reasoning_content") for m in c)]
+    tool_uses = [(c, tools) for c, tools in conversations if any(m.get("tool_calls") for m in c)]
+    for share in (follow_ups, thinking, tool_uses):
+        assert 0.07 < len(share) / len(conversations) < 0.13  # a tenth each
+    for messages in thinking:
+        reply = messages[-1]
+        steps = [int(s) for s in re.findall(r"= (\d+)", reply["reasoning_content"])]
+        assert len(steps) == 2 and extract_answer(reply["content"]) == str(steps[-1])
+    for messages, tools in tool_uses:
+        assert tools == [CALCULATOR_TOOL]
+        call, result, final = messages[-3:]
+        expression = call["tool_calls"][0]["function"]["arguments"]["expression"]
+        assert call["content"] == "" and result == {"role": "tool", "content": calculator(expression)}
+        assert extract_answer(final["content"]) == result["content"]
+
+
+def test_no_eval_reasoning_or_calculator_expression_appears_in_training(small_corpus, small_training_text):
+    """The held-out split covers the new conversations too: no worked step and no calculator expression of
+    eval/sft.jsonl stands in a training file."""
+    steps, expressions = set(), set()
+    for record in read_jsonl(small_corpus["eval"] / "sft.jsonl"):
+        for message in record["conversations"]:
+            steps |= set(sentences(message.get("reasoning_content") or ""))
+            for call in message.get("tool_calls") or []:
+                expressions.add(json.dumps(call["function"]["arguments"], ensure_ascii=False))
+    assert len(steps) > 40 and len(expressions) > 20
+    held_out = {json.dumps(s, ensure_ascii=False)[1:-1] for s in steps}
+    leaked = sorted(s for s in held_out if occurs_as_sentence(s, small_training_text))
+    leaked += sorted(e for e in expressions if e in small_training_text)
+    assert not leaked, f"{len(leaked)} eval steps or expressions in training files, e.g. {leaked[:3]}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import IntervalStrategy
+from trl.models import prepare_deepspeed
 
 from data_process.collators import PackedBlockCollator
 from modeling_miniminds.tokenizer import load_tokenizer
@@ -96,21 +97,12 @@ def check_same_vocabulary(student, teacher, tokenizer, teacher_name: str) -> Non
             "distillation compares next-token distributions id by id, so both must use the same tokenizer."
         )
     teacher_folder = Path(teacher_name)
-    if (teacher_folder / "tokenizer.json").is_file():
-        if load_tokenizer(teacher_folder).get_vocab() != tokenizer.get_vocab():
-            raise ValueError(
-                f"the teacher {teacher_name} was saved with a different tokenizer than the student's: the same ids "
-                "would mean different tokens. Pass the teacher's tokenizer with --tokenizer_name_or_path."
-            )
-
-
-def compute_dtype(training_args, model) -> torch.dtype:
-    """The dtype the student's forward runs in, which the teacher copies."""
-    if training_args.bf16:
-        return torch.bfloat16
-    if training_args.fp16:
-        return torch.float16
-    return model.dtype
+    has_tokenizer = (teacher_folder / "tokenizer.json").is_file()
+    if has_tokenizer and load_tokenizer(teacher_folder).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"the teacher {teacher_name} was saved with a different tokenizer than the student's: the same ids "
+            "would mean different tokens. Pass the teacher's tokenizer with --tokenizer_name_or_path."
+        )
 
 
 class DistillTrainer(PretrainTrainer):
@@ -120,10 +112,18 @@ class DistillTrainer(PretrainTrainer):
 
     def __init__(self, *args, teacher, **kwargs):
         super().__init__(*args, **kwargs)
-        student = self.accelerator.unwrap_model(self.model)
-        self.teacher = teacher.to(device=self.args.device, dtype=compute_dtype(self.args, student))
-        self.teacher.eval().requires_grad_(False)
+        self.teacher = self._place_teacher(teacher)
         self._terms_sum, self._terms_count = None, 0
+
+    def _place_teacher(self, teacher):
+        """Frozen, in eval mode, with the student's weight dtype, on its device and under its mixed precision:
+        DeepSpeed wraps it as an inference engine (sharded under ZeRO-3, as the student), otherwise accelerate
+        places it without a DDP wrapper."""
+        student = self.accelerator.unwrap_model(self.model)
+        teacher = teacher.to(dtype=student.dtype).eval().requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(teacher, self.accelerator)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The parent's loss (CE, plus the weighted aux loss of a MoE student) with `1 - alpha` of its CE swapped

@@ -1,0 +1,310 @@
+"""Supervised fine-tuning on chat data with TRL's SFTTrainer: the arguments, the trainer and `sft()`, which
+`recipes/sft.py` and the demo call.
+
+The loss covers assistant content and its end-of-turn token only, in every assistant turn of a conversation at once
+(`assistant_only_loss` through the template's {% generation %} markers). Conversations are packed best-fit into
+rows of `max_length` tokens that attend block-diagonally, so next to no compute goes to padding: TRL's padding-free
+batch (one flattened row) with a flash-attention varlen kernel, separate packed rows with sdpa or eager attention
+(`PackedRowsCollator`). With `--use_peft` only LoRA adapters train. Before and after training the run measures, on held-out data, the
+assistant-token loss (`eval_loss`) and, on held-out questions, the exact-answer accuracy of greedy replies and how
+often they end their turn.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import trl
+from peft import PeftModel
+from transformers import IntervalStrategy
+from transformers.dynamic_module_utils import custom_object_save
+
+from data_process.chat import load_chat_dataset, read_system_prompts
+from modeling_miniminds.merge_lora import merge_lora
+from recipes.training.args import ModelArguments, ScriptArguments, SFTStageConfig
+from recipes.training.evaluation import chat_accuracy, read_probes
+from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
+from recipes.training.pretraining import summarize
+from recipes.training.runs import finish_run, start_run
+from recipes.training.trainer import SFTStageTrainer
+
+logger = logging.getLogger(__name__)
+
+# The held-out chat numbers a run reports before and after training (`loss` is the assistant-token eval loss).
+HEADLINE_METRICS = ("loss", "accuracy", "task_accuracy", "eot_rate")
+
+
+@dataclass
+class SFTScriptArguments(ScriptArguments):
+    """Data options of the SFT stage."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat data: records in the project's SFT format, upstream MiniMind's, ShareGPT, Alpaca or OpenAI "
+            "messages (tools and tool calls included); a JSONL/parquet file, a folder or glob of them, or a Hub id."
+        },
+    )
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Held-out chat data for eval_loss (assistant tokens only), in any form above."}
+    )
+    skip_bad: bool = field(
+        default=False,
+        metadata={
+            "help": "Count and set aside bad records (in output_dir/train.rejected.jsonl, eval.rejected.jsonl) instead "
+            "of stopping at the first one."
+        },
+    )
+    system_prompts: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "System prompts to add to training conversations that have none: the prompts, or one file "
+            "(.json list, or one prompt per line)."
+        },
+    )
+    system_prompt_ratio: float = field(
+        default=0.2, metadata={"help": "Share of conversations without a system message that get one (seeded)."}
+    )
+    chat_eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out questions with answers (`rl` records: prompt, answer, family; e.g. eval/rl.jsonl) "
+            "answered greedily before and after training: accuracy, task_accuracy, eot_rate."
+        },
+    )
+    chat_eval_samples: int = field(default=200, metadata={"help": "Questions of --chat_eval_dataset to ask."})
+    chat_eval_max_new_tokens: int = field(default=96, metadata={"help": "Longest greedy reply, in tokens."})
+
+
+@dataclass
+class SFTModelArguments(ModelArguments):
+    """The model to fine-tune and, with --use_peft, its LoRA adapters."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The model to fine-tune: a saved folder (e.g. a pretraining output_dir) or a Hub id."},
+    )
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Modules that get LoRA adapters; all-linear: every linear layer but lm_head."},
+    )
+    merge_on_save: bool = field(
+        default=False,
+        metadata={
+            "help": "With --use_peft: write the merged full model to output_dir (the adapter to output_dir/adapter)."
+        },
+    )
+
+
+@dataclass
+class SFTRecipeConfig(SFTStageConfig):
+    """SFTConfig with the stage's defaults: loss on assistant tokens only, best-fit packing, evaluation before and
+    during training. Every SFTConfig and TrainingArguments flag stays available."""
+
+    output_dir: str | None = field(default="runs/sft", metadata={"help": "Checkpoints and the final model."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training data."})
+    per_device_train_batch_size: int = field(
+        default=16, metadata={"help": "Packed rows (of up to max_length tokens) per device per micro-batch."}
+    )
+    max_length: int | None = field(default=1024, metadata={"help": "Tokens per packed row; longer chats are cut."})
+    assistant_only_loss: bool = field(
+        default=True, metadata={"help": "Loss on assistant content and its end-of-turn token only."}
+    )
+    packing: bool = field(
+        default=True, metadata={"help": "Pack conversations best-fit into rows of max_length tokens."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    eval_strategy: str = field(default="steps", metadata={"help": "no, steps or epoch."})
+    eval_steps: float | None = field(default=200, metadata={"help": "Evaluate every N optimizer steps."})
+    eval_on_start: bool = field(default=True, metadata={"help": "Evaluate once before training (the start loss)."})
+    save_steps: float = field(default=500, metadata={"help": "Checkpoint every N optimizer steps."})
+    save_total_limit: int | None = field(default=3, metadata={"help": "Keep at most N checkpoints."})
+
+
+def save_base_model_files(base_model, folder) -> None:
+    """Write a LoRA base model's config, generation config and modeling code next to its adapter: the folder is then
+    complete (transformers loads it as base + adapter, merge_lora turns it into a full model)."""
+    if base_model._auto_class is not None:  # registered remote code, as save_pretrained checks
+        custom_object_save(base_model, folder, config=base_model.config)
+    base_model.config.save_pretrained(folder)
+    base_model.generation_config.save_pretrained(folder)
+
+
+# Attention kernels that take a flattened batch as separate sequences (cu_seq_lens) instead of attending densely.
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+@dataclass
+class PackedRowsCollator:
+    """Rows packed by TRL (`input_ids`, `labels`, `seq_lengths`) batched as separate rows, right-padded to the longest,
+    with `position_ids` restarting at every conversation and no attention mask: transformers then masks attention
+    block-diagonally within each row.
+
+    TRL's padding-free collator flattens the whole batch into one row instead. The varlen kernels of flash-attention
+    skip the masked blocks of that row, but sdpa and eager attend densely: rows^2 * max_length^2 per layer instead of
+    rows * max_length^2, which made packed SFT slower than padding on CPU (see benchmarks/sft_throughput.py).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(example["input_ids"]) for example in examples)
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full_like(input_ids, -100)
+        position_ids = torch.zeros_like(input_ids)
+        for row, example in enumerate(examples):
+            length = len(example["input_ids"])
+            input_ids[row, :length] = torch.as_tensor(example["input_ids"])
+            labels[row, :length] = torch.as_tensor(example["labels"])
+            lengths = [*example["seq_lengths"], width - length]  # the padded tail as one more sequence
+            position_ids[row] = torch.cat([torch.arange(n) for n in lengths])
+        labels[position_ids == 0] = -100  # a conversation's first token is never predicted from the one before
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+class SFTRecipeTrainer(SFTStageTrainer):
+    """SFTStageTrainer that batches packed rows apart unless the attention kernel is varlen (see
+    `PackedRowsCollator`), and whose LoRA saves are complete model folders (see `save_base_model_files`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        attention = getattr(self.accelerator.unwrap_model(self.model).config, "_attn_implementation", None)
+        self.packed_rows = self.padding_free and self.args.packing and attention not in VARLEN_ATTENTION
+        if self.packed_rows:
+            self.data_collator = PackedRowsCollator(self.processing_class.pad_token_id)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL counts a batch without attention mask as one row of `position_ids.size(1)` tokens for its logged
+        `num_tokens`; packed rows hold `input_ids.numel()`."""
+        counted = self._total_train_tokens
+        output = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.packed_rows and model.training:
+            tokens = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+            self._total_train_tokens = counted + self.accelerator.gather_for_metrics(tokens).sum().item()
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return output
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.args.should_save and isinstance(model, PeftModel):
+            save_base_model_files(model.get_base_model(), output_dir or self.args.output_dir)
+
+
+def load_datasets(script_args: SFTScriptArguments, training_args: SFTRecipeConfig):
+    """Training and held-out conversations (None without --eval_dataset_name) and the number of records skipped."""
+    if not script_args.dataset_name:
+        raise ValueError("pass --dataset_name: the chat data (a file, folder, glob or Hub id)")
+    output_dir = Path(training_args.output_dir)
+    options = {"skip_bad": script_args.skip_bad, "write_rejected": training_args.should_save}
+    with training_args.main_process_first(desc="load chat data"):
+        train, train_rejected = load_chat_dataset(
+            script_args.dataset_name,
+            split=script_args.dataset_train_split,
+            rejected_path=output_dir / "train.rejected.jsonl",
+            system_prompts=read_system_prompts(script_args.system_prompts),
+            system_prompt_ratio=script_args.system_prompt_ratio,
+            seed=training_args.seed,
+            **options,
+        )
+        evaluation, eval_rejected = None, 0
+        if script_args.eval_dataset_name:
+            evaluation, eval_rejected = load_chat_dataset(
+                script_args.eval_dataset_name, rejected_path=output_dir / "eval.rejected.jsonl", **options
+            )
+    return train, evaluation, {"train": train_rejected, "eval": eval_rejected}
+
+
+def read_chat_probes(script_args: SFTScriptArguments) -> list[dict]:
+    """The first --chat_eval_samples held-out questions, or none."""
+    if not script_args.chat_eval_dataset:
+        return []
+    probes = read_probes(script_args.chat_eval_dataset)[: script_args.chat_eval_samples]
+    missing = [i + 1 for i, probe in enumerate(probes) if "prompt" not in probe or "answer" not in probe]
+    if missing:
+        raise ValueError(f"{script_args.chat_eval_dataset}:{missing[0]}: chat probes need `prompt` and `answer`")
+    return probes
+
+
+def chat_metrics(model, tokenizer, probes: list[dict], max_new_tokens: int) -> dict:
+    """chat_accuracy on every process alike: under ZeRO-3 generation needs all of them (`synced_gpus`)."""
+    if not probes:
+        return {}
+    return chat_accuracy(model, tokenizer, probes, max_new_tokens=max_new_tokens)
+
+
+def headline(eval_loss: float | None, chat: dict) -> dict:
+    return {"loss": eval_loss, **{key: chat.get(key) for key in HEADLINE_METRICS[1:]}}
+
+
+def sft(
+    script_args: SFTScriptArguments,
+    training_args: SFTRecipeConfig,
+    model_args: SFTModelArguments,
+    callbacks: list | None = None,
+) -> dict:
+    """Fine-tune and save the model (or its LoRA adapter); return the held-out numbers before and after training
+    (`before`/`after`: loss, accuracy, task_accuracy, eot_rate) with the run's steps, tokens and train loss."""
+    if model_args.merge_on_save and not model_args.use_peft:
+        raise ValueError("--merge_on_save merges LoRA adapters; pass it with --use_peft true")
+    if not model_args.model_name_or_path:
+        raise ValueError("pass --model_name_or_path: the model to fine-tune (e.g. a pretraining run's output_dir)")
+    resume = start_run(training_args)
+    tokenizer = resolve_tokenizer(model_args)
+    model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
+    train_dataset, eval_dataset, rejected = load_datasets(script_args, training_args)
+    if eval_dataset is None:
+        training_args.eval_strategy = IntervalStrategy.NO
+        training_args.eval_on_start = False
+    if resume:
+        training_args.eval_on_start = False  # the start loss is already in the restored log history
+    probes = read_chat_probes(script_args)
+    num_parameters = count_parameters(model)
+    before_chat = chat_metrics(model.to(training_args.device), tokenizer, probes, script_args.chat_eval_max_new_tokens)
+
+    trainer = SFTRecipeTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=trl.get_peft_config(model_args),
+        callbacks=callbacks,
+    )
+    logger.info(
+        f"{num_parameters / 1e6:.2f}M parameters, {trainable_parameters(trainer.model) / 1e6:.3f}M trained; "
+        f"{len(train_dataset)} conversations in {len(trainer.train_dataset)} rows of <= {training_args.max_length} "
+        f"tokens; bf16={training_args.bf16} fp16={training_args.fp16}"
+    )
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    after_chat = chat_metrics(trainer.model, tokenizer, probes, script_args.chat_eval_max_new_tokens)
+    extra_eval = {key: after_chat[key] for key in HEADLINE_METRICS[1:] if after_chat.get(key) is not None}
+    finish_run(trainer, tokenizer, train_output, extra_eval=extra_eval)
+    if model_args.merge_on_save and training_args.should_save:
+        merge_lora(training_args.output_dir, training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+    summary = summarize(trainer, train_output.metrics)
+    result = {
+        "before": headline(summary["eval_loss_first"], before_chat),
+        "after": headline(summary["eval_loss"], after_chat),
+        "steps": summary["global_step"],
+        "tokens": summary["num_tokens"],
+        "train_loss": summary["train_loss"],
+        "tokens_per_second": summary["tokens_per_second"],
+        "num_parameters": num_parameters,
+        "trainable_parameters": trainable_parameters(trainer.model),
+        "rejected": rejected,
+        "chat_per_family": after_chat.get("per_family"),
+        "chat_samples": after_chat.get("samples"),
+        "output_dir": training_args.output_dir,
+    }
+    logger.info(f"Saved to {training_args.output_dir}: before {result['before']}, after {result['after']}")
+    trainer.end()
+    return result
+
+
+def trainable_parameters(model) -> int:
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
