@@ -268,7 +268,9 @@ def test_reload_through_trust_remote_code_without_package(tmp_path, moe):
     torch.save(ids, tmp_path / "ids.pt")
     script = tmp_path / "check.py"
     script.write_text(REMOTE_CODE_CHECK)
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    # The same thread count as here: bit-identical logits need the same reduction order in both processes.
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # fmt: skip
     result = subprocess.run(
         [sys.executable, str(script), str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
         cwd=tmp_path,
