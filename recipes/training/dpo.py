@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from transformers import IntervalStrategy, TrainerCallback
 
 from recipes.training.args import DPOStageConfig, ModelArguments
-from recipes.training.evaluation import chat_accuracy, read_probes
+from recipes.training.evaluation import ChatEvalArguments, chat_accuracy, read_chat_probes
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
 from recipes.training.preference import (
     BeforeAfterCallback,
@@ -43,18 +43,8 @@ TASK_DROP_WARNING = 0.1
 
 
 @dataclass
-class DPOScriptArguments(PreferenceScriptArguments):
+class DPOScriptArguments(PreferenceScriptArguments, ChatEvalArguments):
     """Data options of the DPO stage."""
-
-    chat_eval_dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Held-out questions with answers (`rl` records, e.g. eval/rl.jsonl) answered greedily before and "
-            "after DPO: accuracy, task_accuracy, eot_rate; a run that wrecks them shows it."
-        },
-    )
-    chat_eval_samples: int = field(default=200, metadata={"help": "Questions of --chat_eval_dataset to ask."})
-    chat_eval_max_new_tokens: int = field(default=96, metadata={"help": "Longest greedy reply, in tokens."})
 
 
 @dataclass
@@ -204,19 +194,6 @@ class StuckLossCallback(TrainerCallback):
         )
 
 
-def load_chat_probes(script_args: DPOScriptArguments) -> list[dict]:
-    """The first --chat_eval_samples held-out questions, or none."""
-    if not script_args.chat_eval_dataset:
-        return []
-    probes = read_probes(script_args.chat_eval_dataset)[: script_args.chat_eval_samples]
-    missing = [i + 1 for i, probe in enumerate(probes) if "prompt" not in probe or "answer" not in probe]
-    if missing:
-        raise ValueError(f"{script_args.chat_eval_dataset}:{missing[0]}: chat probes need `prompt` and `answer`")
-    if not probes:
-        raise ValueError(f"--chat_eval_dataset {script_args.chat_eval_dataset}: no questions")
-    return probes
-
-
 def task_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -> dict:
     """Held-out task accuracy of greedy chat replies (see `evaluation.chat_accuracy`)."""
     scores = chat_accuracy(model, tokenizer, records, max_new_tokens=max_new_tokens)
@@ -292,7 +269,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         )
     if training_args.stuck_loss_steps and set(training_args.loss_type) <= set(LOG_2_AT_START):
         trainer.add_callback(StuckLossCallback(training_args.stuck_loss_steps, identical, len(trainer.train_dataset)))
-    probes, chat_probe = load_chat_probes(script_args), None
+    probes, chat_probe = read_chat_probes(script_args), None
     if probes:
         measure = functools.partial(task_metrics, tokenizer=tokenizer, records=probes,
                                     max_new_tokens=script_args.chat_eval_max_new_tokens)  # fmt: skip

@@ -17,6 +17,7 @@ saved folder in a Python where MiniMinds' model package is not importable, loade
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +30,34 @@ GENERALISABLE_FAMILIES = ("add", "sub", "mul", "compare", "count", "unit", "next
 def read_probes(path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+@dataclass
+class ChatEvalArguments:
+    """Held-out questions a stage answers greedily before and after training (SFT, DPO, ...)."""
+
+    chat_eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out questions with answers (`rl` records: prompt, answer, family; e.g. eval/rl.jsonl) "
+            "answered greedily before and after training: accuracy, task_accuracy, eot_rate."
+        },
+    )
+    chat_eval_samples: int = field(default=200, metadata={"help": "Questions of --chat_eval_dataset to ask."})
+    chat_eval_max_new_tokens: int = field(default=96, metadata={"help": "Longest greedy reply, in tokens."})
+
+
+def read_chat_probes(args: ChatEvalArguments) -> list[dict]:
+    """The first --chat_eval_samples held-out questions, or none when no --chat_eval_dataset is given."""
+    if not args.chat_eval_dataset:
+        return []
+    probes = read_probes(args.chat_eval_dataset)[: args.chat_eval_samples]
+    missing = [i + 1 for i, probe in enumerate(probes) if "prompt" not in probe or "answer" not in probe]
+    if missing:
+        raise ValueError(f"{args.chat_eval_dataset}:{missing[0]}: chat probes need `prompt` and `answer`")
+    if not probes:
+        raise ValueError(f"--chat_eval_dataset {args.chat_eval_dataset}: no questions")
+    return probes
 
 
 def answer_matches(completion: str, answer: str) -> bool:

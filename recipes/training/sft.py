@@ -23,7 +23,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from data_process.chat import load_chat_dataset, read_system_prompts
 from modeling_miniminds.merge_lora import merge_lora
 from recipes.training.args import ModelArguments, ScriptArguments, SFTStageConfig
-from recipes.training.evaluation import chat_accuracy, read_probes
+from recipes.training.evaluation import ChatEvalArguments, chat_accuracy, read_chat_probes
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
 from recipes.training.pretraining import summarize
 from recipes.training.runs import finish_run, start_run
@@ -36,7 +36,7 @@ HEADLINE_METRICS = ("loss", "accuracy", "task_accuracy", "eot_rate")
 
 
 @dataclass
-class SFTScriptArguments(ScriptArguments):
+class SFTScriptArguments(ScriptArguments, ChatEvalArguments):
     """Data options of the SFT stage."""
 
     dataset_name: str | None = field(
@@ -66,15 +66,6 @@ class SFTScriptArguments(ScriptArguments):
     system_prompt_ratio: float = field(
         default=0.2, metadata={"help": "Share of conversations without a system message that get one (seeded)."}
     )
-    chat_eval_dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Held-out questions with answers (`rl` records: prompt, answer, family; e.g. eval/rl.jsonl) "
-            "answered greedily before and after training: accuracy, task_accuracy, eot_rate."
-        },
-    )
-    chat_eval_samples: int = field(default=200, metadata={"help": "Questions of --chat_eval_dataset to ask."})
-    chat_eval_max_new_tokens: int = field(default=96, metadata={"help": "Longest greedy reply, in tokens."})
 
 
 @dataclass
@@ -215,17 +206,6 @@ def load_datasets(script_args: SFTScriptArguments, training_args: SFTRecipeConfi
                 script_args.eval_dataset_name, rejected_path=output_dir / "eval.rejected.jsonl", **options
             )
     return train, evaluation, {"train": train_rejected, "eval": eval_rejected}
-
-
-def read_chat_probes(script_args: SFTScriptArguments) -> list[dict]:
-    """The first --chat_eval_samples held-out questions, or none."""
-    if not script_args.chat_eval_dataset:
-        return []
-    probes = read_probes(script_args.chat_eval_dataset)[: script_args.chat_eval_samples]
-    missing = [i + 1 for i, probe in enumerate(probes) if "prompt" not in probe or "answer" not in probe]
-    if missing:
-        raise ValueError(f"{script_args.chat_eval_dataset}:{missing[0]}: chat probes need `prompt` and `answer`")
-    return probes
 
 
 def chat_metrics(model, tokenizer, probes: list[dict], max_new_tokens: int) -> dict:
