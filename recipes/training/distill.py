@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import IntervalStrategy
 from trl.models import prepare_deepspeed
 
 from data_process.collators import PackedBlockCollator
@@ -28,7 +27,7 @@ from recipes.training.pretraining import (
     load_datasets,
     summarize,
 )
-from recipes.training.runs import finish_run, start_run
+from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
 
 logger = logging.getLogger(__name__)
 
@@ -207,9 +206,7 @@ def distill(
     student = build_model(model_args, tokenizer, script_args.block_size, training_args.trust_remote_code)
     teacher = load_teacher(model_args, student, tokenizer, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer, student.config.vocab_size)
-    if eval_dataset is None:
-        training_args.eval_strategy = IntervalStrategy.NO
-        training_args.eval_on_start = False
+    turn_off_eval_without_data(training_args, eval_dataset)
     logger.info(
         f"student {count_parameters(student) / 1e6:.2f}M parameters, teacher {count_parameters(teacher) / 1e6:.2f}M; "
         f"alpha={training_args.alpha} temperature={training_args.temperature}; {len(train_dataset)} training blocks "

@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from transformers import IntervalStrategy, TrainerCallback
+from transformers import TrainerCallback
 
 from recipes.training.args import DPOStageConfig, ModelArguments
 from recipes.training.evaluation import ChatEvalArguments, chat_accuracy, read_chat_probes
@@ -26,7 +26,7 @@ from recipes.training.preference import (
     run_summary,
     warn_if_dropped,
 )
-from recipes.training.runs import finish_run, start_run
+from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
 from recipes.training.trainer import DPOStageTrainer
 
 logger = logging.getLogger(__name__)
@@ -241,9 +241,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     --chat_eval_dataset) and the number of bad pairs set aside."""
     tokenizer = resolve_tokenizer(model_args)
     train_dataset, eval_dataset, rejected = load_preference_datasets(script_args, training_args)
-    if eval_dataset is None:
-        training_args.eval_strategy = IntervalStrategy.NO
-        training_args.eval_on_start = False
+    turn_off_eval_without_data(training_args, eval_dataset)
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
     logger.info(f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} training pairs; "
                 f"{len(eval_dataset) if eval_dataset is not None else 0} held-out pairs; beta={training_args.beta}, "

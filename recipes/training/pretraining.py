@@ -6,14 +6,14 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM, IntervalStrategy, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from data_process.collators import PackedBlockCollator
 from data_process.pack import load_blocks
 from modeling_miniminds import get_config
 from recipes.training.args import MiniMindsDefaults, ModelArguments, ScriptArguments
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
-from recipes.training.runs import finish_run, start_run
+from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
 from recipes.training.trainer import MiniMindsTrainerMixin
 
 logger = logging.getLogger(__name__)
@@ -227,9 +227,7 @@ def pretrain(
     tokenizer = resolve_tokenizer(model_args)
     model = build_model(model_args, tokenizer, script_args.block_size, training_args.trust_remote_code)
     train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer, model.config.vocab_size)
-    if eval_dataset is None:
-        training_args.eval_strategy = IntervalStrategy.NO
-        training_args.eval_on_start = False
+    turn_off_eval_without_data(training_args, eval_dataset)
     logger.info(
         f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} training blocks of "
         f"{script_args.block_size} tokens; {len(eval_dataset) if eval_dataset is not None else 0} eval blocks; "

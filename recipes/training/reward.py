@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForSequenceClassification, GenerationConfig, IntervalStrategy
+from transformers import AutoModelForSequenceClassification, GenerationConfig
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from modeling_miniminds.hub import check_name_or_path, from_pretrained_or_explain
@@ -27,7 +27,7 @@ from recipes.training.preference import (
     run_summary,
     warn_if_dropped,
 )
-from recipes.training.runs import finish_run, start_run
+from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
 from recipes.training.trainer import RewardStageTrainer
 
 logger = logging.getLogger(__name__)
@@ -149,8 +149,7 @@ def reward(
     resume = start_run(training_args)
     tokenizer = resolve_tokenizer(model_args)
     train_dataset, eval_dataset, rejected = load_preference_datasets(script_args, training_args)
-    if eval_dataset is None:
-        training_args.eval_strategy = IntervalStrategy.NO
+    turn_off_eval_without_data(training_args, eval_dataset)
     model = load_reward_model(model_args, tokenizer, training_args.trust_remote_code)
     logger.info(f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} training pairs; "
                 f"{len(eval_dataset) if eval_dataset is not None else 0} held-out pairs")  # fmt: skip

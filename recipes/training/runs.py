@@ -3,7 +3,7 @@ evaluation, the HF metric files (`all_results.json`, `eval_results.json`) and th
 
 import logging
 
-from transformers import set_seed
+from transformers import IntervalStrategy, set_seed
 
 from recipes.training.args import setup_distributed
 from recipes.training.checkpoints import prepare_output_dir, resolve_resume_checkpoint
@@ -27,6 +27,13 @@ def start_run(training_args) -> str | None:
     if resume:
         logger.info(f"Resuming from {resume}")
     return resume
+
+
+def turn_off_eval_without_data(training_args, eval_dataset) -> None:
+    """No held-out data: no periodic evaluation and no start loss, instead of the Trainer refusing to start."""
+    if eval_dataset is None:
+        training_args.eval_strategy = IntervalStrategy.NO
+        training_args.eval_on_start = False
 
 
 def finish_run(trainer, tokenizer, train_output, extra_eval: dict | None = None) -> dict:

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 import trl
 from peft import PeftModel
-from transformers import IntervalStrategy
 from transformers.dynamic_module_utils import custom_object_save
 
 from data_process.chat import load_chat_dataset, read_system_prompts
@@ -26,7 +25,7 @@ from recipes.training.args import ModelArguments, ScriptArguments, SFTStageConfi
 from recipes.training.evaluation import ChatEvalArguments, chat_accuracy, read_chat_probes
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
 from recipes.training.pretraining import summarize
-from recipes.training.runs import finish_run, start_run
+from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
 from recipes.training.trainer import SFTStageTrainer
 
 logger = logging.getLogger(__name__)
@@ -235,9 +234,7 @@ def sft(
     tokenizer = resolve_tokenizer(model_args)
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
     train_dataset, eval_dataset, rejected = load_datasets(script_args, training_args)
-    if eval_dataset is None:
-        training_args.eval_strategy = IntervalStrategy.NO
-        training_args.eval_on_start = False
+    turn_off_eval_without_data(training_args, eval_dataset)
     if resume:
         training_args.eval_on_start = False  # the start loss is already in the restored log history
     probes = read_chat_probes(script_args)
