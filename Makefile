@@ -19,6 +19,22 @@ $(STAMP): setup.py
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
+# The export extra compiles llama.cpp (not part of `install`, so CI never does); the unpacked sdist in .venv/src
+# holds llama.cpp's GGUF converter, which modeling_miniminds.convert to-gguf finds there.
+LLAMA_SDIST := $(VENV)/src
+EXPORT_STAMP := $(VENV)/.export-installed
+
+$(EXPORT_STAMP): $(STAMP)
+	mkdir -p $(LLAMA_SDIST)
+	$(PY) -m pip download --no-deps --no-binary :all: -d $(LLAMA_SDIST) "llama-cpp-python>=0.3.36"
+	tar xzf $$(ls -t $(LLAMA_SDIST)/llama_cpp_python-*.tar.gz | head -1) -C $(LLAMA_SDIST)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install $$(ls -t $(LLAMA_SDIST)/llama_cpp_python-*.tar.gz | head -1) -e ".[export]"
+	touch $(EXPORT_STAMP)
+
+# Everything, slow tests included (the GGUF export against llama.cpp).
+test-all: $(EXPORT_STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --slow
+
 demo: install
 	$(PY) -m recipes.demo --output_dir runs/demo
 

@@ -9,6 +9,8 @@ extras = {
     "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "psutil>=5.9", "openai>=1.40", "selenium>=4.20"],
     "serve": ["starlette>=0.40", "uvicorn>=0.30"],
     "eval": ["lm-eval>=0.4.5"],
+    # GGUF export: llama.cpp built from source (CPU, about 9 minutes on 2 cores); its converter imports sentencepiece.
+    "export": ["llama-cpp-python>=0.3.36", "sentencepiece>=0.2"],
 }
 
 setup(

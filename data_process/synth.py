@@ -13,7 +13,8 @@ and small talk are training-only. `is_heldout` decides a key; `split_keys` repla
 
 eval/completion.jsonl probes generalisation: held-out arithmetic, comparison, counting, unit and date statements
 cut right before their answer. eval/trained_facts.jsonl is seen data on purpose: the training statement of
-every trained fact, cut the same way, to measure recall.
+every trained fact, cut the same way, to measure recall. rl_tools.jsonl and eval/rl_tools.jsonl ask for arithmetic
+too large to do by heart (family `calc`), for RL with the calculator tool.
 
     python -m data_process.synth --out data/synth --size small --seed 0
 """
@@ -34,9 +35,9 @@ from data_process.io import build_parser, write_jsonl
 from data_process.tools import CALCULATOR_TOOL, calculator
 
 SIZES = {
-    "tiny": {"pretrain": 400, "sft": 300, "dpo": 120, "rl": 120, "eval": 40},
-    "small": {"pretrain": 30000, "sft": 8000, "dpo": 2000, "rl": 2000, "eval": 400},
-    "medium": {"pretrain": 300000, "sft": 60000, "dpo": 12000, "rl": 12000, "eval": 2000},
+    "tiny": {"pretrain": 400, "sft": 300, "dpo": 120, "rl": 120, "rl_tools": 60, "eval": 40},
+    "small": {"pretrain": 30000, "sft": 8000, "dpo": 2000, "rl": 2000, "rl_tools": 1000, "eval": 400},
+    "medium": {"pretrain": 300000, "sft": 60000, "dpo": 12000, "rl": 12000, "rl_tools": 6000, "eval": 2000},
 }
 ANSWER_PREFIX = {"zh": "答案：", "en": "Answer: "}
 HELDOUT_PERCENT = 15
@@ -639,7 +640,28 @@ def rl_record(rng, eval_split=False):
     return {"prompt": prompt, "answer": item.answer, "family": item.key.split(":")[0]}, [item.key]
 
 
-MAKERS = {"pretrain": pretrain_doc, "sft": chat_record, "dpo": dpo_record, "rl": rl_record}
+def rl_tools_record(rng, eval_split=False):
+    """An `rl` question for the calculator (operands too large to multiply by heart), keyed like `tool_record`'s
+    conversations, so a held-out expression is in no SFT or RL training file. The record lists its tools in `tools`."""
+    lang = _lang(rng)
+    expression = _calculator_expression(rng)
+    while is_heldout(f"calc:{expression}") != eval_split:
+        expression = _calculator_expression(rng)
+    prompt = [
+        {"role": "system", "content": RL_SYSTEM[lang]},
+        {"role": "user", "content": _pick(rng, CALCULATOR_QUESTIONS[lang]).format(expression=expression)},
+    ]
+    record = {"prompt": prompt, "answer": calculator(expression), "family": "calc", "tools": [CALCULATOR_TOOL]}
+    return record, [f"calc:{expression}"]
+
+
+MAKERS = {
+    "pretrain": pretrain_doc,
+    "sft": chat_record,
+    "dpo": dpo_record,
+    "rl": rl_record,
+    "rl_tools": rl_tools_record,
+}
 
 
 def iter_keyed_records(kind, seed=0, eval_split=False):
@@ -729,7 +751,8 @@ def split_keys(size="tiny", seed=0):
 
 
 def build_corpus(out_dir, size="tiny", seed=0):
-    """Write pretrain/sft/dpo/rl JSONL files and an eval/ folder of held-out splits and probes; return their paths."""
+    """Write pretrain/sft/dpo/rl/rl_tools JSONL files and an eval/ folder of held-out splits and probes; return their
+    paths (`rl_tools` and `eval_rl_tools` are the calculator questions for GRPO with tools, training and held-out)."""
     counts = _counts(size)
     out_dir = Path(out_dir)
     eval_dir = out_dir / "eval"
@@ -739,6 +762,7 @@ def build_corpus(out_dir, size="tiny", seed=0):
         paths[kind] = out_dir / f"{kind}.jsonl"
         written[kind] = write_jsonl(paths[kind], _take(kind, counts[kind], seed, eval_split=False))
         written[f"eval/{kind}"] = write_jsonl(eval_dir / f"{kind}.jsonl", _take(kind, counts["eval"], seed, True))
+    paths["eval_rl_tools"] = eval_dir / "rl_tools.jsonl"
     paths["completion"] = eval_dir / "completion.jsonl"
     written["eval/completion"] = write_jsonl(paths["completion"], completion_probes(counts["eval"], seed))
     paths["trained_facts"] = eval_dir / "trained_facts.jsonl"

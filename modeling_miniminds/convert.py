@@ -1,13 +1,16 @@
-"""Conversion between MiniMind and the layouts other tools run: transformers' Qwen3 / Qwen3-MoE, and upstream
-MiniMind `.pth` checkpoints.
+"""Conversion between MiniMind and the layouts other tools run: transformers' Qwen3 / Qwen3-MoE, GGUF (llama.cpp,
+Ollama) and upstream MiniMind `.pth` checkpoints; and the push of any of them to the Hub with a model card.
 
     python -m modeling_miniminds.convert to-qwen3 runs/sft runs/sft-qwen3          # vLLM, SGLang, llama.cpp, ...
     python -m modeling_miniminds.convert from-qwen3 runs/sft-qwen3 runs/sft-again
     python -m modeling_miniminds.convert from-upstream full_sft_512.pth runs/upstream \
         --config minimind-26m --tokenizer ../minimind/model
+    python -m modeling_miniminds.convert to-gguf runs/sft runs/gguf/sft.gguf --outtype q8_0 --modelfile
+    python -m modeling_miniminds.convert push runs/sft you/minimind-sft             # or --push_to_hub on any of the above
 
 A dense MiniMind with q/k-norm is Qwen3 with the same state dict; a MoE without shared experts is Qwen3-MoE with the
-experts stacked. Every export is checked by equal logits on a fixed input before it is written.
+experts stacked. Every export is checked by equal logits on a fixed input before it is written; `to-gguf` runs
+llama.cpp's own converter on that Qwen3 export (see `gguf_export`).
 """
 
 import argparse
@@ -197,7 +200,16 @@ def import_upstream(checkpoint: Path, output: Path, config: str, tokenizer_dir: 
     return len(state_dict)
 
 
+def add_push_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--push_to_hub", metavar="REPO", default=None, help="also upload the result to this Hub repo")
+    command.add_argument("--private", action="store_true", help="create the Hub repo private (with --push_to_hub)")
+    command.add_argument("--data", default=None, help="what the model was trained on, for the model card "
+                         "(default: read from a report.json next to the weights)")  # fmt: skip
+
+
 def make_parser() -> argparse.ArgumentParser:
+    from .gguf_export import LLAMA_CPP_ENV, OUTTYPES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     to_qwen3_cmd = commands.add_parser("to-qwen3", help="MiniMind folder -> Qwen3ForCausalLM / Qwen3MoeForCausalLM")
@@ -205,25 +217,66 @@ def make_parser() -> argparse.ArgumentParser:
     for command in (to_qwen3_cmd, from_qwen3_cmd):
         command.add_argument("source", type=Path, help="model folder to convert")
         command.add_argument("output", type=Path, help="folder to write")
+        add_push_arguments(command)
     upstream = commands.add_parser("from-upstream", help="upstream MiniMind .pth -> MiniMinds folder")
     upstream.add_argument("checkpoint", type=Path, help="upstream state dict (.pth)")
     upstream.add_argument("output", type=Path, help="folder to write")
     upstream.add_argument("--config", required=True, help="preset name or upstream/MiniMinds config.json")
     upstream.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder to copy (upstream's works)")
+    add_push_arguments(upstream)
+    gguf = commands.add_parser("to-gguf", help="MiniMind folder -> GGUF file, through llama.cpp's converter")
+    gguf.add_argument("source", type=Path, help="MiniMind model folder, with its tokenizer")
+    gguf.add_argument("output", type=Path, help="GGUF file to write")
+    gguf.add_argument("--outtype", choices=OUTTYPES, default="f16", help="tensor type (default: f16)")
+    gguf.add_argument("--modelfile", action="store_true", help="also write an Ollama Modelfile next to the file")
+    gguf.add_argument("--llama_cpp", default=None, help=f"llama.cpp checkout or unpacked llama-cpp-python sdist "
+                      f"(default: ${LLAMA_CPP_ENV}, then the installed llama_cpp, then <venv>/src)")  # fmt: skip
+    add_push_arguments(gguf)
+    push = commands.add_parser("push", help="upload a model folder to the Hub with a generated model card")
+    push.add_argument("source", type=Path, help="model folder to upload")
+    push.add_argument("repo", help="Hub repository id, owner/name")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--data", default=None, help="what the model was trained on, for the model card")
     return parser
+
+
+def push(args, folder: Path, card_source: Path | None = None, gguf: Path | None = None) -> str:
+    """Upload `folder` (or only the GGUF file and its Modelfile) with a card written from `card_source`'s files."""
+    from .model_card import model_card, push_to_hub
+
+    repo = args.repo if args.command == "push" else args.push_to_hub
+    card = model_card(card_source or folder, repo, gguf_files=[gguf] if gguf else (), data=args.data)
+    allow = [gguf.name, *(["Modelfile"] if args.modelfile else [])] if gguf else None
+    return push_to_hub(folder, repo, card, allow_patterns=allow, private=args.private)
 
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     try:
+        if args.command == "push":
+            print(f"pushed {args.source} to {push(args, args.source)}")
+            return 0
         if args.command == "from-upstream":
             count = import_upstream(args.checkpoint, args.output, args.config, args.tokenizer)
             print(f"wrote {args.output}: {count} tensors from {args.checkpoint}, all keys matched")
+        elif args.command == "to-gguf":
+            from .gguf_export import export_gguf
+
+            diff = export_gguf(args.source, args.output, args.outtype, args.llama_cpp, args.modelfile)
+            size = args.output.stat().st_size / 2**20
+            print(f"wrote {args.output} ({args.outtype}, {size:.1f} MiB) through Qwen3, max |logit diff| {diff:.3g}"
+                  f"{'; Modelfile next to it' if args.modelfile else ''}")  # fmt: skip
         else:
             convert = export_qwen3 if args.command == "to-qwen3" else import_qwen3
             diff = convert(args.source, args.output)
             print(f"wrote {args.output}: max |logit diff| vs {args.source} = {diff:.3g}")
-    except (ValueError, OSError) as err:
+        if args.push_to_hub:
+            if args.command == "to-gguf":
+                url = push(args, args.output.parent, card_source=args.source, gguf=args.output)
+            else:
+                url = push(args, args.output)
+            print(f"pushed to {url}")
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -4,6 +4,10 @@ loading of any existing tokenizer unchanged.
 Special tokens get fixed ids: <|endoftext|>=0 (pad), <|im_start|>=1 (bos), <|im_end|>=2 (eos); the think and tool
 tags follow as added tokens that are never split. The chat template wraps assistant content, including the closing
 <|im_end|>, in {% generation %} markers so TRL's `assistant_only_loss=True` trains exactly those tokens.
+
+`RESPONSE_TEMPLATE` tells `tokenizer.parse_response` how to read a generated reply back into a message (thinking,
+`<tool_call>` JSON blocks, content): TRL's GRPO tool loop needs it and recognises only the templates of known models.
+Tokenizers built here save it in `tokenizer_config.json`; `load_tokenizer` adds it to older folders with this template.
 """
 
 import logging
@@ -77,6 +81,33 @@ CHAT_TEMPLATE = """\
 {%- endif %}"""
 
 
+# How a reply rendered by CHAT_TEMPLATE parses back (transformers' response-template format, version 1): an optional
+# <think> block, then any number of <tool_call> JSON objects, and the text up to <|im_end|> as the content.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "reasoning_content": {"open": "<think>", "close_pattern": r"</think>\s*", "content": "text"},
+        "tool_calls": {
+            "open": "<tool_call>",
+            "close_pattern": r"</tool_call>\s*",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
+
+
+def add_response_template(tokenizer):
+    """Let `tokenizer.parse_response` read replies of the MiniMinds chat template (tool calls included); a tokenizer
+    with another template, or one that already has a response template, is returned unchanged."""
+    if tokenizer.chat_template == CHAT_TEMPLATE and getattr(tokenizer, "response_template", None) is None:
+        tokenizer.response_template = RESPONSE_TEMPLATE
+    return tokenizer
+
+
 def build_bpe(vocab_size, min_frequency=2):
     """An untrained byte-level BPE tokenizer and its trainer, with the special tokens at ids 0..8."""
     reserved = BYTE_ALPHABET + len(SPECIAL_TOKENS) + len(TAG_TOKENS)
@@ -109,6 +140,7 @@ def wrap_tokenizer(tokenizer, model_max_length=32768):
         eos_token=EOS,
         pad_token=PAD,
         chat_template=CHAT_TEMPLATE,
+        response_template=RESPONSE_TEMPLATE,
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
@@ -146,7 +178,8 @@ def train_tokenizer(texts: Iterable[str], output_dir, vocab_size=6400, min_frequ
 
 
 def load_tokenizer(name_or_path):
-    """Load an existing tokenizer folder or Hub id as is (its vocabulary, special tokens and template untouched).
+    """Load an existing tokenizer folder or Hub id as is (its vocabulary, special tokens and template untouched; a
+    MiniMinds template saved before `RESPONSE_TEMPLATE` existed gets it, see `add_response_template`).
 
     The tokenizer never needs remote code, even from a model folder whose config carries an `auto_map`.
     """
@@ -154,4 +187,4 @@ def load_tokenizer(name_or_path):
     tokenizer = from_pretrained_or_explain(AutoTokenizer, name, "tokenizer", trust_remote_code=False)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer {name_or_path} has no eos_token; packing and generation need one")
-    return tokenizer
+    return add_response_template(tokenizer)

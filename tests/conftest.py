@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny built-in corpus and a tokenizer trained on it, built once per test session.
 
+Tests marked `slow` (they need an optional extra, such as llama.cpp for the GGUF export) are skipped unless pytest
+gets `--slow`, which `make test-all` passes; `make test` stays as fast as it was.
+
 The environment is set before any HF library is imported: no Hub access, and a per-session datasets cache
 so cached Arrow files from earlier runs can never stand in for fresh results.
 """
@@ -20,9 +23,26 @@ if "HF_DATASETS_CACHE" not in os.environ:
     os.environ["HF_DATASETS_CACHE"] = _DATASETS_CACHE
     atexit.register(shutil.rmtree, _DATASETS_CACHE, ignore_errors=True)
 
-import pytest  # noqa: E402
+import pytest
 
 TINY_VOCAB = 512
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run tests marked slow (what `make test-all` does)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs an optional extra or minutes of CPU; runs with --slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with --slow (make test-all)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +62,56 @@ def tiny_tokenizer_dir(tiny_corpus, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("tokenizer")
     train_tokenizer(iter_texts([tiny_corpus["pretrain"], tiny_corpus["sft"]]), output_dir, vocab_size=TINY_VOCAB)
     return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
+    """An RL starting point: a tiny random MiniMind trained 200 steps on the tiny SFT data (most greedy replies end
+    their turn), saved as the SFT stage saves."""
+    import torch
+    from datasets import Dataset
+
+    from data_process.io import read_jsonl
+    from modeling_miniminds import MiniMindForCausalLM, get_config
+    from modeling_miniminds.tokenizer import load_tokenizer
+    from recipes.training.args import SFTStageConfig
+    from recipes.training.models import save_final_model
+    from recipes.training.trainer import SFTStageTrainer
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer)))
+    data = Dataset.from_list([{"messages": r["conversations"]} for r in read_jsonl(tiny_corpus["sft"])])
+    out = tmp_path_factory.mktemp("rl-sft")
+    args = SFTStageConfig(
+        output_dir=str(out), max_steps=200, per_device_train_batch_size=8, learning_rate=3e-3, max_length=128,
+        assistant_only_loss=True, save_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
+        use_cpu=True, seed=0,
+    )  # fmt: skip
+    trainer = SFTStageTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    save_final_model(trainer, tokenizer)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_folder(tiny_sft_folder, tiny_corpus, tmp_path_factory):
+    """A reward model trained 30 steps on the tiny preference pairs, from `tiny_sft_folder`."""
+    from pathlib import Path
+
+    from recipes.training.cli import RecipeParser
+    from recipes.training.preference import PreferenceScriptArguments
+    from recipes.training.reward import (
+        RewardModelArguments,
+        RewardTrainingConfig,
+        reward,
+    )
+
+    out = tmp_path_factory.mktemp("rl-reward")
+    config = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "reward_tiny.yaml"
+    argv = ["--config", str(config), "--model_name_or_path", str(tiny_sft_folder), "--dataset_name",
+            str(tiny_corpus["dpo"]), "--output_dir", str(out), "--max_steps", "30", "--report_to", "none",
+            "--disable_tqdm", "true", "--eval_strategy", "no"]  # fmt: skip
+    parser = RecipeParser((PreferenceScriptArguments, RewardTrainingConfig, RewardModelArguments))
+    reward(*parser.parse_args_and_config(argv))
+    return out

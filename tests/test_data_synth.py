@@ -78,7 +78,7 @@ def test_same_seed_same_bytes_other_seed_differs(tiny_corpus, tmp_path):
     build_corpus(tmp_path / "again", size="tiny", seed=0)
     other = build_corpus(tmp_path / "other", size="tiny", seed=1)
     written = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.json*"))
-    assert len(written) == 11  # 4 training files, 6 in eval/, manifest.json
+    assert len(written) == 13  # 5 training files, 7 in eval/, manifest.json
     for name in written:
         assert (tmp_path / "again" / name).read_bytes() == (tiny_corpus["eval"].parent / name).read_bytes()
     for kind in (*TRAINING_KINDS, "completion"):
@@ -221,3 +221,19 @@ def test_no_eval_reasoning_or_calculator_expression_appears_in_training(small_co
     leaked = sorted(s for s in held_out if occurs_as_sentence(s, small_training_text))
     leaked += sorted(e for e in expressions if e in small_training_text)
     assert not leaked, f"{len(leaked)} eval steps or expressions in training files, e.g. {leaked[:3]}"
+
+
+def test_rl_tools_questions_need_the_calculator_and_keep_their_held_out_expressions(small_corpus):
+    """RL questions for the calculator: the answer is what data_process.tools computes, and no held-out expression
+    stands in a training file (SFT calculator conversations or rl_tools.jsonl)."""
+    expression = re.compile(r"\(?\d[\d +\-*/()]*\d\)?")
+    split = {}
+    for name, path in (("train", small_corpus["rl_tools"]), ("eval", small_corpus["eval_rl_tools"])):
+        records = list(read_jsonl(path, validate="rl"))
+        assert {r["family"] for r in records} == {"calc"} and all(r["tools"] == [CALCULATOR_TOOL] for r in records)
+        found = [expression.search(r["prompt"][-1]["content"]).group(0) for r in records]
+        assert all(calculator(e) == r["answer"] for e, r in zip(found, records))
+        split[name] = set(found)
+    training = small_corpus["sft"].read_text(encoding="utf-8") + small_corpus["rl_tools"].read_text(encoding="utf-8")
+    assert len(split["eval"]) > 100 and not any(f'"{e}"' in training or f" {e}。" in training for e in split["eval"])
+    assert not split["eval"] & split["train"]

@@ -1,0 +1,307 @@
+"""Group relative policy optimisation with TRL's GRPOTrainer: the arguments, the calculator tool wiring and `grpo()`,
+which `recipes/grpo.py` and the demo call.
+
+The policy starts from an SFT folder. Each prompt is answered `num_generations` times; each reply is scored by the
+reward sources of `recipes.training.rl` (named functions from `data_process.rewards` and/or a trained reward model,
+each guarded so a failing one is reported by name instead of ending the run), and a reply's advantage is its reward
+against its group's mean. With `beta > 0` (the default here; TRL's is 0) the frozen starting folder is the reference
+and the KL to it is both penalised and logged. With `--use_tools true` the policy may call the calculator while it
+answers, through TRL's tool loop (see `recipes.training.tool_use`).
+
+Held-out numbers, before and after: greedy replies to `--chat_eval_dataset` scored by the same reward sources
+(`reward`, `reward/<name>`, `accuracy`, `task_accuracy`, `eot_rate`), the tool loop's `tool_call_rate` and
+`tool_accuracy` on `--tool_eval_dataset`, and after training the last logged `kl`.
+"""
+
+import functools
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+
+import datasets
+from transformers import TrainerCallback
+
+from data_process.rewards import REWARD_FUNCTIONS
+from recipes.training.args import GRPOStageConfig
+from recipes.training.evaluation import read_probes
+from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
+from recipes.training.preference import BeforeAfterCallback, lora_config, merge_adapter
+from recipes.training.rl import (
+    GuardedReward,
+    RLModelArguments,
+    RLScriptArguments,
+    as_messages,
+    build_reward_functions,
+    heldout_rl_metrics,
+    read_rl_records,
+)
+from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
+from recipes.training.tool_use import TOOLS, heldout_tool_metrics
+from recipes.training.trainer import GRPOStageTrainer
+
+logger = logging.getLogger(__name__)
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+
+
+@dataclass
+class GRPOScriptArguments(RLScriptArguments):
+    """Data, reward and tool options of the GRPO stage."""
+
+    use_tools: bool = field(
+        default=False,
+        metadata={
+            "help": f"Let the policy call tools ({', '.join(TOOLS)}) while it answers, through TRL's tool loop; "
+            "train on questions that need them, e.g. rl_tools.jsonl."
+        },
+    )
+    tool_eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out questions for the calculator (`rl` records, e.g. eval/rl_tools.jsonl) answered greedily "
+            "with the tool loop before and after training: tool_call_rate, tool_accuracy."
+        },
+    )
+    tool_eval_samples: int = field(default=100, metadata={"help": "Questions of --tool_eval_dataset to ask."})
+    tool_eval_max_new_tokens: int = field(
+        default=64, metadata={"help": "Longest greedy assistant turn in the tool evaluation, in tokens."}
+    )
+
+
+@dataclass
+class GRPOTrainingConfig(GRPOStageConfig):
+    """TRL's GRPOConfig with GRPO defaults; every TrainingArguments and GRPOConfig flag stays available."""
+
+    output_dir: str | None = field(default="runs/grpo", metadata={"help": "Checkpoints and the final model."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate; RL wants a small one."})
+    num_generations: int | None = field(
+        default=8, metadata={"help": "Replies sampled per prompt (the group); the batch must hold whole groups."}
+    )
+    max_completion_length: int | None = field(
+        default=256,
+        metadata={
+            "help": "Longest reply, in tokens. With --use_tools it holds the calls, the tool messages and the answer: "
+            "TRL drops a tool result that would not fit, and the reply ends at its call."
+        },
+    )
+    beta: float = field(
+        default=0.04,
+        metadata={
+            "help": "KL coefficient to the frozen starting model. > 0 keeps the reference and logs `kl`; 0 (TRL's "
+            "default) drops both."
+        },
+    )
+    epsilon: float = field(default=0.2, metadata={"help": "Clipping range of the policy ratio (lower bound)."})
+    loss_type: str = field(
+        default="dapo",
+        metadata={
+            "help": f"{', '.join(LOSS_TYPES)}: TRL's GRPO losses. dapo (default) normalises by the tokens of the "
+            "whole batch, so long and short replies weigh the same per token; upstream MiniMind uses cispo "
+            "(clips the importance weights instead of the update)."
+        },
+    )
+    scale_rewards: str = field(
+        default="group",
+        metadata={"help": "group (divide advantages by the group's reward std), batch, or none (Dr. GRPO)."},
+    )
+    max_tool_calling_iterations: int | None = field(
+        default=2, metadata={"help": "--use_tools: rounds of tool calls per reply before the reply must answer."}
+    )
+    use_vllm: bool = field(
+        default=False,
+        metadata={"help": "Generate with vLLM (GPUs, `pip install vllm`); default: transformers generate."},
+    )
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Replies per device per micro-batch (prompts x num_generations)."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint every N optimizer steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    max_kl: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training (saving the model) once the logged KL to the reference exceeds this: the policy "
+            "is drifting from what it knew. Unset: never."
+        },
+    )
+
+
+class GRPORecipeTrainer(GRPOStageTrainer):
+    """GRPOStageTrainer that logs, per reward source, how many samples it failed to score since the last log."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            for func in self.reward_funcs:
+                if isinstance(func, GuardedReward):
+                    logs[f"rewards/{func.__name__}/failures"] = func.take_failures()
+        super().log(logs, start_time)
+
+
+class KLLimitCallback(TrainerCallback):
+    """Stops training once the logged KL to the reference exceeds `max_kl`, and says so."""
+
+    def __init__(self, max_kl: float):
+        self.max_kl, self.warning = max_kl, None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        kl = (logs or {}).get("kl")
+        if self.warning is None and kl is not None and kl > self.max_kl:
+            self.warning = (f"KL to the reference reached {kl:.4f} at step {state.global_step}, above --max_kl "
+                            f"{self.max_kl}: training stopped there. Raise --beta or lower --learning_rate.")  # fmt: skip
+            logger.warning(self.warning)
+            control.should_training_stop = True
+
+
+def check_config(script_args: GRPOScriptArguments, training_args: GRPOTrainingConfig) -> None:
+    """Mistakes TRL would only report after the models load, or not at all."""
+    if not script_args.dataset_name:
+        raise ValueError("pass --dataset_name: the prompts to train on (`rl` records, e.g. data/synth/rl.jsonl)")
+    if training_args.loss_type not in LOSS_TYPES:
+        raise ValueError(f"--loss_type: expected one of {', '.join(LOSS_TYPES)}, got {training_args.loss_type!r}")
+    if training_args.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise ValueError("--use_vllm true needs vLLM (`pip install vllm`, GPUs only); leave it false to generate "
+                         "with transformers")  # fmt: skip
+    if training_args.beta == 0 and training_args.max_kl is not None:
+        raise ValueError("--max_kl needs --beta > 0: with beta 0 TRL keeps no reference and logs no KL")
+    if script_args.reward_funcs and any(name not in REWARD_FUNCTIONS for name in script_args.reward_funcs):
+        unknown = [name for name in script_args.reward_funcs if name not in REWARD_FUNCTIONS]
+        raise ValueError(f"--reward_funcs: unknown {', '.join(unknown)}; expected from {', '.join(REWARD_FUNCTIONS)}")
+
+
+def load_prompts(script_args: GRPOScriptArguments) -> datasets.Dataset:
+    """The training prompts as chat messages, with their other columns (answer, family, ...) for the rewards. The
+    tool list a record carries is dropped: which tools the policy has is --use_tools' choice."""
+    records = read_rl_records(script_args.dataset_name, script_args.dataset_train_split)
+    with_tools = sum(1 for r in records if r.get("tools"))
+    if with_tools and not script_args.use_tools:
+        logger.warning(f"{with_tools} of {len(records)} prompts list tools, but --use_tools is false: they are asked "
+                       "without the calculator")  # fmt: skip
+    rows = [{**{k: v for k, v in r.items() if k != "tools"}, "prompt": as_messages(r["prompt"])} for r in records]
+    return datasets.Dataset.from_list(rows)
+
+
+def read_tool_probes(script_args: GRPOScriptArguments) -> list[dict]:
+    if not script_args.tool_eval_dataset:
+        return []
+    probes = read_probes(script_args.tool_eval_dataset)[: script_args.tool_eval_samples]
+    missing = [i + 1 for i, probe in enumerate(probes) if "prompt" not in probe or "answer" not in probe]
+    if missing or not probes:
+        raise ValueError(f"--tool_eval_dataset {script_args.tool_eval_dataset}:{missing[0] if missing else 1}: "
+                         "tool questions need `prompt` and `answer`")  # fmt: skip
+    return probes
+
+
+def heldout_metrics(model, tokenizer, script_args, reward_funcs, weights, chat_probes, tool_probes,
+                    max_tool_calling_iterations) -> dict:  # fmt: skip
+    """What the stage reports before and after: reward-scored greedy replies and the tool loop's numbers."""
+    metrics = {}
+    if chat_probes:
+        metrics.update(heldout_rl_metrics(model, tokenizer, chat_probes, reward_funcs, weights,
+                                          max_new_tokens=script_args.chat_eval_max_new_tokens))  # fmt: skip
+    if tool_probes:
+        metrics.update(heldout_tool_metrics(model, tokenizer, tool_probes, script_args.tool_eval_max_new_tokens,
+                                            max_iterations=max_tool_calling_iterations or 2))  # fmt: skip
+    return metrics
+
+
+def build_trainer(script_args, training_args, model_args, callbacks=None):
+    """The trainer (prompts read and checked, policy and reward sources loaded) and the held-out probe (None without
+    --chat_eval_dataset and --tool_eval_dataset)."""
+    check_config(script_args, training_args)
+    tokenizer = resolve_tokenizer(model_args)
+    train_dataset = load_prompts(script_args)
+    chat_probes, tool_probes = read_chat_probes_if_any(script_args), read_tool_probes(script_args)
+    turn_off_eval_without_data(training_args, None)  # held-out numbers come from the probe below
+    model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
+    reward_funcs = build_reward_functions(script_args, model_args, tokenizer, training_args.device,
+                                          training_args.trust_remote_code)  # fmt: skip
+    logger.info(f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} prompts; rewards "
+                f"{[f.__name__ for f in reward_funcs]}; num_generations={training_args.num_generations}, "
+                f"beta={training_args.beta}, loss_type={training_args.loss_type}, "
+                f"tools={list(TOOLS) if script_args.use_tools else []}")  # fmt: skip
+    trainer = GRPORecipeTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(model_args, "CAUSAL_LM"),
+        callbacks=callbacks,
+        tools=list(TOOLS.values()) if script_args.use_tools else None,
+    )
+    if training_args.max_kl is not None:
+        trainer.add_callback(KLLimitCallback(training_args.max_kl))
+    probe = None
+    if chat_probes or tool_probes:
+        measure = functools.partial(
+            heldout_metrics, tokenizer=tokenizer, script_args=script_args, reward_funcs=reward_funcs,
+            weights=training_args.reward_weights, chat_probes=chat_probes, tool_probes=tool_probes,
+            max_tool_calling_iterations=training_args.max_tool_calling_iterations,
+        )  # fmt: skip
+        probe = BeforeAfterCallback(measure, training_args.output_dir, "rl")
+        trainer.add_callback(probe)
+    return trainer, probe
+
+
+def read_chat_probes_if_any(script_args) -> list[dict]:
+    """The first --chat_eval_samples `rl` records of --chat_eval_dataset (none without it)."""
+    if not script_args.chat_eval_dataset:
+        return []
+    return read_rl_records(script_args.chat_eval_dataset, limit=script_args.chat_eval_samples)
+
+
+def logged(history: list[dict], key: str) -> list[float]:
+    return [h[key] for h in history if h.get(key) is not None]
+
+
+def run_numbers(trainer, train_output) -> dict:
+    """Optimizer steps, prompt plus reply tokens (TRL's `num_tokens`), tokens/s over the whole run (generation
+    included: in RL it is most of the time) and the last logged loss."""
+    history = trainer.state.log_history
+    tokens = (logged(history, "num_tokens") or [0])[-1]
+    runtime = train_output.metrics.get("train_runtime") or 0
+    losses = logged(history, "loss")
+    return {
+        "steps": trainer.state.global_step,
+        "tokens": int(tokens),
+        "tokens_per_second": round(tokens / runtime, 1) if runtime else 0.0,
+        "train_loss": losses[-1] if losses else train_output.metrics.get("train_loss"),
+    }
+
+
+def grpo(
+    script_args: GRPOScriptArguments,
+    training_args: GRPOTrainingConfig,
+    model_args: RLModelArguments,
+    callbacks: list | None = None,
+) -> dict:
+    """Train the policy with GRPO and save a complete folder; return held-out `before`/`after` numbers (reward,
+    per-source rewards, accuracy, eot_rate, tool_call_rate, tool_accuracy; `kl` after) and the run's summary."""
+    resume = start_run(training_args)
+    trainer, probe = build_trainer(script_args, training_args, model_args, callbacks)
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    trainer.raise_if_interrupted()
+    history = trainer.state.log_history
+    kls = logged(history, "kl")
+    before = dict(probe.before) if probe else {}
+    after = {**(probe.after if probe else {}), "kl": round(kls[-1], 6) if kls else None}
+    failures = {key.split("/")[1]: sum(logged(history, key)) for key in {k for h in history for k in h}
+                if key.startswith("rewards/") and key.endswith("/failures")}  # fmt: skip
+    kl_stop = next((c for c in trainer.callback_handler.callbacks if isinstance(c, KLLimitCallback)), None)
+    merge_adapter(trainer)
+    finish_run(trainer, trainer.processing_class, train_output,
+               extra_eval={k: v for k, v in after.items() if not isinstance(v, (list, dict))})  # fmt: skip
+    result = {
+        "before": before,
+        "after": after,
+        **run_numbers(trainer, train_output),
+        "kl_max": round(max(kls), 6) if kls else None,
+        "reward_failures": failures,
+        "kl_limit_warning": kl_stop.warning if kl_stop else None,
+        "train_prompts": len(trainer.train_dataset),
+        "output_dir": training_args.output_dir,
+    }
+    logger.info(f"Saved the GRPO model to {training_args.output_dir}: "
+                f"{ {k: v for k, v in result.items() if k not in ('before', 'after')} }")  # fmt: skip
+    trainer.end()
+    return result

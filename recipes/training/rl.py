@@ -1,0 +1,229 @@
+"""What PPO and GRPO share: the prompt data, the reward sources (named functions from `data_process.rewards` and
+a trained reward model) behind one interface, and the held-out numbers both stages report.
+
+Every reward source is a TRL-style reward function `f(prompts=..., completions=..., **columns) -> list[float|None]`
+with a `__name__`, so the same list goes to TRL's GRPOTrainer as `reward_funcs` and to the PPO trainer here. A source
+that raises, or returns None or a non-number for a sample, does not end the run: the sample gets None (GRPO ignores
+it, PPO counts it as 0), the failure is counted under the source's name and the first one is logged with its cause.
+"""
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from data_process.io import expand_inputs, iter_records, validate_prompt, validate_rl
+from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
+from modeling_miniminds.hub import check_name_or_path
+from recipes.training.args import ModelArguments, ScriptArguments
+from recipes.training.evaluation import (
+    GENERALISABLE_FAMILIES,
+    ChatEvalArguments,
+    chat_replies,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RLScriptArguments(ScriptArguments, ChatEvalArguments):
+    """Data and reward options of the RL stages (PPO, GRPO)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts to train on: `rl` records ({prompt: text or messages, answer, family}) in a JSONL "
+            "file, folder or glob, or a Hub dataset id. Without reward functions that need `answer`, {prompt} is "
+            "enough."
+        },
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy", "format"],
+        metadata={"help": f"Reward functions by name, from {', '.join(REWARD_FUNCTIONS)}; `none` for none."},
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A trained reward-model folder (recipes/reward.py) scoring each reply."}
+    )
+
+    def __post_init__(self):
+        if [name.lower() for name in self.reward_funcs] == ["none"]:
+            self.reward_funcs = []
+
+
+@dataclass
+class RLModelArguments(ModelArguments):
+    """The SFT folder RL starts from, which is also the frozen reference for the KL term."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "SFT model folder (or Hub id): the policy and, frozen, the reference."}
+    )
+
+
+def check_rl_record(record: dict) -> None:
+    """`rl` records need an answer when a reward function reads one; prompt-only records are fine otherwise."""
+    (validate_rl if "answer" in record else validate_prompt)(record)
+
+
+def read_rl_records(name: str, split: str = "train", limit: int | None = None) -> list[dict]:
+    """Prompt records of local JSONL files (a file, folder or glob) or of a Hub dataset split, checked line by line:
+    a bad line raises DataError naming `file:line` and the field."""
+    name = str(name)
+    if not any(ch in name for ch in "*?["):
+        name = check_name_or_path(name, "dataset")
+    if Path(name).exists() or any(ch in name for ch in "*?["):
+        records = [record for path in expand_inputs([name])
+                   for _, _, _, record in iter_records(path, validate=check_rl_record)]  # fmt: skip
+    else:
+        records = list(datasets.load_dataset(name, split=split))
+        for row, record in enumerate(records):
+            try:
+                check_rl_record(record)
+            except ValueError as err:
+                raise ValueError(f"{name}[{split}]:{row}: {err}") from None
+    if not records:
+        raise ValueError(f"dataset {name}: no prompts")
+    return records[:limit]
+
+
+def as_messages(prompt) -> list[dict]:
+    """A prompt as chat messages: text becomes one user turn."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+class GuardedReward:
+    """A reward source that never ends a run: per-sample failures become None, counted under the source's name.
+
+    The whole batch is scored in one call; if that call raises, each sample is scored alone so only the bad ones are
+    lost. `failures` counts samples since the last `take_failures()`."""
+
+    def __init__(self, func, name: str | None = None):
+        self.func = func
+        self.__name__ = name or getattr(func, "__name__", type(func).__name__)
+        self.failures = 0
+        self._warned = False
+
+    def __call__(self, prompts=None, completions=None, **columns) -> list[float | None]:
+        try:
+            scores = self._checked(self.func(prompts=prompts, completions=completions, **columns), len(completions))
+        except Exception as err:  # noqa: BLE001 - a reward function's bug must not end the run; it is reported
+            self._warn(f"raised {type(err).__name__}: {err}")
+            scores = [self._one(prompts, completions, columns, i) for i in range(len(completions))]
+        bad = [i for i, score in enumerate(scores) if score is None]
+        if bad:
+            self.failures += len(bad)
+            self._warn(f"gave no score for {len(bad)} of {len(scores)} samples (first: sample {bad[0]})")
+        return scores
+
+    def _one(self, prompts, completions, columns, i) -> float | None:
+        pick = {key: [value[i]] if isinstance(value, list) else value for key, value in columns.items()}
+        try:
+            return self._checked(self.func(prompts=[prompts[i]] if prompts else prompts,
+                                           completions=[completions[i]], **pick), 1)[0]  # fmt: skip
+        except Exception:  # noqa: BLE001 - counted as a failure by the caller
+            return None
+
+    def _checked(self, scores, count: int) -> list[float | None]:
+        scores = list(scores)
+        if len(scores) != count:
+            raise ValueError(f"returned {len(scores)} scores for {count} completions")
+        return [float(s) if isinstance(s, (int, float)) and math.isfinite(s) else None for s in scores]
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            logger.warning(f"reward function {self.__name__!r} {message}; such samples get no score from it "
+                           "(counted in the logs as rewards/<name>/failures)")  # fmt: skip
+            self._warned = True
+
+    def take_failures(self) -> int:
+        count, self.failures = self.failures, 0
+        return count
+
+
+class RewardModelReward:
+    """A trained reward model as a reward function: each prompt plus reply is rendered with the chat template, as
+    the reward model was trained, and scored at its last token."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, model, tokenizer, batch_size: int = 32):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def __call__(self, prompts=None, completions=None, **columns) -> list[float]:
+        from recipes.training.reward import score_conversations
+
+        conversations = [as_messages(p) + [{"role": "assistant", "content": completion_text(c)}]
+                         for p, c in zip(prompts, completions)]  # fmt: skip
+        return score_conversations(self.model, self.tokenizer, conversations, self.batch_size)
+
+
+def build_reward_functions(script_args: RLScriptArguments, model_args, tokenizer, device=None,
+                           trust_remote_code: bool = False) -> list[GuardedReward]:  # fmt: skip
+    """The named reward functions, then the reward model when one is given, each guarded."""
+    names = script_args.reward_funcs
+    funcs = [GuardedReward(f, name) for f, name in zip(get_reward_functions(names), names)]
+    if script_args.reward_model_name_or_path:
+        from recipes.training.reward import load_reward_model
+
+        args = RLModelArguments(model_name_or_path=script_args.reward_model_name_or_path,
+                                attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)  # fmt: skip
+        model = load_reward_model(args, tokenizer, trust_remote_code).eval().requires_grad_(False)
+        if device is not None:
+            model.to(device)
+        funcs.append(GuardedReward(RewardModelReward(model, tokenizer)))
+    if not funcs:
+        raise ValueError("no reward source: pass --reward_funcs and/or --reward_model_name_or_path")
+    return funcs
+
+
+def combine_rewards(per_function: dict[str, list[float | None]], weights: list[float] | None) -> list[float]:
+    """The weighted sum over reward sources per sample, a missing score counting as 0."""
+    names = list(per_function)
+    weights = weights or [1.0] * len(names)
+    if len(weights) != len(names):
+        raise ValueError(f"--reward_weights has {len(weights)} values for {len(names)} reward sources ({names})")
+    count = len(next(iter(per_function.values())))
+    return [sum(w * (per_function[n][i] or 0.0) for n, w in zip(names, weights)) for i in range(count)]
+
+
+def score_replies(reward_funcs, records: list[dict], replies: list[str], weights=None) -> dict[str, list]:
+    """Every reward source's scores of `replies` to `records`, plus their weighted sum under `reward`."""
+    columns = {key: [r.get(key) for r in records] for key in records[0] if key != "prompt"}
+    prompts = [as_messages(r["prompt"]) for r in records]
+    per_function = {f.__name__: f(prompts=prompts, completions=replies, **columns) for f in reward_funcs}
+    return {**per_function, "reward": combine_rewards(per_function, weights)}
+
+
+def mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def heldout_rl_metrics(model, tokenizer, records: list[dict], reward_funcs, weights=None, max_new_tokens: int = 96,
+                       num_samples: int = 3) -> dict:  # fmt: skip
+    """Greedy replies to held-out prompts, scored by the stage's reward sources: mean `reward` (their weighted sum),
+    each source's mean, exact-answer `accuracy` / `task_accuracy` when records carry answers, and `eot_rate`."""
+    was_training = model.training
+    model.eval()
+    replies = chat_replies(model, tokenizer, [as_messages(r["prompt"]) for r in records], max_new_tokens)
+    model.train(was_training)
+    texts = [text for text, _ in replies]
+    scores = score_replies(reward_funcs, records, texts, weights)
+    metrics = {"reward": mean(scores.pop("reward"))}
+    metrics.update({f"reward/{name}": mean(values) for name, values in scores.items()})
+    if all("answer" in r for r in records):
+        from data_process.rewards import accuracy_reward
+
+        hits = accuracy_reward(completions=texts, answer=[r["answer"] for r in records])
+        task = [h for r, h in zip(records, hits) if r.get("family") in GENERALISABLE_FAMILIES]
+        metrics.update({"accuracy": mean(hits), "task_accuracy": mean(task)})
+    metrics["eot_rate"] = mean([float(ended) for _, ended in replies])
+    metrics["samples"] = [{"question": as_messages(r["prompt"])[-1]["content"], "reply": text}
+                          for r, text in list(zip(records, texts))[:num_samples]]  # fmt: skip
+    return metrics
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

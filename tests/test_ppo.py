@@ -1,0 +1,270 @@
+"""PPO written here (TRL removed its trainer): the algorithm's pieces against hand-computed values, then real runs from
+a tiny SFT folder: the held-out reward rises with the KL to the reference in bounds, on a reward model and on reward
+functions; a raising reward function is reported by name; two processes end with identical weights; resume repeats
+the uninterrupted run."""
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from modeling_miniminds.tokenizer import load_tokenizer
+from recipes.ppo import main, make_parser
+from recipes.training.callbacks import METRICS_FILE, read_metrics
+from recipes.training.checkpoints import is_complete_checkpoint
+from recipes.training.ppo import (
+    PPOTrainer,
+    compute_gae,
+    kl_per_token,
+    masked_whiten,
+    policy_loss,
+    ppo,
+    reply_mask,
+    token_rewards,
+    value_loss,
+)
+from recipes.training.reward import load_reward_model
+from recipes.training.rl import GuardedReward, read_rl_records
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "recipes" / "configs" / "ppo_tiny.yaml"
+KL_LIMIT = 6.0  # nats per held-out reply, summed over its tokens (about 16 tokens)
+
+
+# The algorithm against hand-computed values
+
+
+def test_gae_matches_hand_computation():
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    rewards = torch.tensor([[0.0, 0, 1], [0, 1, 0]])
+    values = torch.tensor([[0.5, 0.4, 0.3], [0.2, 0.1, 9.0]])  # 9.0 sits past the reply: ignored
+    advantages, returns = compute_gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # row 0: deltas 0.4-0.5, 0.3-0.4, 1-0.3 -> A2 = 0.7, A1 = -0.1 + 0.5 * 0.7, A0 = -0.1 + 0.5 * 0.25
+    # row 1: the value after the last reply token is 0 -> A1 = 1 - 0.1, A0 = 0.1 - 0.2 + 0.5 * 0.9
+    torch.testing.assert_close(advantages, torch.tensor([[0.025, 0.25, 0.7], [0.35, 0.9, 0.0]]))
+    torch.testing.assert_close(returns, torch.tensor([[0.525, 0.65, 1.0], [0.55, 1.0, 0.0]]))
+    discounted, _ = compute_gae(torch.tensor([[0.0, 0, 1]]), torch.zeros(1, 3), torch.ones(1, 3), gamma=0.5, lam=1.0)
+    torch.testing.assert_close(discounted, torch.tensor([[0.25, 0.5, 1.0]]))  # Monte Carlo returns, discounted
+
+
+def test_whitening_uses_only_reply_tokens():
+    values = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    whitened = masked_whiten(values, torch.tensor([[1.0, 1, 1, 0]]))
+    # mean 2, unbiased variance (1 + 0 + 1) / 2 = 1; the padded 100 is neither counted nor kept
+    torch.testing.assert_close(whitened, torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+def test_clipped_policy_loss_matches_hand_computation():
+    new, old = torch.log(torch.tensor([[0.5, 0.9]])), torch.log(torch.tensor([[0.4, 0.4]]))
+    loss, clipfrac, approx_kl = policy_loss(new, old, torch.tensor([[1.0, -1.0]]), torch.ones(1, 2), cliprange=0.2)
+    # ratios 1.25 and 2.25: A=+1 takes the clipped -1.2, A=-1 the unclipped 2.25 (clipping never helps a bad move)
+    assert loss.item() == pytest.approx((-1.2 + 2.25) / 2)
+    assert clipfrac.item() == pytest.approx(0.5)
+    assert approx_kl.item() == pytest.approx(0.25 * (math.log(1.25) ** 2 + math.log(2.25) ** 2))
+
+
+def test_clipped_value_loss_matches_hand_computation():
+    values, old, returns = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.5]]), torch.tensor([[2.0, 0.0]])
+    loss, clipfrac = value_loss(values, old, returns, torch.ones(1, 2), cliprange_value=0.2)
+    # clipped values 0.7 and 0.3: max((1-2)^2, (0.7-2)^2) = 1.69 and max(0, 0.3^2) = 0.09
+    assert loss.item() == pytest.approx(0.5 * (1.69 + 0.09) / 2)
+    assert clipfrac.item() == 1.0
+
+
+def test_kl_estimators_rewards_and_reply_mask():
+    logp, ref = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
+    assert kl_per_token(logp, ref, "k1").item() == pytest.approx(math.log(2))
+    assert kl_per_token(logp, ref, "k3").item() == pytest.approx(-0.5 + math.log(2))  # (q/p - 1) - log(q/p)
+    rewards = token_rewards(torch.tensor([2.0]), torch.tensor([[0.1, 0.2, 0.3]]), torch.tensor([[1.0, 1, 0]]), 0.5)
+    torch.testing.assert_close(rewards, torch.tensor([[-0.05, 1.9, 0.0]]))  # the score lands on the last token
+    mask, ended = reply_mask(torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8]]), eos_token_id=2)
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]] and ended.tolist() == [True, False]
+
+
+def test_a_failing_reward_function_loses_only_its_bad_samples(caplog):
+    def picky(prompts=None, completions=None, **kwargs):
+        if any("boom" in c for c in completions):
+            raise ZeroDivisionError("boom")
+        return [None if c == "skip" else 1.0 for c in completions]
+
+    guarded = GuardedReward(picky)
+    with caplog.at_level(logging.WARNING):
+        assert guarded(prompts=["q"] * 3, completions=["ok", "boom", "skip"]) == [1.0, None, None]
+    assert guarded.take_failures() == 2 and guarded.take_failures() == 0
+    assert "'picky' raised ZeroDivisionError: boom" in caplog.text
+
+
+# Real runs from a tiny SFT folder
+
+
+@pytest.fixture(scope="module")
+def sft_folder(tiny_sft_folder):
+    return tiny_sft_folder
+
+
+def ppo_args(sft_folder, corpus, out, *overrides):
+    argv = [
+        "--config", str(CONFIG),
+        "--model_name_or_path", str(sft_folder),
+        "--dataset_name", str(corpus["rl"]),
+        "--chat_eval_dataset", str(Path(corpus["eval"]) / "rl.jsonl"),
+        "--chat_eval_samples", "16", "--chat_eval_max_new_tokens", "24",
+        "--rollout_batch_size", "8", "--max_completion_length", "24",
+        "--output_dir", str(out), "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
+    ]  # fmt: skip
+    return make_parser().parse_args_and_config(argv + list(map(str, overrides)))
+
+
+def test_ppo_on_a_reward_model_raises_the_held_out_reward(sft_folder, tiny_reward_folder, tiny_corpus, tmp_path):
+    flags = ["--reward_model_name_or_path", tiny_reward_folder, "--reward_funcs", "none", "--max_steps", 8,
+             "--save_steps", 8, "--learning_rate", 2e-4, "--rollout_batch_size", 16]  # fmt: skip
+    result = ppo(*ppo_args(sft_folder, tiny_corpus, tmp_path, *flags))
+    before, after = result["before"], result["after"]
+    assert set(before) >= {"reward", "reward/reward_model", "accuracy", "task_accuracy", "eot_rate"}
+    assert after["reward"] > before["reward"] + 0.3, (before["reward"], after["reward"])
+    assert 0 < after["kl"] < KL_LIMIT
+    records = read_metrics(tmp_path / METRICS_FILE)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    for key in ("reward", "rewards/reward_model", "kl", "entropy", "clipfrac", "value_loss", "explained_variance",
+                "response_length", "generate_seconds", "update_seconds", "generate_share", "learning_rate"):
+        assert all(key in r for r in records), key  # fmt: skip
+    assert is_complete_checkpoint(tmp_path / "checkpoint-8") and not list(tmp_path.glob(".tmp-*"))
+    assert json.loads((tmp_path / "all_results.json").read_text())["eval_kl"] == after["kl"]
+    assert (tmp_path / "training_curves.png").stat().st_size > 0
+    AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)  # a complete folder
+    start, end = load_file(sft_folder / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    assert start.keys() == end.keys() and any(not torch.equal(start[k], end[k]) for k in start)
+
+
+def test_ppo_on_reward_functions_reports_a_failing_one_by_name(sft_folder, tiny_corpus, tmp_path, caplog):
+    """The function path drives a run, while a function that raises on some batches and returns None for a sample
+    on the others costs only those samples, counted under its name."""
+    args = ppo_args(sft_folder, tiny_corpus, tmp_path, "--reward_funcs", "format", "--max_steps", 6,
+                    "--save_steps", 100, "--learning_rate", 3e-4)  # fmt: skip
+    script_args, training_args, model_args = args
+    tokenizer = load_tokenizer(sft_folder)
+    calls = []
+
+    def flaky(prompts=None, completions=None, **kwargs):
+        calls.append(len(completions))
+        if len(calls) % 2:
+            raise RuntimeError("flaky reward service down")
+        return [None] + [0.0] * (len(completions) - 1)
+
+    from recipes.training import ppo as ppo_module
+    from recipes.training.rl import build_reward_functions
+
+    funcs = build_reward_functions(script_args, model_args, tokenizer) + [GuardedReward(flaky)]
+    ppo_module.start_run(training_args)
+    policy = AutoModelForCausalLM.from_pretrained(sft_folder)
+    reference = AutoModelForCausalLM.from_pretrained(sft_folder)
+    critic = load_reward_model(model_args, tokenizer)
+    records = read_rl_records(tiny_corpus["rl"])
+    heldout = read_rl_records(Path(tiny_corpus["eval"]) / "rl.jsonl", limit=16)
+    trainer = PPOTrainer(training_args, policy, critic, funcs, tokenizer, records, ref_model=reference,
+                         eval_records=heldout, eval_max_new_tokens=24)  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    after = trainer.heldout_metrics()
+    assert "reward function 'flaky' raised RuntimeError: flaky reward service down" in caplog.text
+    failures = [h["rewards/flaky/failures"] for h in trainer.log_history]
+    assert len(failures) == 6 and sum(failures) > 0 and all(f >= 1 for f in failures)
+    assert all(h["rewards/format"] is not None for h in trainer.log_history)
+    assert 0 < after["kl"] < KL_LIMIT  # the policy moved off the reference
+
+
+def test_resume_repeats_the_uninterrupted_run(sft_folder, tiny_corpus, tmp_path):
+    flags = ["--reward_funcs", "format", "--max_steps", 4, "--save_steps", 2, "--chat_eval_samples", 4,
+             "--num_ppo_epochs", 1]  # fmt: skip
+    whole = tmp_path / "whole"
+    ppo(*ppo_args(sft_folder, tiny_corpus, whole, *flags))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
+    result = ppo(*ppo_args(sft_folder, tiny_corpus, resumed, *flags, "--resume_from_checkpoint", "auto"))
+    assert result["steps"] == 4
+    assert [r["step"] for r in read_metrics(resumed / METRICS_FILE)] == [1, 2, 3, 4]
+    first, second = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for name in first:
+        torch.testing.assert_close(second[name], first[name], rtol=0, atol=0, msg=name)
+
+
+def test_lora_actor_uses_its_base_as_the_reference(sft_folder, tiny_corpus, tmp_path):
+    result = ppo(*ppo_args(sft_folder, tiny_corpus, tmp_path, "--reward_funcs", "format", "--max_steps", 2,
+                           "--use_peft", "true", "--lora_r", 4, "--learning_rate", 1e-3, "--chat_eval_samples", 4))  # fmt: skip
+    assert result["before"]["reward"] is not None and result["after"]["kl"] > 0  # the adapter moved off its base
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)  # merged: a plain model folder
+    assert not any("lora" in name for name in model.state_dict())
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+LAUNCH_CONFIGS = {"ddp": "ds_configs/ddp.yaml", "zero3": "ds_configs/zero3.yaml"}
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(sft_folder, tiny_corpus, tmp_path_factory):
+    """The same 2-step PPO run launched by accelerate on 2 CPU processes, under DDP and under DeepSpeed ZeRO-3."""
+    runs = {}
+    for name, config in LAUNCH_CONFIGS.items():
+        out = tmp_path_factory.mktemp(f"ppo-{name}")
+        command = [
+            str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", config,
+            "--num_processes", "2", "--main_process_port", free_port(), "recipes/ppo.py",
+            "--config", str(CONFIG), "--model_name_or_path", str(sft_folder), "--dataset_name", str(tiny_corpus["rl"]),
+            "--reward_funcs", "format", "--rollout_batch_size", "8", "--max_completion_length", "16",
+            "--max_steps", "2", "--save_steps", "2", "--output_dir", str(out), "--report_to", "none",
+            "--disable_tqdm", "true",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+        done = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
+        assert done.returncode == 0, f"{name}: {done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+        runs[name] = out
+    return runs
+
+
+def test_two_processes_end_with_identical_weights(two_process_runs):
+    out = two_process_runs["ddp"]
+    fingerprints = json.loads((out / "all_results.json").read_text())["train_weights_sha256_per_process"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    assert is_complete_checkpoint(out / "checkpoint-2")
+    saved = {p.name for p in (out / "checkpoint-2" / "accelerate_state").iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= saved  # both processes took part
+
+
+def test_zero3_shards_the_same_run(two_process_runs):
+    """ZeRO-3 gathers the actor for generation and the final save, and trains as DDP does."""
+    ddp, zero3 = (read_metrics(two_process_runs[name] / METRICS_FILE) for name in ("ddp", "zero3"))
+    for key in ("reward", "loss", "kl"):
+        assert [r[key] for r in zero3] == pytest.approx([r[key] for r in ddp], rel=1e-3, abs=1e-4), key
+    assert is_complete_checkpoint(two_process_runs["zero3"] / "checkpoint-2")
+    model = AutoModelForCausalLM.from_pretrained(two_process_runs["zero3"], trust_remote_code=True)
+    reference = AutoModelForCausalLM.from_pretrained(two_process_runs["ddp"], trust_remote_code=True)
+    for (name, p), q in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_cli_errors_name_the_problem(sft_folder, tiny_corpus, tmp_path, capsys):
+    base = ["--model_name_or_path", str(sft_folder), "--output_dir", str(tmp_path), "--report_to", "none"]
+    with pytest.raises(SystemExit) as exit_info:
+        make_parser().parse_args_and_config(base + ["--kl_coeff", "0.1"])
+    assert exit_info.value.code == 2 and "--kl_coef" in capsys.readouterr().err
+    args = make_parser().parse_args_and_config(base + ["--dataset_name", str(tmp_path / "missing.jsonl")])
+    with pytest.raises(SystemExit) as exit_info:
+        main(*args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and err.startswith("error:") and "missing.jsonl" in err
