@@ -44,6 +44,7 @@ bench: install
 	$(PY) benchmarks/data_pipeline.py --mb 50
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/sft_throughput.py
+	$(PY) benchmarks/rollout.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -29,13 +29,13 @@ from trl.data_utils import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from data_process.chat import load_chat_dataset
+from data_process.collators import PackedRowsCollator
 from data_process.loading import iter_texts
 from data_process.synth import build_corpus
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.tokenizer import train_tokenizer
 from recipes.training.cli import RecipeParser
 from recipes.training.sft import (
-    PackedRowsCollator,
     SFTModelArguments,
     SFTRecipeConfig,
     SFTRecipeTrainer,

@@ -27,8 +27,16 @@ from pathlib import Path
 import datasets
 
 from data_process.convert import convert_record
-from data_process.io import DataError, RejectedWriter, expand_inputs, iter_lines, parse_line, rejected_path_for
-from data_process.loading import _data_error_in, is_saved_dataset
+from data_process.io import (
+    DataError,
+    RejectedWriter,
+    data_error_in,
+    expand_inputs,
+    iter_lines,
+    parse_line,
+    rejected_path_for,
+)
+from data_process.loading import is_saved_dataset
 from modeling_miniminds.hub import check_name_or_path
 
 logger = logging.getLogger(__name__)
@@ -288,7 +296,7 @@ def _load_rows(name, split, skip_bad, system_prompts, ratio, seed):
             _jsonl_rows, gen_kwargs={"stamps": stamps, **options}, features=ROW_FEATURES, split="train"
         )
     except datasets.exceptions.DatasetGenerationError as err:
-        raise _data_error_in(err) or err
+        raise data_error_in(err) or err
 
 
 def split_rejected(rows, rejected_path=None, write=True):

@@ -34,6 +34,16 @@ class DataError(ValueError):
     """A bad input record; the message starts with `file:line:`."""
 
 
+def data_error_in(err: BaseException) -> DataError | None:
+    """The `DataError` behind `err`, if any: `datasets` wraps what a generator raises in its own errors, so a loader
+    re-raises this instead, and the `file:line` message reaches the user rather than a datasets traceback."""
+    while err is not None:
+        if isinstance(err, DataError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _type_name(value):
     return type(value).__name__ if value is not None else "null"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import datasets
 
-from data_process.io import DataError, expand_inputs, read_jsonl, record_text, validate_pretrain
+from data_process.io import data_error_in, expand_inputs, read_jsonl, record_text, validate_pretrain
 from modeling_miniminds.hub import check_name_or_path
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def _from_jsonl(files, text_column):
             split="train",
         )
     except datasets.exceptions.DatasetGenerationError as err:
-        raise _data_error_in(err) or err
+        raise data_error_in(err) or err
 
 
 def _stamped_rows(stamps, text_column):
@@ -69,15 +69,6 @@ def _stamped_rows(stamps, text_column):
             continue
         for record in read_jsonl(path, validate=lambda r: validate_pretrain(r, text_column)):
             yield {text_column: record[text_column]}
-
-
-def _data_error_in(err):
-    """datasets wraps generator errors; dig out our DataError so the file:line message reaches the user."""
-    while err is not None:
-        if isinstance(err, DataError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def _from_parquet(files, text_column):

@@ -1,7 +1,8 @@
 """The whole pipeline on the built-in corpus, on a laptop CPU, ending in a report.
 
     make demo                                        # installs, then runs this
-    python -m recipes.demo --output_dir runs/demo    # corpus, tokenizer, pretrain, model, sft, reward, dpo, eval
+    python -m recipes.demo --output_dir runs/demo    # corpus, tokenizer, pretrain, model, sft, reward, dpo, ppo,
+                                                     # grpo, eval
 
 Each stage calls the same library function as its recipe. The report lands in `<output_dir>/report.md` and
 `<output_dir>/report.json` (`{"stages": {"<stage>": {"seconds": ..., "before": {...}, "after": {...}, ...}}}`);
@@ -30,10 +31,13 @@ from recipes.training.callbacks import PLOT_FILE
 from recipes.training.cli import RecipeParser
 from recipes.training.dpo import DPOModelArguments, DPOScriptArguments, DPOTrainingConfig, dpo
 from recipes.training.eval_lm import evaluate_models
+from recipes.training.grpo import GRPOScriptArguments, GRPOTrainingConfig, grpo
 from recipes.training.evaluation import CompletionProbeCallback, read_probes
 from recipes.training.preference import PreferenceScriptArguments
+from recipes.training.ppo import PPOConfig, PPOModelArguments, ppo
 from recipes.training.pretraining import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, pretrain
 from recipes.training.reward import RewardModelArguments, RewardTrainingConfig, reward
+from recipes.training.rl import RLModelArguments, RLScriptArguments
 from recipes.training.sft import SFTModelArguments, SFTRecipeConfig, SFTScriptArguments, sft
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -52,9 +56,15 @@ METRIC_MEANINGS = {
     "eot_rate": "share of those replies that end their turn with <|im_end|> within the token limit",
     "pairwise_accuracy": "held-out preference pairs (eval/dpo.jsonl) the reward model scores chosen above rejected",
     "preference_accuracy / margin": "the same pairs under DPO's implicit reward, and its mean chosen-rejected margin",
+    "reward (ppo, grpo)": "greedy replies to the held-out questions scored by the stage's reward sources, summed: "
+    "accuracy and format functions (0-1 each), plus the reward model's score for PPO; reward/<name> per source",
+    "kl": "KL(policy || SFT reference) of sampled held-out replies (PPO) or of training replies (GRPO, TRL's log), "
+    "nats per reply summed over tokens (PPO) or per token (GRPO)",
+    "tool_call_rate / tool_accuracy": "held-out calculator questions (eval/rl_tools.jsonl) answered greedily with the "
+    "tool loop: share of replies that make a well-formed calculator call, share with the right final answer",
 }
 # Steps of the post-training stages in the demo: enough to move the held-out numbers on a 2-core CPU.
-DEMO_STEPS = {"sft": 300, "reward": 120, "dpo": 120}
+DEMO_STEPS = {"sft": 300, "reward": 120, "dpo": 120, "ppo": 20, "grpo": 40}
 
 
 def parse_args(argv=None):
@@ -219,6 +229,42 @@ def stage_dpo(out: Path, paths: dict, sft_dir: Path, seed: int, steps: int) -> t
     return {**run_summary(result, folder), "before": result["before"], "after": result["after"]}, folder
 
 
+def split_samples(result: dict) -> dict:
+    """before/after without their sample lists (the report tables hold numbers), and the final samples apart."""
+    numbers = {side: {k: v for k, v in result[side].items() if not isinstance(v, (list, dict))}
+               for side in ("before", "after")}  # fmt: skip
+    samples = result["after"].get("samples") or []
+    tool_samples = result["after"].get("tool_samples") or []
+    return {**numbers, "chat_samples": samples, **({"tool_samples": tool_samples} if tool_samples else {})}
+
+
+def stage_ppo(out: Path, paths: dict, sft_dir: Path, reward_dir: Path, seed: int, steps: int) -> tuple[dict, Path]:
+    folder = out / "ppo"
+    argv = common_argv("ppo_tiny.yaml", folder, seed, steps) + [
+        "--model_name_or_path", sft_dir,
+        "--reward_model_name_or_path", reward_dir,
+        "--dataset_name", paths["rl"],
+        "--chat_eval_dataset", paths["eval"] / "rl.jsonl",
+    ]  # fmt: skip
+    result = run_recipe((RLScriptArguments, PPOConfig, PPOModelArguments), argv, ppo)
+    return {**run_summary(result, folder), **split_samples(result)}, folder
+
+
+def stage_grpo(out: Path, paths: dict, sft_dir: Path, seed: int, steps: int) -> tuple[dict, Path]:
+    """GRPO on the verifiable questions. The calculator questions are asked before and after through the tool loop;
+    training with the tool offered (`--use_tools true`) needs a model that can already write a call, which the
+    0.7M-parameter demo model cannot (it stops inside the JSON arguments), so the demo trains without it."""
+    folder = out / "grpo"
+    argv = common_argv("grpo_tiny.yaml", folder, seed, steps) + [
+        "--model_name_or_path", sft_dir,
+        "--dataset_name", paths["rl"],
+        "--chat_eval_dataset", paths["eval"] / "rl.jsonl",
+        "--tool_eval_dataset", paths["eval_rl_tools"],
+    ]  # fmt: skip
+    result = run_recipe((GRPOScriptArguments, GRPOTrainingConfig, RLModelArguments), argv, grpo)
+    return {**run_summary(result, folder), **split_samples(result)}, folder
+
+
 def stage_eval(out: Path, paths: dict, model_dirs: list[Path]) -> tuple[dict, None]:
     """All language models side by side on the same held-out files: bits per byte, multiple choice, chat."""
     questions = sum(1 for _ in iter_texts([paths["eval"] / "rl.jsonl"]))  # as many as the corpus size's eval split
@@ -292,10 +338,30 @@ def stage_rows(name: str, metrics: dict) -> list[str]:
         for key in metrics["after"]:
             before = format_value(metrics["before"].get(key))
             lines.append(f"| {key} | {before} | {format_value(metrics['after'][key])} |")
+    if metrics.get("chat_samples"):
+        lines += ["", "Held-out questions, answered greedily after this stage:", ""] + chat_lines(metrics["chat_samples"])
     for key, value in metrics.items():
-        if isinstance(value, (dict, list)) and key not in ("before", "after", "models"):
+        if isinstance(value, (dict, list)) and key not in ("before", "after", "models", "chat_samples"):
             lines += ["", f"{key}:", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]
     return lines + [""]
+
+
+def chat_lines(samples: list[dict]) -> list[str]:
+    """Question / reply pairs as a markdown list (replies kept on one line)."""
+    lines = []
+    for sample in samples:
+        reply = sample["reply"].strip().replace("\n", " / ") or "(empty)"
+        expected = f" (expected: {sample['answer']})" if "answer" in sample else ""
+        lines += [f"- **user:** {sample['question']}{expected}", f"  **assistant:** {reply}"]
+    return lines
+
+
+def final_chat(stages: dict) -> list[str]:
+    """The sample chat of the last stage that has one: what the pipeline's final model says."""
+    name = next((n for n in reversed(list(stages)) if stages[n].get("chat_samples")), None)
+    if name is None:
+        return []
+    return [f"## Sample chat with the final model ({name})", ""] + chat_lines(stages[name]["chat_samples"]) + [""]
 
 
 def write_report(out: Path, stages: dict) -> Path:
@@ -309,6 +375,7 @@ def write_report(out: Path, stages: dict) -> Path:
     lines.append("")
     for name, metrics in stages.items():
         lines += stage_rows(name, metrics)
+    lines += final_chat(stages)
     lines += ["Machine:", "", "```json", json.dumps(report["machine"], indent=2), "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -326,9 +393,11 @@ def main(argv=None) -> dict:
     stages["model"], _ = timed(stage_model, model_dir, paths)
     steps = {name: args.stage_steps or default for name, default in DEMO_STEPS.items()}
     stages["sft"], sft_dir = timed(stage_sft, out, paths, model_dir, args.seed, steps["sft"])
-    stages["reward"], _ = timed(stage_reward, out, paths, sft_dir, args.seed, steps["reward"])
+    stages["reward"], reward_dir = timed(stage_reward, out, paths, sft_dir, args.seed, steps["reward"])
     stages["dpo"], dpo_dir = timed(stage_dpo, out, paths, sft_dir, args.seed, steps["dpo"])
-    stages["eval"], _ = timed(stage_eval, out, paths, [model_dir, sft_dir, dpo_dir])
+    stages["ppo"], ppo_dir = timed(stage_ppo, out, paths, sft_dir, reward_dir, args.seed, steps["ppo"])
+    stages["grpo"], grpo_dir = timed(stage_grpo, out, paths, sft_dir, args.seed, steps["grpo"])
+    stages["eval"], _ = timed(stage_eval, out, paths, [model_dir, sft_dir, dpo_dir, ppo_dir, grpo_dir])
     report = write_report(out, stages)
     print(report.read_text(encoding="utf-8"))
     return stages

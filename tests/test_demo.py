@@ -12,7 +12,7 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path):
           "--stage_steps", "4"])  # fmt: skip
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     stages = report["stages"]
-    assert list(stages) == ["corpus", "tokenizer", "pretrain", "model", "sft", "reward", "dpo", "eval"]
+    assert list(stages) == ["corpus", "tokenizer", "pretrain", "model", "sft", "reward", "dpo", "ppo", "grpo", "eval"]
     assert report["machine"]["torch"] and report["machine"]["threads"] >= 1
 
     assert stages["corpus"]["records"]["pretrain"] == 400 and stages["corpus"]["records"]["eval/completion"] > 0
@@ -33,21 +33,27 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path):
     assert model["completion_accuracy"] == pretrain["after"]["completion_accuracy"]
     assert 0.0 <= model["trained_fact_recall"] <= 1.0 and model["samples"]
 
-    for name in ("sft", "reward", "dpo"):  # each post-training stage reports the same keys before and after
+    for name in ("sft", "reward", "dpo", "ppo", "grpo"):  # each post-training stage: the same keys before and after
         stage = stages[name]
         assert stage["steps"] == 4 and set(stage["before"]) == set(stage["after"]), name
     assert {"loss", "accuracy", "task_accuracy", "eot_rate"} <= set(stages["sft"]["after"])
     assert stages["sft"]["after"]["eot_rate"] > stages["sft"]["before"]["eot_rate"]  # 0.05 -> 0.68 when measured
     assert stages["reward"]["after"]["pairwise_accuracy"] > 0.6  # 0.90 after 4 steps when measured
     assert {"preference_accuracy", "margin", "accuracy"} <= set(stages["dpo"]["after"])
-    assert set(stages["eval"]["models"]) == {"pretrain", "sft", "dpo"}
+    for name in ("ppo", "grpo"):
+        assert {"reward", "accuracy", "kl"} <= set(stages[name]["after"]) and stages[name]["before"]["kl"] == 0.0
+        assert stages[name]["after"]["kl"] >= 0.0 and stages[name]["chat_samples"]
+    assert {"reward/reward_model", "reward/accuracy", "reward/format"} <= set(stages["ppo"]["after"])
+    assert {"tool_call_rate", "tool_accuracy"} <= set(stages["grpo"]["after"])
+    assert set(stages["eval"]["models"]) == {"pretrain", "sft", "dpo", "ppo", "grpo"}
     assert all(m["bits_per_byte"] > 0 for m in stages["eval"]["models"].values())
 
     markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
     for name in stages:
         assert f"## {name} (" in markdown
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    curves = [f"{name}/training_curves.png" for name in ("pretrain", "sft", "reward", "dpo")]
+    curves = [f"{name}/training_curves.png" for name in ("pretrain", "sft", "reward", "dpo", "ppo", "grpo")]
     assert links == curves + ["eval/eval_chart.png"]
     assert all((tmp_path / link).stat().st_size > 0 for link in links)
     assert "| completion_accuracy |" in markdown and "held out" in markdown
+    assert "## Sample chat with the final model (grpo)" in markdown and "**assistant:**" in markdown

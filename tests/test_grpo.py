@@ -26,7 +26,7 @@ from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.checkpoints import is_complete_checkpoint
 from recipes.training.grpo import grpo
 from recipes.training.models import save_final_model
-from recipes.training.reward import load_reward_model, save_generation_config
+from recipes.training.reward import load_reward_model
 from recipes.training.rl import RLModelArguments
 from recipes.training.tool_use import calculator, run_tool_call, tool_loop_transcripts, tool_metrics
 from recipes.training.trainer import RewardStageTrainer, SFTStageTrainer
@@ -155,7 +155,6 @@ def reward_model_folder(sft_folder, tiny_corpus, tmp_path_factory):
     trainer = RewardStageTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
                                  processing_class=tokenizer)  # fmt: skip
     trainer.train()
-    save_generation_config(model, str(out))
     save_final_model(trainer, tokenizer)
     return out
 

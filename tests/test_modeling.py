@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import VOCAB, build, random_ids, tiny_config, tiny_moe_config
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Qwen3ForCausalLM
 
 from modeling_miniminds import (
@@ -18,26 +19,6 @@ from modeling_miniminds import (
     to_qwen3,
 )
 from modeling_miniminds.convert import from_qwen3
-
-VOCAB = 256
-
-
-def tiny_config(**overrides) -> MiniMindConfig:
-    return get_config("minimind-tiny", vocab_size=VOCAB, **overrides)
-
-
-def tiny_moe_config(**overrides) -> MiniMindConfig:
-    return tiny_config(use_moe=True, num_experts=4, num_experts_per_tok=2, n_shared_experts=1, **overrides)
-
-
-def build(config: MiniMindConfig, cls=MiniMindForCausalLM, seed: int = 0):
-    torch.manual_seed(seed)
-    return cls(config).eval()
-
-
-def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, (batch, length), generator=generator)
 
 
 @functools.cache

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 from datasets import Dataset
-from test_modeling import VOCAB, build, random_ids, tiny_config, tiny_moe_config
+from helpers import VOCAB, build, random_ids, tiny_config, tiny_moe_config
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast

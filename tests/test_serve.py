@@ -6,95 +6,28 @@ request answered with an OpenAI error and a 4xx status, after which the server k
 Servers run in this process (uvicorn in a thread, a free port) so tests can read the worker's counters; a scripted
 generator stands in for the model where the reply must be known (a tiny random model only writes gibberish)."""
 
-import http.client
 import json
 import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import TIMEOUT, ScriptedGenerator, raw_request, running_server, wait_until
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
-from modeling_miniminds.generation import Delta, Generator, load_for_decoding
+from modeling_miniminds.generation import Generator, load_for_decoding
 from modeling_miniminds.tokenizer import load_tokenizer
 
 openai = pytest.importorskip("openai", reason="the server tests use the official client: pip install openai")
-uvicorn = pytest.importorskip("uvicorn", reason="the server needs its extra: pip install -e '.[serve]'")
+pytest.importorskip("uvicorn", reason="the server needs its extra: pip install -e '.[serve]'")
 pytest.importorskip("starlette", reason="the server needs its extra: pip install -e '.[serve]'")
-from modeling_miniminds.serve import ChatServer, Limits  # noqa: E402
 
-TIMEOUT = 60  # seconds any single request may take on a busy CI machine
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
-SCRIPTED_REPLY = '<think>\nThe user wants weather.\n</think>\n\nChecking.\n<tool_call>\n{"name": "get_weather", ' \
-                 '"arguments": {"city": "Paris"}}\n</tool_call>'  # fmt: skip
-
-
-class ScriptedGenerator:
-    """Streams one fixed reply to every request in a few pieces, as a model would; remembers the prompts."""
-
-    def __init__(self, tokenizer, reply: str = SCRIPTED_REPLY, pieces: int = 6, delay: float = 0.0):
-        self.tokenizer, self.max_length, self.delay = tokenizer, 2048, delay
-        size = -(-len(reply) // pieces)
-        self.pieces = [reply[i : i + size] for i in range(0, len(reply), size)]
-        self.prompts = []
-
-    def stream(self, prompts, params, cancelled=None):
-        self.prompts += prompts
-        for step, piece in enumerate(self.pieces):
-            time.sleep(self.delay)
-            last = step + 1 == len(self.pieces)
-            yield [Delta(i, piece, "stop" if last else None, step + 1) for i in range(len(prompts))]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def running_server(generator, **options):
-    """A ChatServer on a free 127.0.0.1 port for the duration of the block."""
-    limits = Limits(max_prompt_tokens=512, max_tokens=1500, max_body_bytes=64 * 1024)
-    server = ChatServer(generator, "tiny", options.pop("limits", limits), **options)
-    port = free_port()
-    web = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    wait_until(lambda: web.started or not thread.is_alive(), "the server did not start")
-    assert web.started, "the server thread ended before it started serving"
-    try:
-        yield SimpleNamespace(server=server, port=port, url=f"http://127.0.0.1:{port}")
-    finally:
-        web.should_exit = True
-        thread.join(timeout=TIMEOUT)
-
-
-def wait_until(condition, failure: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.01)
 
 
 def client_for(served, api_key="unused"):
     return openai.OpenAI(base_url=f"{served.url}/v1", api_key=api_key, timeout=TIMEOUT, max_retries=0)
-
-
-def raw_request(served, method, path, body=b"", headers=None):
-    """(status, parsed JSON or text) of one plain HTTP request."""
-    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=TIMEOUT)
-    connection.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
-    response = connection.getresponse()
-    text = response.read().decode()
-    connection.close()
-    return response.status, (json.loads(text) if response.getheader("content-type", "").startswith("application/json")
-                             else text)  # fmt: skip
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -22,6 +22,7 @@ from trl.data_utils import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from data_process.chat import check_turn_order, load_chat_dataset, read_system_prompts, to_chat_row
+from data_process.collators import PackedRowsCollator
 from data_process.io import read_jsonl
 from data_process.tools import CALCULATOR_TOOL, CalculatorError, calculator, evaluate_expression
 from modeling_miniminds import MiniMindForCausalLM, get_config
@@ -31,7 +32,6 @@ from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.cli import RecipeParser
 from recipes.training.pretraining import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, pretrain
 from recipes.training.sft import (
-    PackedRowsCollator,
     SFTModelArguments,
     SFTRecipeConfig,
     SFTRecipeTrainer,

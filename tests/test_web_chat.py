@@ -6,9 +6,12 @@ import re
 import shutil
 
 import pytest
-from test_serve import ScriptedGenerator, raw_request, running_server, wait_until
+from helpers import ScriptedGenerator, raw_request, running_server, wait_until
 
 from modeling_miniminds.tokenizer import load_tokenizer
+
+pytest.importorskip("uvicorn", reason="the server needs its extra: pip install -e '.[serve]'")
+pytest.importorskip("starlette", reason="the server needs its extra: pip install -e '.[serve]'")
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from trl.models import prepare_deepspeed
 
-from data_process.collators import PackedBlockCollator
 from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.training.models import count_parameters, load_causal_lm
 from recipes.training.pretraining import (
@@ -25,6 +24,7 @@ from recipes.training.pretraining import (
     PretrainTrainer,
     build_model,
     load_datasets,
+    packed_blocks_trainer,
     summarize,
 )
 from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
@@ -213,18 +213,8 @@ def distill(
         f"of {script_args.block_size} tokens; {len(eval_dataset) if eval_dataset is not None else 0} eval blocks"
     )
 
-    trainer = DistillTrainer(
-        model=student,
-        teacher=teacher,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=PackedBlockCollator(document_mask=script_args.document_mask),
-        callbacks=callbacks,
-    )
-    if resume:
-        training_args.eval_on_start = False  # the start loss is already in the restored log history
+    trainer = packed_blocks_trainer(DistillTrainer, student, tokenizer, script_args, training_args, train_dataset,
+                                    eval_dataset, resume, callbacks, teacher=teacher)  # fmt: skip
     train_output = trainer.train(resume_from_checkpoint=resume)
     finish_run(trainer, tokenizer, train_output)
     before, after = before_and_after(trainer)

@@ -283,7 +283,7 @@ def grpo(
     trainer.raise_if_interrupted()
     history = trainer.state.log_history
     kls = logged(history, "kl")
-    before = dict(probe.before) if probe else {}
+    before = {**(probe.before if probe else {}), "kl": 0.0}  # the policy starts as the reference
     after = {**(probe.after if probe else {}), "kl": round(kls[-1], 6) if kls else None}
     failures = {key.split("/")[1]: sum(logged(history, key)) for key in {k for h in history for k in h}
                 if key.startswith("rewards/") and key.endswith("/failures")}  # fmt: skip

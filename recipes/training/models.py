@@ -4,7 +4,12 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from modeling_miniminds.hub import check_name_or_path, from_pretrained_or_explain
 from modeling_miniminds.tokenizer import load_tokenizer
@@ -27,11 +32,12 @@ def check_vocab_fits(tokenizer: PreTrainedTokenizerBase, vocab_size: int, model_
 
 def align_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Make the model config and generation config use the tokenizer's bos/eos/pad ids, so `generate` stops where
-    the tokenizer ends a text and pads with its pad token."""
+    the tokenizer ends a text and pads with its pad token. A model that cannot generate (a reward model) has no
+    generation config: it gets a bare one, so its folder carries the ids it was trained with like every stage's."""
+    if getattr(model, "generation_config", None) is None:
+        model.generation_config = GenerationConfig()
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for config in (model.config, model.generation_config):
-        if config is None:
-            continue
         config.bos_token_id = tokenizer.bos_token_id
         config.eos_token_id = tokenizer.eos_token_id
         config.pad_token_id = pad_token_id
@@ -46,10 +52,17 @@ def save_final_model(trainer, tokenizer: PreTrainedTokenizerBase, output_dir: st
     model.config.use_cache = True
     trainer.save_model(output_dir)
     if trainer.args.should_save:
+        save_generation_config(model, output_dir)
         tokenizer.save_pretrained(output_dir)
         check_model_folder(output_dir)
     trainer.accelerator.wait_for_everyone()
     return output_dir
+
+
+def save_generation_config(model: PreTrainedModel, output_dir: str | Path) -> None:
+    """Write the generation config `save_pretrained` leaves out for a model that cannot generate (a reward model)."""
+    if not model.can_generate():
+        model.generation_config.save_pretrained(output_dir)
 
 
 def check_model_folder(folder: str | Path) -> None:

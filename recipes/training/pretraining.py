@@ -214,6 +214,35 @@ def summarize(trainer, train_metrics: dict) -> dict:
     }
 
 
+def packed_blocks_trainer(
+    trainer_class: type[PretrainTrainer],
+    model,
+    tokenizer,
+    script_args: PretrainScriptArguments,
+    training_args: PretrainConfig,
+    train_dataset,
+    eval_dataset,
+    resume: str | None,
+    callbacks: list | None = None,
+    **trainer_kwargs,
+) -> PretrainTrainer:
+    """The trainer pretraining and distillation share, on packed blocks; `trainer_kwargs` (the distillation teacher)
+    go to `trainer_class`."""
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=PackedBlockCollator(document_mask=script_args.document_mask),
+        callbacks=callbacks,
+        **trainer_kwargs,
+    )
+    if resume:
+        training_args.eval_on_start = False  # the start loss is already in the restored log history
+    return trainer
+
+
 def pretrain(
     script_args: PretrainScriptArguments,
     training_args: PretrainConfig,
@@ -234,17 +263,9 @@ def pretrain(
         f"bf16={training_args.bf16} fp16={training_args.fp16}"
     )
 
-    trainer = PretrainTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=PackedBlockCollator(document_mask=script_args.document_mask),
-        callbacks=callbacks,
+    trainer = packed_blocks_trainer(
+        PretrainTrainer, model, tokenizer, script_args, training_args, train_dataset, eval_dataset, resume, callbacks
     )
-    if resume:
-        training_args.eval_on_start = False  # the start loss is already in the restored log history
     train_output = trainer.train(resume_from_checkpoint=resume)
     finish_run(trainer, tokenizer, train_output)
     result = summarize(trainer, train_output.metrics)

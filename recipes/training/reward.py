@@ -12,12 +12,17 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForSequenceClassification, GenerationConfig
+from transformers import AutoModelForSequenceClassification
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from modeling_miniminds.hub import check_name_or_path, from_pretrained_or_explain
 from recipes.training.args import ModelArguments, RewardStageConfig
-from recipes.training.models import align_special_tokens, check_vocab_fits, count_parameters, resolve_tokenizer
+from recipes.training.models import (
+    align_special_tokens,
+    check_vocab_fits,
+    count_parameters,
+    resolve_tokenizer,
+)
 from recipes.training.preference import (
     BeforeAfterCallback,
     PreferenceScriptArguments,
@@ -79,7 +84,6 @@ def load_reward_model(model_args, tokenizer, trust_remote_code: bool = False):
             dtype=dtype,
         )
     check_vocab_fits(tokenizer, model.config.vocab_size, name)
-    model.generation_config = GenerationConfig()  # a classifier has none; the shared helpers fill and save it
     align_special_tokens(model, tokenizer)
     return model
 
@@ -132,12 +136,6 @@ def pairwise_metrics(model, pairs, pad_token_id: int, batch_size: int = 32) -> d
     }
 
 
-def save_generation_config(model, output_dir: str) -> None:
-    """transformers writes no generation config for a model that cannot generate; the complete folder every stage
-    leaves still carries one, with the special-token ids the scores were trained with."""
-    model.generation_config.save_pretrained(output_dir)
-
-
 def reward(
     script_args: PreferenceScriptArguments,
     training_args: RewardTrainingConfig,
@@ -175,8 +173,6 @@ def reward(
     train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.raise_if_interrupted()
     merge_adapter(trainer)
-    if training_args.should_save:
-        save_generation_config(trainer.accelerator.unwrap_model(trainer.model), training_args.output_dir)
     eval_metrics = finish_run(trainer, tokenizer, train_output, extra_eval=held_out.after if held_out else None)
     result = {
         "before": held_out.before if held_out else {},

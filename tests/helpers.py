@@ -1,0 +1,103 @@
+"""Plain helpers that several test modules share (fixtures live in conftest.py): a tiny model config with inputs, and an
+in-process chat server with a scripted generator standing in for the model."""
+
+import http.client
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import torch
+
+from modeling_miniminds import MiniMindConfig, MiniMindForCausalLM, get_config
+from modeling_miniminds.generation import Delta
+
+VOCAB = 256
+
+
+def tiny_config(**overrides) -> MiniMindConfig:
+    return get_config("minimind-tiny", vocab_size=VOCAB, **overrides)
+
+
+def tiny_moe_config(**overrides) -> MiniMindConfig:
+    return tiny_config(use_moe=True, num_experts=4, num_experts_per_tok=2, n_shared_experts=1, **overrides)
+
+
+def build(config: MiniMindConfig, cls=MiniMindForCausalLM, seed: int = 0):
+    torch.manual_seed(seed)
+    return cls(config).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=generator)
+
+
+TIMEOUT = 60  # seconds any single request may take on a busy CI machine
+SCRIPTED_REPLY = '<think>\nThe user wants weather.\n</think>\n\nChecking.\n<tool_call>\n{"name": "get_weather", ' \
+                 '"arguments": {"city": "Paris"}}\n</tool_call>'  # fmt: skip
+
+
+class ScriptedGenerator:
+    """Streams one fixed reply to every request in a few pieces, as a model would; remembers the prompts."""
+
+    def __init__(self, tokenizer, reply: str = SCRIPTED_REPLY, pieces: int = 6, delay: float = 0.0):
+        self.tokenizer, self.max_length, self.delay = tokenizer, 2048, delay
+        size = -(-len(reply) // pieces)
+        self.pieces = [reply[i : i + size] for i in range(0, len(reply), size)]
+        self.prompts = []
+
+    def stream(self, prompts, params, cancelled=None):
+        self.prompts += prompts
+        for step, piece in enumerate(self.pieces):
+            time.sleep(self.delay)
+            last = step + 1 == len(self.pieces)
+            yield [Delta(i, piece, "stop" if last else None, step + 1) for i in range(len(prompts))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(generator, **options):
+    """A ChatServer on a free 127.0.0.1 port for the duration of the block."""
+    import uvicorn  # the serve extra: only the modules that serve need it, and they importorskip it first
+
+    from modeling_miniminds.serve import ChatServer, Limits
+
+    limits = Limits(max_prompt_tokens=512, max_tokens=1500, max_body_bytes=64 * 1024)
+    server = ChatServer(generator, "tiny", options.pop("limits", limits), **options)
+    port = free_port()
+    web = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    wait_until(lambda: web.started or not thread.is_alive(), "the server did not start")
+    assert web.started, "the server thread ended before it started serving"
+    try:
+        yield SimpleNamespace(server=server, port=port, url=f"http://127.0.0.1:{port}")
+    finally:
+        web.should_exit = True
+        thread.join(timeout=TIMEOUT)
+
+
+def wait_until(condition, failure: str, timeout: float = TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.01)
+
+
+def raw_request(served, method, path, body=b"", headers=None):
+    """(status, parsed JSON or text) of one plain HTTP request."""
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=TIMEOUT)
+    connection.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    return response.status, (json.loads(text) if response.getheader("content-type", "").startswith("application/json")
+                             else text)  # fmt: skip
