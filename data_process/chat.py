@@ -249,11 +249,16 @@ def _jsonl_rows(stamps, skip_bad, system_prompts, ratio, seed):
 
 
 def _augmenter(system_prompts, ratio, seed):
-    """Adds system prompts with a random stream per record (seed and `file:line`), so the result does not depend on
-    the order or the number of processes that build the dataset."""
+    """Adds system prompts with a random stream per record (seed, file name and line), so the result depends neither
+    on the order or the number of processes that build the dataset, nor on the folder the file sits in."""
     if not system_prompts:
         return lambda row, where: row
-    return lambda row, where: add_system_prompt(row, system_prompts, ratio, random.Random(f"{seed}:{where}"))
+
+    def augment(row, where):
+        file, line = where.rsplit(":", 1)
+        return add_system_prompt(row, system_prompts, ratio, random.Random(f"{seed}:{Path(file).name}:{line}"))
+
+    return augment
 
 
 def _table_rows(dataset, name, skip_bad, system_prompts, ratio, seed):
