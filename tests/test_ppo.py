@@ -8,9 +8,11 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -268,3 +270,30 @@ def test_cli_errors_name_the_problem(sft_folder, tiny_corpus, tmp_path, capsys):
         main(*args)
     err = capsys.readouterr().err
     assert exit_info.value.code != 0 and err.startswith("error:") and "missing.jsonl" in err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(sft_folder, tiny_corpus, tmp_path):
+    argv = ["--config", CONFIG, "--model_name_or_path", sft_folder, "--dataset_name", tiny_corpus["rl"],
+            "--reward_funcs", "format", "--rollout_batch_size", 8, "--max_completion_length", 16,
+            "--output_dir", tmp_path, "--report_to", "none", "--disable_tqdm", "true", "--save_steps", 1000]  # fmt: skip
+    command = [sys.executable, str(REPO / "recipes" / "ppo.py"), *map(str, argv)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*command, "--max_steps", "2000"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not read_metrics(tmp_path / METRICS_FILE):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    checkpoints = sorted(tmp_path.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and is_complete_checkpoint(checkpoints[0])
+    step = int(checkpoints[0].name.split("-")[1])
+    assert f"interrupted at step {step}; checkpoint saved to {checkpoints[0]}" in stderr
+    assert stderr.rstrip().endswith("--resume_from_checkpoint auto") and not (tmp_path / "model.safetensors").exists()
+    resumed = subprocess.run([*command, "--max_steps", str(step + 1), "--resume_from_checkpoint", "auto"], cwd=REPO,
+                             env=env, capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / METRICS_FILE)] == list(range(1, step + 2))
+    assert (tmp_path / "model.safetensors").exists()
