@@ -14,6 +14,10 @@ python recipes/ppo.py --config recipes/configs/ppo_tiny.yaml ... --reward_funcs 
 # LoRA actor: the reference is the same weights with the adapter disabled (one backbone in memory)
 python recipes/ppo.py --config recipes/configs/ppo_tiny.yaml ... --use_peft true --lora_r 16
 
+# One GPU, the 64M model (larger rollouts and replies); see recipes/configs/ppo_64m.yaml
+python recipes/ppo.py --config recipes/configs/ppo_64m.yaml --model_name_or_path runs/sft-64m \
+    --reward_model_name_or_path runs/reward-64m --dataset_name data/rl.jsonl --output_dir runs/ppo-64m
+
 # Several processes: every gradient of actor and critic is all-reduced (DDP) or sharded (ZeRO-2/3)
 accelerate launch --config_file ds_configs/ddp.yaml recipes/ppo.py --config recipes/configs/ppo_tiny.yaml ...
 accelerate launch --config_file ds_configs/zero3.yaml recipes/ppo.py --config ...

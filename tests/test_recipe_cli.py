@@ -135,3 +135,17 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(base_args, tmp_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == step + 2
+
+
+STAGE_CONFIGS = sorted(p for p in (REPO / "recipes" / "configs").glob("*.yaml") if not p.stem.startswith("pretrain_"))
+
+
+@pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda p: p.stem)
+def test_every_stage_config_parses_with_its_recipe(config, tmp_path):
+    """A misspelled key or a bad value in a shipped YAML fails here, not on a user's GPU an hour into setup."""
+    import importlib
+
+    stage = config.stem.rsplit("_", 1)[0]
+    parser = importlib.import_module(f"recipes.{stage}").make_parser()
+    args = parser.parse_args_and_config(["--config", str(config), "--output_dir", str(tmp_path)])
+    assert args[1].output_dir == str(tmp_path)

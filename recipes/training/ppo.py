@@ -645,9 +645,11 @@ class PPOTrainer:
         run_dir = Path(self.args.output_dir)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.global_step}"
         staging = run_dir / f"{STAGING_PREFIX}{self.global_step}" / name
+        (staging / ACCELERATE_STATE).mkdir(parents=True, exist_ok=True)  # every process writes its RNG state there
         self.accelerator.wait_for_everyone()
         self.save_policy(staging)
         self.accelerator.save_state(str(staging / ACCELERATE_STATE))
+        self.accelerator.wait_for_everyone()  # every process has written its part before the folder is renamed
         if self.accelerator.is_main_process:
             state = {"global_step": self.global_step, "max_steps": self.max_steps, "log_history": self.log_history,
                      "scheduler": self.scheduler.state_dict()}  # fmt: skip
