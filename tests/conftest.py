@@ -64,10 +64,9 @@ def tiny_tokenizer_dir(tiny_corpus, tmp_path_factory):
     return output_dir
 
 
-@pytest.fixture(scope="session")
-def tiny_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
-    """An RL starting point: a tiny random MiniMind trained 200 steps on the tiny SFT data (most greedy replies end
-    their turn), saved as the SFT stage saves."""
+def train_tiny_sft(corpus, tokenizer_dir, out, steps: int):
+    """A tiny random MiniMind trained `steps` steps on the tiny SFT data, saved as the SFT stage saves (complete
+    folder, TRL's config keys), so later stages start from a folder as they do after SFT."""
     import torch
     from datasets import Dataset
 
@@ -78,20 +77,31 @@ def tiny_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
     from recipes.training.models import save_final_model
     from recipes.training.trainer import SFTStageTrainer
 
-    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(0)
     model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer)))
-    data = Dataset.from_list([{"messages": r["conversations"]} for r in read_jsonl(tiny_corpus["sft"])])
-    out = tmp_path_factory.mktemp("rl-sft")
+    data = Dataset.from_list([{"messages": r["conversations"]} for r in read_jsonl(corpus["sft"])])
     args = SFTStageConfig(
-        output_dir=str(out), max_steps=200, per_device_train_batch_size=8, learning_rate=3e-3, max_length=128,
-        assistant_only_loss=True, save_strategy="no", logging_steps=50, report_to="none", disable_tqdm=True,
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=3e-3, max_length=128,
+        assistant_only_loss=True, save_strategy="no", logging_steps=10, report_to="none", disable_tqdm=True,
         use_cpu=True, seed=0,
     )  # fmt: skip
     trainer = SFTStageTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.train()
     save_final_model(trainer, tokenizer)
     return out
+
+
+@pytest.fixture(scope="session")
+def quick_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
+    """A quick "SFT" model (30 steps): enough for DPO and GRPO to move held-out numbers in a few steps."""
+    return train_tiny_sft(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory.mktemp("sft"), steps=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
+    """An RL starting point (200 steps): most greedy replies end their turn."""
+    return train_tiny_sft(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory.mktemp("rl-sft"), steps=200)
 
 
 @pytest.fixture(scope="session")

@@ -12,22 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from data_process.io import read_jsonl
-from modeling_miniminds import MiniMindForCausalLM, get_config
-from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.dpo import make_parser
-from recipes.training.args import SFTStageConfig
 from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.checkpoints import is_complete_checkpoint
 from recipes.training.dpo import NonFiniteLossError, build_trainer, dpo
-from recipes.training.models import save_final_model
 from recipes.training.preference import REJECTED_FILE
 from recipes.training.runs import start_run
-from recipes.training.trainer import SFTStageTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -38,23 +32,8 @@ BAD = {"role": "assistant", "content": "Answer: 6"}
 
 
 @pytest.fixture(scope="module")
-def sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
-    """A quick "SFT" model: a tiny random MiniMind trained 30 steps on the tiny SFT data, saved as the SFT stage
-    saves (complete folder, TRL's config keys), so DPO starts from a folder as it does after SFT."""
-    tokenizer = load_tokenizer(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer)))
-    data = Dataset.from_list([{"messages": r["conversations"]} for r in read_jsonl(tiny_corpus["sft"])])
-    out = tmp_path_factory.mktemp("sft")
-    args = SFTStageConfig(
-        output_dir=str(out), max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3, max_length=128,
-        assistant_only_loss=True, save_strategy="no", logging_steps=10, report_to="none", disable_tqdm=True,
-        use_cpu=True, seed=0,
-    )  # fmt: skip
-    trainer = SFTStageTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    trainer.train()
-    save_final_model(trainer, tokenizer)
-    return out
+def sft_folder(quick_sft_folder):
+    return quick_sft_folder
 
 
 def recipe_args(model, corpus, out, *overrides, held_out=True):

@@ -18,10 +18,9 @@ from transformers.utils import get_json_schema
 from data_process.io import read_jsonl
 from data_process.rewards import REWARD_FUNCTIONS
 from data_process.tools import CALCULATOR_TOOL
-from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.tokenizer import RESPONSE_TEMPLATE, load_tokenizer
 from recipes.grpo import main, make_parser
-from recipes.training.args import RewardStageConfig, SFTStageConfig
+from recipes.training.args import RewardStageConfig
 from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.checkpoints import is_complete_checkpoint
 from recipes.training.grpo import grpo
@@ -29,7 +28,7 @@ from recipes.training.models import save_final_model
 from recipes.training.reward import load_reward_model
 from recipes.training.rl import RLModelArguments
 from recipes.training.tool_use import calculator, run_tool_call, tool_loop_transcripts, tool_metrics
-from recipes.training.trainer import RewardStageTrainer, SFTStageTrainer
+from recipes.training.trainer import RewardStageTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 20
@@ -39,23 +38,8 @@ EXPRESSION = re.compile(r"\(?\d[\d +\-*/()]*\d\)?")
 
 
 @pytest.fixture(scope="module")
-def sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
-    """A quick "SFT" model: a tiny random MiniMind trained 30 steps on the tiny SFT data, saved as the SFT stage
-    saves (complete folder, TRL's config keys), so GRPO starts from a folder as it does after SFT."""
-    tokenizer = load_tokenizer(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer)))
-    data = Dataset.from_list([{"messages": r["conversations"]} for r in read_jsonl(tiny_corpus["sft"])])
-    out = tmp_path_factory.mktemp("sft")
-    args = SFTStageConfig(
-        output_dir=str(out), max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3, max_length=128,
-        assistant_only_loss=True, save_strategy="no", logging_steps=10, report_to="none", disable_tqdm=True,
-        use_cpu=True, seed=0,
-    )  # fmt: skip
-    trainer = SFTStageTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    trainer.train()
-    save_final_model(trainer, tokenizer)
-    return out
+def sft_folder(quick_sft_folder):
+    return quick_sft_folder
 
 
 def recipe_args(model, dataset, out, *overrides):
