@@ -5,13 +5,13 @@ run."""
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -188,12 +188,6 @@ def test_bad_pairs_fail_at_file_line_or_are_skipped_and_counted(sft_folder, tmp_
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 1
     assert (tmp_path / "out" / "model.safetensors").exists()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def test_two_process_zero3_run_trains_and_saves_a_loadable_model(sft_folder, tiny_corpus, tmp_path):

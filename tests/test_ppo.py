@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -209,12 +209,6 @@ def test_lora_actor_uses_its_base_as_the_reference(sft_folder, tiny_corpus, tmp_
     assert not any("lora" in name for name in model.state_dict())
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 LAUNCH_CONFIGS = {"ddp": "ds_configs/ddp.yaml", "zero3": "ds_configs/zero3.yaml"}
 
 
@@ -226,7 +220,7 @@ def two_process_runs(sft_folder, tiny_corpus, tmp_path_factory):
         out = tmp_path_factory.mktemp(f"ppo-{name}")
         command = [
             str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", config,
-            "--num_processes", "2", "--main_process_port", free_port(), "recipes/ppo.py",
+            "--num_processes", "2", "--main_process_port", str(free_port()), "recipes/ppo.py",
             "--config", str(CONFIG), "--model_name_or_path", str(sft_folder), "--dataset_name", str(tiny_corpus["rl"]),
             "--reward_funcs", "format", "--rollout_batch_size", "8", "--max_completion_length", "16",
             "--max_steps", "2", "--save_steps", "2", "--output_dir", str(out), "--report_to", "none",

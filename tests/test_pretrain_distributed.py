@@ -8,13 +8,13 @@ independent trainings into one folder, and must now train as one distributed run
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -24,12 +24,6 @@ from recipes.training.checkpoints import is_complete_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEPS, BATCH, BLOCK, WORLD = 3, 4, 64, 2
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def launcher(name, port):

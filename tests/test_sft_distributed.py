@@ -3,12 +3,12 @@ train, and the final folder is a complete model that loads through trust_remote_
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from helpers import free_port
 from transformers import AutoModelForCausalLM
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
@@ -20,12 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def test_deepspeed_zero2_two_processes_train_and_save(tiny_corpus, tiny_tokenizer_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_tokenizer_dir)
     base = tmp_path / "base"
@@ -34,7 +28,7 @@ def test_deepspeed_zero2_two_processes_train_and_save(tiny_corpus, tiny_tokenize
     tokenizer.save_pretrained(base)
     out = tmp_path / "sft"
     command = [
-        str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", free_port(),
+        str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
         "recipes/sft.py", "--deepspeed", "ds_configs/zero2.json", "--use_cpu", "true",
         "--config", "recipes/configs/sft_tiny.yaml", "--model_name_or_path", str(base),
         "--dataset_name", str(tiny_corpus["sft"]), "--eval_dataset_name", str(tiny_corpus["eval"] / "sft.jsonl"),

@@ -125,14 +125,26 @@ def chat_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 6
                   generalisable=GENERALISABLE_FAMILIES, **template_kwargs) -> dict:  # fmt: skip
     """Exact-answer accuracy of greedy chat replies (overall, on generalisable families, per family) and the share
     of replies that end with the end-of-turn token."""
-    from data_process.rewards import accuracy_reward
-
     if not records:
         raise ValueError("no chat probes to score")
     was_training = model.training
     model.eval()
     replies = chat_replies(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, **template_kwargs)
     model.train(was_training)
+    return {
+        **reply_accuracy(records, replies, generalisable),
+        "samples": [
+            {"question": r["prompt"][-1]["content"], "answer": r["answer"], "reply": text}
+            for r, (text, _) in list(zip(records, replies))[:num_samples]
+        ],
+    }
+
+
+def reply_accuracy(records: list[dict], replies: list[tuple[str, bool]], generalisable=GENERALISABLE_FAMILIES) -> dict:
+    """Exact-answer accuracy of (reply, ended) pairs to `records` (overall, on generalisable families, per family)
+    and the share that ended their turn."""
+    from data_process.rewards import accuracy_reward
+
     scores = accuracy_reward(completions=[text for text, _ in replies], answer=[r["answer"] for r in records])
     per_family = defaultdict(list)
     for record, score in zip(records, scores):
@@ -144,10 +156,6 @@ def chat_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 6
         "eot_rate": round(sum(ended for _, ended in replies) / len(replies), 4),
         "probes": len(records),
         "per_family": {name: round(sum(v) / len(v), 4) for name, v in sorted(per_family.items())},
-        "samples": [
-            {"question": r["prompt"][-1]["content"], "answer": r["answer"], "reply": text}
-            for r, (text, _) in list(zip(records, replies))[:num_samples]
-        ],
     }
 
 

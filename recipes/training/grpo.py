@@ -33,6 +33,7 @@ from recipes.training.rl import (
     as_messages,
     build_reward_functions,
     heldout_rl_metrics,
+    read_heldout_records,
     read_rl_records,
 )
 from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
@@ -210,7 +211,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     check_config(script_args, training_args)
     tokenizer = resolve_tokenizer(model_args)
     train_dataset = load_prompts(script_args)
-    chat_probes, tool_probes = read_chat_probes_if_any(script_args), read_tool_probes(script_args)
+    chat_probes, tool_probes = read_heldout_records(script_args), read_tool_probes(script_args)
     turn_off_eval_without_data(training_args, None)  # held-out numbers come from the probe below
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
     reward_funcs = build_reward_functions(script_args, model_args, tokenizer, training_args.device,
@@ -241,13 +242,6 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         probe = BeforeAfterCallback(measure, training_args.output_dir, "rl")
         trainer.add_callback(probe)
     return trainer, probe
-
-
-def read_chat_probes_if_any(script_args) -> list[dict]:
-    """The first --chat_eval_samples `rl` records of --chat_eval_dataset (none without it)."""
-    if not script_args.chat_eval_dataset:
-        return []
-    return read_rl_records(script_args.chat_eval_dataset, limit=script_args.chat_eval_samples)
 
 
 def logged(history: list[dict], key: str) -> list[float]:

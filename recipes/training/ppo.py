@@ -69,9 +69,9 @@ from recipes.training.rl import (
     RLScriptArguments,
     as_messages,
     build_reward_functions,
-    combine_rewards,
     heldout_rl_metrics,
     mean,
+    read_heldout_records,
     read_rl_records,
     score_replies,
     write_json,
@@ -423,19 +423,22 @@ class PPOTrainer:
         return selective_log_softmax(logits[:, start:-1].float() / self.args.temperature, input_ids[:, start + 1 :])
 
     @torch.no_grad()
-    def score(self, rollout: Rollout) -> dict:
-        """Fill log-probs, reference log-probs, values and scores; return the reward numbers to log."""
+    def fill_log_probs(self, rollout: Rollout) -> None:
+        """The policy's and the reference's log-probs of the sampled tokens and the critic's values, in micro-batches."""
+        size = self.args.per_device_train_batch_size
+        chunks = [slice(i, i + size) for i in range(0, len(rollout.texts), size)]
         self.model.eval()
-        chunks = [slice(i, i + self.args.per_device_train_batch_size)
-                  for i in range(0, len(rollout.texts), self.args.per_device_train_batch_size)]  # fmt: skip
         outputs = [self.forward(self.model, rollout, rows)[:2] for rows in chunks]
+        self.model.train()
         rollout.logprobs = torch.cat([lp for lp, _ in outputs])
         rollout.values = torch.cat([v for _, v in outputs])
         rollout.ref_logprobs = torch.cat([self.reference_logprobs(rollout, rows) for rows in chunks])
-        self.model.train()
-        per_source = score_replies(self.reward_funcs, rollout.records, rollout.texts)
-        per_source.pop("reward")
-        combined = combine_rewards(per_source, self.args.reward_weights)
+
+    def score(self, rollout: Rollout) -> dict:
+        """Fill log-probs, reference log-probs, values and scores; return the reward numbers to log."""
+        self.fill_log_probs(rollout)
+        per_source = score_replies(self.reward_funcs, rollout.records, rollout.texts, self.args.reward_weights)
+        combined = per_source.pop("reward")
         scores = torch.tensor(combined, dtype=torch.float32, device=rollout.mask.device)
         rollout.scores = scores - self.args.missing_eos_penalty * (~rollout.ended).float()
         logs = {"reward": mean(combined)}
@@ -704,13 +707,8 @@ class PPOTrainer:
         for start in range(0, len(self.eval_records), self.args.rollout_batch_size):
             rollout = self.rollout(self.eval_records[start : start + self.args.rollout_batch_size],
                                    seed=self.args.seed + start)  # fmt: skip
-            chunks = [slice(i, i + self.args.per_device_train_batch_size)
-                      for i in range(0, len(rollout.texts), self.args.per_device_train_batch_size)]  # fmt: skip
-            self.model.eval()
-            logprobs = torch.cat([self.forward(self.model, rollout, rows)[0] for rows in chunks])
-            self.model.train()
-            ref = torch.cat([self.reference_logprobs(rollout, rows) for rows in chunks])
-            kls += (kl_per_token(logprobs, ref, "k1") * rollout.mask).sum(1).tolist()
+            self.fill_log_probs(rollout)
+            kls += (kl_per_token(rollout.logprobs, rollout.ref_logprobs, "k1") * rollout.mask).sum(1).tolist()
         metrics["kl"] = mean(kls)
         return metrics
 
@@ -792,10 +790,7 @@ def ppo(script_args: RLScriptArguments, training_args: PPOConfig, model_args: PP
         raise ValueError("pass --dataset_name: the prompts to train on")
     train_records = fit_prompts(read_rl_records(script_args.dataset_name, script_args.dataset_train_split), tokenizer,
                                 training_args.max_prompt_length, script_args.dataset_name)  # fmt: skip
-    heldout_name = script_args.chat_eval_dataset or script_args.eval_dataset_name
-    eval_records = []
-    if heldout_name:
-        eval_records = read_rl_records(heldout_name, script_args.dataset_test_split, script_args.chat_eval_samples)
+    eval_records = read_heldout_records(script_args)
     policy, ref_model, critic, reward_funcs = load_models(script_args, training_args, model_args, tokenizer)
     trainer = PPOTrainer(training_args, policy, critic, reward_funcs, tokenizer, train_records, ref_model=ref_model,
                          eval_records=eval_records, eval_max_new_tokens=script_args.chat_eval_max_new_tokens)  # fmt: skip

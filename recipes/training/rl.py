@@ -19,11 +19,7 @@ from data_process.io import expand_inputs, iter_records, validate_prompt, valida
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
 from modeling_miniminds.hub import check_name_or_path
 from recipes.training.args import ModelArguments, ScriptArguments
-from recipes.training.evaluation import (
-    GENERALISABLE_FAMILIES,
-    ChatEvalArguments,
-    chat_replies,
-)
+from recipes.training.evaluation import ChatEvalArguments, chat_replies, reply_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +82,12 @@ def read_rl_records(name: str, split: str = "train", limit: int | None = None) -
     if not records:
         raise ValueError(f"dataset {name}: no prompts")
     return records[:limit]
+
+
+def read_heldout_records(script_args: RLScriptArguments) -> list[dict]:
+    """The first --chat_eval_samples records of --chat_eval_dataset (else --eval_dataset_name); none without either."""
+    name = script_args.chat_eval_dataset or script_args.eval_dataset_name
+    return read_rl_records(name, limit=script_args.chat_eval_samples) if name else []
 
 
 def as_messages(prompt) -> list[dict]:
@@ -214,11 +216,8 @@ def heldout_rl_metrics(model, tokenizer, records: list[dict], reward_funcs, weig
     metrics = {"reward": mean(scores.pop("reward"))}
     metrics.update({f"reward/{name}": mean(values) for name, values in scores.items()})
     if all("answer" in r for r in records):
-        from data_process.rewards import accuracy_reward
-
-        hits = accuracy_reward(completions=texts, answer=[r["answer"] for r in records])
-        task = [h for r, h in zip(records, hits) if r.get("family") in GENERALISABLE_FAMILIES]
-        metrics.update({"accuracy": mean(hits), "task_accuracy": mean(task)})
+        accuracy = reply_accuracy(records, replies)
+        metrics.update({key: accuracy[key] for key in ("accuracy", "task_accuracy")})
     metrics["eot_rate"] = mean([float(ended) for _, ended in replies])
     metrics["samples"] = [{"question": as_messages(r["prompt"])[-1]["content"], "reply": text}
                           for r, text in list(zip(records, texts))[:num_samples]]  # fmt: skip
