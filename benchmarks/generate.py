@@ -8,13 +8,27 @@ median round is reported. Greedy token ids must be identical across paths (asser
 prefill: (T(n new tokens) - T(1 new token)) / (n - 1) per row. Wall time is what a user waits; process CPU time (all
 threads) is printed beside it because on a shared machine it moves much less from run to run.
 
+`--prompt_lookup N` adds the Generator with prompt lookup decoding. Random weights repeat one token forever, which
+every draft predicts, so its speedup there is an upper bound, not what chat sees. Speculative decoding is measured
+on trained weights with `--model_dir`: batch 1, greedy replies to the chat prompts in `--prompts` (held-out
+conversations, the reply to their last user turn) until the end of the turn, for the project's path, with
+`--prompt_lookup N`, with `--draft_model DIR` (a small model of the same tokenizer), and for `model.generate` with
+the same stop tokens. Each is timed per reply token whole (prefill included) and decoding only (the time of 1-token
+replies taken off).
+
     python benchmarks/generate.py                                   # minimind-26m, batch 1 and 8, CPU
     python benchmarks/generate.py --preset minimind-tiny --rounds 2 --new_tokens 16
     python benchmarks/generate.py --compile --threads 2
+    python benchmarks/generate.py --model_dir runs/demo/sft --prompts runs/demo/data/eval/sft.jsonl --prompt_lookup 8
+    python benchmarks/generate.py --model_dir runs/sft-26m --draft_model runs/draft-tiny \
+        --prompts runs/demo/data/eval/sft.jsonl    # the README's measured setup
 """
 
 import argparse
 import copy
+import functools
+import itertools
+import json
 import statistics
 import time
 
@@ -22,7 +36,7 @@ import torch
 from transformers import GenerationConfig
 
 from modeling_miniminds import MiniMindForCausalLM, get_config, to_qwen3
-from modeling_miniminds.generation import Generator, SamplingParams, prepare_for_decoding
+from modeling_miniminds.generation import Generator, SamplingParams, load_for_decoding, prepare_for_decoding
 
 
 def parse_args(argv=None):
@@ -35,6 +49,12 @@ def parse_args(argv=None):
     threads_help = "torch CPU threads (default: 1; on a busy machine more threads wait for each other)"
     parser.add_argument("--threads", type=int, default=1, help=threads_help)
     parser.add_argument("--compile", action="store_true", help="also time static cache + torch.compile (slow warmup)")
+    parser.add_argument("--prompt_lookup", type=int, default=0, metavar="N", help="also time prompt lookup, N drafts")
+    parser.add_argument("--model_dir", help="a trained folder: time whole chat replies to --prompts instead")
+    parser.add_argument("--prompts", help="chat records (jsonl) whose last assistant turn the model answers")
+    parser.add_argument("--num_prompts", type=int, default=32, help="prompts used with --model_dir (default: 32)")
+    parser.add_argument("--draft_model", help="with --model_dir: also time speculative decoding with this draft")
+    parser.add_argument("--draft_tokens", type=int, default=4, help="tokens per draft of --draft_model (default: 4)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -75,8 +95,8 @@ def project_path(generator: Generator, new_tokens: int):
     return run
 
 
-def build_paths(args, model) -> dict:
-    """name -> callable(n) -> callable(input_ids) -> generated ids."""
+def build_paths(args, model) -> tuple[dict, Generator | None]:
+    """name -> callable(n) -> callable(input_ids) -> generated ids; and the prompt lookup Generator, if timed."""
     qwen3 = to_qwen3(model).eval()
     fast = prepare_for_decoding(copy.deepcopy(model))
     paths = {
@@ -87,7 +107,10 @@ def build_paths(args, model) -> dict:
     if args.compile:
         compiled = plain_generator(fast, compile=True)
         paths["project+compile"] = lambda n: project_path(compiled, n)
-    return paths
+    drafting = plain_generator(fast, prompt_lookup=args.prompt_lookup) if args.prompt_lookup else None
+    if drafting:
+        paths["project+lookup"] = lambda n: project_path(drafting, n)
+    return paths, drafting
 
 
 def time_call(fn, input_ids) -> tuple[float, float]:
@@ -97,13 +120,103 @@ def time_call(fn, input_ids) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def kept_share(generator: Generator) -> str:
+    return f"{generator.accepted / max(generator.drafted, 1):.0%} of {generator.drafted} draft tokens kept"
+
+
+def chat_prompts(path, count: int, tokenizer) -> list[list[int]]:
+    """Token prompts for the first `count` chat records: an RL record's prompt, or a conversation up to its last
+    assistant turn. (Imported here: the random-weights run needs neither data module.)"""
+    from data_process.chat import to_chat_row
+    from recipes.training.rl import as_messages
+
+    prompts = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(itertools.islice(lines, count), 1):
+            try:
+                record = json.loads(line)
+                if "prompt" in record:
+                    messages = as_messages(record["prompt"])
+                else:
+                    messages = to_chat_row(record)["messages"]
+                    messages = messages[: max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
+            except ValueError as err:
+                raise SystemExit(f"error: {path} line {number}: {err}") from None
+            history = [{key: value for key, value in m.items() if value is not None} for m in messages]
+            prompts.append(tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=False))  # fmt: skip
+    return prompts
+
+
+def project_reply(generator: Generator, prompt: list[int], new_tokens: int) -> list[int]:
+    return generator.generate([prompt], SamplingParams(max_new_tokens=new_tokens, temperature=0))[0].token_ids
+
+
+def chat_main(args) -> dict:
+    """Greedy replies of a trained model at batch 1: the project's path, with speculative decoding, and HF eager."""
+    if not args.prompts:
+        raise SystemExit("error: --model_dir needs --prompts (a jsonl of chat records)")
+    model, tokenizer = load_for_decoding(args.model_dir, device="cpu")
+    reference = type(model).from_pretrained(args.model_dir).eval()  # the weights as loaded, not reordered
+    generators = {"project": Generator(model, tokenizer)}
+    if args.prompt_lookup:
+        generators["project+lookup"] = Generator(model, tokenizer, prompt_lookup=args.prompt_lookup)
+    if args.draft_model:
+        draft, _ = load_for_decoding(args.draft_model, device="cpu", what="--draft_model")
+        generators["project+draft"] = Generator(model, tokenizer, draft_model=draft, draft_tokens=args.draft_tokens)
+    stop_ids = sorted(generators["project"].stop_ids)
+
+    def hf_reply(prompt: list[int], new_tokens: int) -> list[int]:
+        config = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, eos_token_id=stop_ids,
+                                  pad_token_id=generators["project"].pad_id)  # fmt: skip
+        with torch.inference_mode():
+            ids = reference.generate(torch.tensor([prompt]), generation_config=config)[0, len(prompt) :].tolist()
+        return next((ids[:i] for i, token in enumerate(ids) if token in stop_ids), ids)
+
+    paths = {name: functools.partial(project_reply, generator) for name, generator in generators.items()}
+    paths["hf-eager"] = hf_reply
+    prompts = chat_prompts(args.prompts, args.num_prompts, tokenizer)
+    replies = {name: [path(p, args.new_tokens) for p in prompts] for name, path in paths.items()}  # warm-up, check
+    for name in paths:
+        if replies[name] != replies["hf-eager"]:
+            raise AssertionError(f"greedy replies of {name} differ from hf-eager")
+    tokens = sum(len(reply) for reply in replies["hf-eager"])
+    for generator in generators.values():
+        generator.drafted = generator.accepted = 0
+    whole, first = {name: [] for name in paths}, {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, path in paths.items():
+            for times, new_tokens in ((whole, args.new_tokens), (first, 1)):
+                start = time.perf_counter()
+                for prompt in prompts:
+                    path(prompt, new_tokens)
+                times[name].append(time.perf_counter() - start)
+    reply = {name: statistics.median(times) / tokens for name, times in whole.items()}
+    decode = {name: (statistics.median(whole[name]) - statistics.median(first[name])) / (tokens - len(prompts))
+              for name in paths}  # fmt: skip
+    print(f"{args.model_dir}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{torch.get_num_threads()} threads, {len(prompts)} prompts from {args.prompts}, {tokens} reply tokens")
+    print(f"{'path':<18}{'reply ms/token':>16}{'decode ms/token':>17}{'decode tok/s':>14}")
+    for name in paths:
+        print(f"{name:<18}{1000 * reply[name]:>16.2f}{1000 * decode[name]:>17.2f}{1 / decode[name]:>14.1f}")
+    for name in ("project+lookup", "project+draft"):
+        if name in generators:
+            print(f"{name}: {kept_share(generators[name])}")
+    for name in generators:
+        print(f"{name}: whole replies {reply['hf-eager'] / reply[name]:.2f}x HF eager, "
+              f"decode batch-1 speedup vs HF eager: {decode['hf-eager'] / decode[name]:.2f}x")
+    return decode
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.model_dir:
+        return chat_main(args)
     torch.manual_seed(args.seed)
     config = get_config(args.preset)
     model = MiniMindForCausalLM(config).eval()
-    paths = build_paths(args, model)
+    paths, drafting = build_paths(args, model)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     print(f"{args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
           f"{torch.get_num_threads()} threads, prompt {args.prompt_len}, {args.new_tokens} new tokens")  # fmt: skip
@@ -136,6 +249,10 @@ def main(argv=None) -> dict:
     for b in batch_sizes:
         ratios = {name: results[b][name] / results[b]["project"] for name in paths if name != "project"}
         print(f"batch {b}: project is " + ", ".join(f"{r:.2f}x {name}" for name, r in ratios.items()))
+    if drafting:
+        speedup = results[batch_sizes[0]]["hf-eager"] / results[batch_sizes[0]]["project+lookup"]
+        print(f"with prompt lookup ({kept_share(drafting)}; random weights repeat one token, so this is an upper "
+              f"bound): decode batch-{batch_sizes[0]} {speedup:.2f}x HF eager")  # fmt: skip
     speedup = results[batch_sizes[0]]["hf-eager"] / results[batch_sizes[0]]["project"]
     print(f"decode batch-{batch_sizes[0]} speedup vs HF eager: {speedup:.2f}x")
     return results

@@ -180,6 +180,21 @@ def add_model_args(parser):
         help="static cache + torch.compile of the decoding step (faster after a slow warm-up)",
     )
     group.add_argument(
+        "--draft_model",
+        default=None,
+        help="speculative decoding with this small model of the same tokenizer (a distilled student) drafting "
+        "--draft_tokens at a time whenever a single request decodes; the output is unchanged",
+    )
+    group.add_argument("--draft_tokens", type=int, default=4, help="tokens per draft of --draft_model (default: 4)")
+    group.add_argument(
+        "--prompt_lookup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="speculative decoding by prompt lookup: up to N draft tokens copied from earlier in the conversation; "
+        "pays where replies quote it (default: 0, off)",
+    )
+    group.add_argument(
         "--trust_remote_code",
         action="store_true",
         help="run the modeling code saved in the folder instead of the installed MiniMinds classes",
@@ -197,7 +212,12 @@ def build_generator(args) -> Generator:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_for_decoding(args.model_dir, args.device, args.dtype, args.trust_remote_code)
-    return Generator(model, tokenizer, compile=args.compile)
+    draft = None
+    if args.draft_model:
+        draft, _ = load_for_decoding(args.draft_model, str(model.device), args.dtype, args.trust_remote_code,
+                                     what="--draft_model")  # fmt: skip
+    return Generator(model, tokenizer, compile=args.compile, prompt_lookup=args.prompt_lookup, draft_model=draft,
+                     draft_tokens=args.draft_tokens)  # fmt: skip
 
 
 class Chat:

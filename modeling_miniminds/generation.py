@@ -13,6 +13,14 @@ input-major (same values, transposed memory), which BLAS multiplies by a single 
 the model directly, keeps one logit per row, prunes finished rows from the cache, and only sorts logits for rows that
 sample. A static cache plus `torch.compile` of the one-token step is optional (`compile=True`): on CPU it removes most
 of the remaining per-layer overhead but costs a minute of compilation per batch size.
+
+Reading the weights once per token is the floor of plain decoding. Speculative decoding goes under it: draft tokens
+are checked in one forward pass of the model, and each is kept only if it is the token the model would have chosen
+(sampled in order, as plain decoding would), so the output is the same as without drafts. `draft_model=` drafts with
+a small model of the same tokenizer (a distilled student, the demo's tiny model); `prompt_lookup=N` copies the
+tokens that followed the latest matching n-gram of the conversation, which pays where a reply repeats it (quotes,
+code edits, tool-call arguments). Both are written here rather than taken from `model.generate(assistant_model=...)`
+because they have to run inside this loop's batching, streaming and stops.
 """
 
 import math
@@ -176,23 +184,111 @@ def sample_tokens(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
     return tokens
 
 
-def prepare_for_decoding(model):
-    """Put a model in eval mode and, on CPU, store each Linear weight input-major (values unchanged).
+class PromptLookup:
+    """Draft tokens for one row, copied from earlier in its own sequence (prompt lookup decoding).
 
-    Only for models used to decode: the weights keep their shapes and values but not their memory layout, which makes
-    one-row matrix products ~1.4x faster on CPU (batch 1 decoding is bound by reading weights). Greedy outputs stay
-    the same up to float rounding of the reordered sums.
+    The longest suffix of prompt + reply, from `max_ngram` tokens down to `min_ngram`, is looked up among the n-grams
+    seen before; the tokens that followed its first occurrence are the draft. Each n-gram is indexed once, when the
+    token after it arrives, so a lookup costs a few dict probes however long the sequence.
+    """
+
+    def __init__(self, prompt: list[int], num_tokens: int, max_ngram: int = 3, min_ngram: int = 2):
+        self.num_tokens, self.sizes = num_tokens, range(max_ngram, min_ngram - 1, -1)
+        self.sequence: list[int] = []
+        self.follower: dict[tuple[int, ...], int] = {}  # n-gram -> index of the token after its first occurrence
+        self.reply_seen = 0
+        self._extend(prompt)
+
+    def _extend(self, tokens: list[int]):
+        for token in tokens:
+            end = len(self.sequence)
+            for n in self.sizes:
+                if end >= n:
+                    self.follower.setdefault(tuple(self.sequence[end - n :]), end)
+            self.sequence.append(token)
+
+    def draft(self, reply: list[int], limit: int) -> list[int]:
+        """At most `min(num_tokens, limit)` tokens likely to follow prompt + `reply` (the row's tokens so far)."""
+        self._extend(reply[self.reply_seen :])
+        self.reply_seen = len(reply)
+        limit = min(limit, self.num_tokens)
+        for n in self.sizes if limit > 0 else ():
+            start = self.follower.get(tuple(self.sequence[-n:]))
+            if start is not None:
+                return self.sequence[start : start + limit]
+        return []
+
+
+class DraftModel:
+    """Draft tokens for one row from a small model with the same tokenizer: it decodes greedily ahead of the main
+    model, and before each draft its KV cache is cut back to the tokens the main model kept."""
+
+    def __init__(self, model, prompt: list[int], num_tokens: int):
+        self.model, self.prompt, self.num_tokens = model, prompt, num_tokens
+        self.cache = DynamicCache(config=model.config)
+        self.cached: list[int] = []  # the tokens whose keys and values the cache holds
+
+    def draft(self, reply: list[int], limit: int) -> list[int]:
+        sequence = self.prompt + reply
+        agreed = next((i for i, (a, b) in enumerate(zip(self.cached, sequence)) if a != b), len(self.cached))
+        agreed = min(agreed, len(sequence) - 1)  # the last token is fed again: its logits give the first draft
+        if agreed < len(self.cached):
+            self.cache.crop(agreed - len(self.cached))
+            del self.cached[agreed:]
+        feed, drafts = sequence[agreed:], []
+        while len(drafts) < min(limit, self.num_tokens):
+            ids = torch.tensor([feed], device=self.model.device)
+            logits = self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=1).logits
+            self.cached += feed
+            feed = [int(logits[0, -1].argmax())]
+            drafts += feed
+        return drafts
+
+
+PACKED_ROWS = 8  # the row count oneDNN's packed weights are laid out for: a batch, or a draft and its last token
+
+
+class PackedLinear(torch.nn.Linear):
+    """A Linear for decoding on CPU (see `prepare_for_decoding`): one row multiplies by the input-major weight, more
+    rows by a copy laid out for oneDNN, made at the first such product and again whenever the weight has changed."""
+
+    packed: tuple[tuple[int, int], torch.Tensor] | None = None  # (which weight and version it copies, the copy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[:-1].numel() == 1:
+            return super().forward(x)
+        source = (self.weight.data_ptr(), self.weight._version)
+        if self.packed is None or self.packed[0] != source:
+            self.packed = (source, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACKED_ROWS))
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(rows, self.packed[1], self.bias, "none", [], "")
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def prepare_for_decoding(model):
+    """Put a model in eval mode and, on CPU, lay out each Linear weight for decoding (values unchanged).
+
+    Only for models used to decode; decoding on CPU is bound by reading the weights. Each weight is stored
+    input-major, which BLAS multiplies by a single row ~1.4x faster. fp32 Linears also multiply several rows at once
+    (a batch, or a speculative draft checked in one pass) by a oneDNN-packed copy, which BLAS would read at a fraction
+    of the one-row speed: a 5-token pass of a 26M model then costs about one token's time instead of 1.5x. The copy
+    is made on first use, so it doubles the memory of the Linear weights only where several rows are decoded;
+    parameters and state dict are untouched. Greedy outputs stay the same up to float rounding of reordered sums.
     """
     model.eval()
-    if model.device.type == "cpu":
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()
+    if model.device.type != "cpu":
+        return model
+    packable = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
+            module.weight.data = module.weight.data.t().contiguous().t()
+            if packable and module.weight.dtype == torch.float32 and type(module) is torch.nn.Linear:
+                module.__class__ = PackedLinear
     return model
 
 
 def load_for_decoding(model_dir, device: str | None = None, dtype: str | None = None,
-                      trust_remote_code: bool = False):  # fmt: skip
+                      trust_remote_code: bool = False, what: str = "model"):  # fmt: skip
     """A saved causal LM (a MiniMinds folder or a Qwen3 export) and its tokenizer, ready for `Generator`.
 
     MiniMinds folders load through the installed package's classes unless `trust_remote_code` asks for the modeling
@@ -204,10 +300,10 @@ def load_for_decoding(model_dir, device: str | None = None, dtype: str | None = 
     from .hub import check_name_or_path, from_pretrained_or_explain
     from .tokenizer import load_tokenizer
 
-    name = check_name_or_path(model_dir, "model")
+    name = check_name_or_path(model_dir, what)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model = from_pretrained_or_explain(AutoModelForCausalLM, name, "model", dtype=torch_dtype,
+    model = from_pretrained_or_explain(AutoModelForCausalLM, name, what, dtype=torch_dtype,
                                        trust_remote_code=trust_remote_code)  # fmt: skip
     return prepare_for_decoding(model.to(device)), load_tokenizer(name)
 
@@ -260,6 +356,24 @@ class _Batch:
         return {"attention_mask": mask, "position_ids": self.position_ids[:, -1:], "cache": self.cache,
                 "use_cache": True, "logits_to_keep": 1}  # fmt: skip
 
+    def draft_inputs(self, count: int) -> dict:
+        """Model inputs for the last token plus `count` draft tokens after it (dynamic cache)."""
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones((1, count))], 1)
+        positions = self.position_ids[:, -1:] + torch.arange(count + 1, device=self.position_ids.device)
+        self.position_ids, self.length = positions[:, -1:], self.length + count
+        return {**self.step_inputs(), "position_ids": positions, "logits_to_keep": count + 1}
+
+    def rewind(self, count: int):
+        """Forget the last `count` tokens: rejected drafts."""
+        if count:
+            self.cache.crop(-count)
+            self.attention_mask, self.position_ids = self.attention_mask[:, :-count], self.position_ids - count
+            self.length -= count
+
+    def mark_seen(self, tokens: torch.Tensor):
+        if self.seen is not None:
+            self.seen[torch.arange(len(tokens)), tokens] = True
+
     def penalise(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.seen is None else apply_repetition_penalty(logits, self.seen, self.penalty)
 
@@ -275,8 +389,7 @@ class _Batch:
                 self.seen, self.penalty = self.seen[index], self.penalty[index]
             self.active = [self.active[b] for b in keep]
             self.padded = not bool(self.attention_mask.all())
-        if self.seen is not None:
-            self.seen[torch.arange(len(next_tokens)), next_tokens] = True
+        self.mark_seen(next_tokens)
         if self.static:
             self.attention_mask[:, self.length] = 1
         else:
@@ -286,18 +399,41 @@ class _Batch:
         return next_tokens
 
 
+def check_speculation(model, prompt_lookup: int, draft_model, draft_tokens: int, cache: str):
+    """ValueError naming the setting when speculative decoding is asked for in a way that cannot work."""
+    if prompt_lookup < 0:
+        raise ValueError(f"prompt_lookup must be >= 0, got {prompt_lookup}")
+    if draft_tokens < 1:
+        raise ValueError(f"draft_tokens must be >= 1, got {draft_tokens}")
+    if prompt_lookup and draft_model is not None:
+        raise ValueError("prompt_lookup and draft_model: choose one way of drafting")
+    if (prompt_lookup or draft_model is not None) and cache != "dynamic":
+        raise ValueError(f"speculative decoding (prompt_lookup, draft_model) needs the dynamic cache, got {cache}")
+    if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
+        raise ValueError(f"draft_model: vocabulary of {draft_model.config.vocab_size} tokens, but the model has "
+                         f"{model.config.vocab_size}; the draft must share the model's tokenizer")  # fmt: skip
+
+
 class Generator:
     """Decodes a batch of token prompts with per-request sampling settings and streams text per step.
 
     Not thread-safe: one thread owns a Generator (the server runs it on a single worker and batches requests there).
     `cache_implementation="static"` preallocates the KV cache; `compile=True` also compiles the one-token step.
+    Speculative decoding runs whenever one request is decoding (dynamic cache only): `draft_model` drafts
+    `draft_tokens` at a time, or `prompt_lookup=N` up to N; `drafted` and `accepted` count the draft tokens.
     """
 
-    def __init__(self, model, tokenizer, *, cache_implementation: str = "dynamic", compile: bool = False):
+    def __init__(self, model, tokenizer, *, cache_implementation: str = "dynamic", compile: bool = False,
+                 prompt_lookup: int = 0, draft_model=None, draft_tokens: int = 4):  # fmt: skip
         if cache_implementation not in ("dynamic", "static"):
             raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {cache_implementation!r}")
         self.model, self.tokenizer = model, tokenizer
         self.static = compile or cache_implementation == "static"
+        cache = "static with compile" if compile else cache_implementation
+        check_speculation(model, prompt_lookup, draft_model, draft_tokens, cache)
+        self.prompt_lookup, self.draft_model, self.draft_tokens = prompt_lookup, draft_model, draft_tokens
+        self.speculative = bool(prompt_lookup) or draft_model is not None
+        self.drafted = self.accepted = 0
         self.step = torch.compile(model.forward, dynamic=False, fullgraph=True) if compile else model.forward
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -379,16 +515,62 @@ class Generator:
         cache, static_length = self._new_cache(input_ids.shape[1] + max_new)
         batch = _Batch(cache, attention_mask, params, static_length, self.model.config.vocab_size)
         logits = self.model(input_ids=input_ids, **batch.prefill_inputs(input_ids)).logits[:, -1].float()
-        for step in range(max_new):
-            next_tokens = sample_tokens(batch.penalise(logits), [rows[i] for i in batch.active])
+        drawn, drafter, step = None, None, 0  # drawn: a token already sampled from `logits` (a rejected draft's slot)
+        while True:
+            active = [rows[i] for i in batch.active]
+            next_tokens = drawn if drawn is not None else sample_tokens(batch.penalise(logits), active)
             deltas = self._advance(rows, batch.active, next_tokens.tolist(), step, cancelled, tokens)
             if deltas:
                 yield deltas
+            step += 1
             keep = [b for b, i in enumerate(batch.active) if rows[i].finish_reason is None]
             if not keep:
                 return
             next_tokens = batch.advance(next_tokens, keep)
+            if self.speculative and len(keep) == 1:
+                row = rows[batch.active[0]]
+                drafter = drafter or self._drafter(prompts[row.index])
+                drafts = drafter.draft(tokens[row.index], row.params.max_new_tokens - step)
+                if drafts:
+                    logits, drawn, kept = yield from self._verify(rows, batch, next_tokens, drafts, step, cancelled,
+                                                                  tokens)  # fmt: skip
+                    if row.finish_reason is not None:
+                        return
+                    step += kept
+                    continue
+            drawn = None
             logits = self.step(input_ids=next_tokens[:, None], **batch.step_inputs()).logits[:, -1].float()
+
+    def _drafter(self, prompt: list[int]) -> PromptLookup | DraftModel:
+        if self.draft_model is not None:
+            return DraftModel(self.draft_model, prompt, self.draft_tokens)
+        return PromptLookup(prompt, self.prompt_lookup)
+
+    def _verify(self, rows, batch, next_token, drafts, step, cancelled, tokens):
+        """Check the drafts after the single row's `next_token` in one forward pass and keep each that the sampler
+        also picks (it samples every position in order, as plain decoding would). Yields their deltas; returns the
+        logits for the position after the last kept token, the token drawn in place of a rejected draft (or None), and
+        how many drafts were kept."""
+        row = rows[batch.active[0]]
+        chunk = torch.tensor([[next_token.item(), *drafts]], device=next_token.device)
+        all_logits = self.model(input_ids=chunk, **batch.draft_inputs(len(drafts))).logits[0].float()
+        self.drafted += len(drafts)
+        drawn, kept = None, 0
+        for draft in drafts:
+            token = sample_tokens(batch.penalise(all_logits[kept : kept + 1]), [row])
+            if token.item() != draft:
+                drawn = token
+                break
+            deltas = self._advance(rows, batch.active, [draft], step + kept, cancelled, tokens)
+            kept += 1
+            if deltas:
+                yield deltas
+            if row.finish_reason is not None:
+                break
+            batch.mark_seen(token)
+        self.accepted += kept
+        batch.rewind(len(drafts) - kept)
+        return all_logits[kept : kept + 1], drawn, kept
 
     def _advance(self, rows, active, next_tokens, step, cancelled, tokens) -> list[Delta]:
         """Feed each active row its new token; finished rows get their finish reason and their last text."""

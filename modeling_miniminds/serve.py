@@ -23,6 +23,7 @@ import contextlib
 import copy
 import json
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -497,7 +498,11 @@ def main(argv=None) -> int:
     from .chat import build_generator
 
     args = parse_args(argv)
-    server = build_server(build_generator(args), args)
+    try:
+        server = build_server(build_generator(args), args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"serving {server.model_name!r} on http://{args.host}:{args.port} (web chat at /)", flush=True)
     uvicorn.run(server.app(), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -158,3 +158,32 @@ def test_interactive_mode_reads_turns_until_exit(folders):
 def test_missing_folder_is_one_line_error(tmp_path, capsys):
     assert chat_main([str(tmp_path / "no-such-model"), "--prompt", "hi"]) == 1
     assert capsys.readouterr().err == f"error: model {tmp_path / 'no-such-model'}: no such file or folder\n"
+
+
+def test_prompt_lookup_flag_keeps_the_greedy_reply(folders, capsys):
+    args = [str(folders.minimind), "--prompt", "hello hello hello", "--temperature", "0", "--max_new_tokens", "24"]
+    assert chat_main(args) == 0
+    plain = capsys.readouterr().out
+    assert chat_main([*args, "--prompt_lookup", "5"]) == 0
+    assert capsys.readouterr().out == plain
+
+
+def test_prompt_lookup_with_compile_is_one_line_error(folders, capsys):
+    assert chat_main([str(folders.minimind), "--prompt", "hi", "--compile", "--prompt_lookup", "4"]) == 1
+    err = capsys.readouterr().err  # after the weights' loading bar
+    assert err.endswith("\n") and err.splitlines()[-1].startswith("error: speculative decoding")
+    assert "Traceback" not in err
+
+
+def test_draft_model_flag_keeps_the_greedy_reply(folders, capsys):
+    args = [str(folders.minimind), "--prompt", "hello", "--temperature", "0", "--max_new_tokens", "24"]
+    assert chat_main(args) == 0
+    plain = capsys.readouterr().out
+    assert chat_main([*args, "--draft_model", str(folders.qwen3), "--draft_tokens", "3"]) == 0
+    assert capsys.readouterr().out == plain
+
+
+def test_missing_draft_model_is_one_line_error(folders, tmp_path, capsys):
+    assert chat_main([str(folders.minimind), "--prompt", "hi", "--draft_model", str(tmp_path / "nothing")]) == 1
+    message = f"error: --draft_model {tmp_path / 'nothing'}: no such file or folder"
+    assert capsys.readouterr().err.splitlines()[-1] == message

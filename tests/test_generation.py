@@ -9,6 +9,8 @@ from transformers import RepetitionPenaltyLogitsProcessor
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.generation import (
     Generator,
+    PackedLinear,
+    PromptLookup,
     SamplingParams,
     StopStrings,
     TextStream,
@@ -72,12 +74,15 @@ def test_prepare_for_decoding_keeps_values_and_greedy_output(tokenizer, prompts)
     config = get_config("minimind-tiny", vocab_size=len(tokenizer))
     reference = MiniMindForCausalLM(config).eval()
     prepared = prepare_for_decoding(MiniMindForCausalLM(config))
-    prepared.load_state_dict(reference.state_dict())
-    prepare_for_decoding(prepared)
-    assert not prepared.lm_head.weight.is_contiguous()
     ids = torch.tensor([prompts[0]])
     with torch.no_grad():
+        prepared(ids)  # several rows: the Linears pack their initial weights for oneDNN
+    prepared.load_state_dict(reference.state_dict())  # which must not leave a stale packed copy
+    prepare_for_decoding(prepared)
+    assert not prepared.lm_head.weight.is_contiguous() and isinstance(prepared.lm_head, PackedLinear)
+    with torch.no_grad():
         torch.testing.assert_close(prepared(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(prepared(ids[:, :1]).logits, reference(ids[:, :1]).logits, rtol=1e-5, atol=1e-5)
     expected = [hf_greedy(reference, p, GREEDY.max_new_tokens, tokenizer.eos_token_id) for p in prompts]
     assert [c.token_ids for c in Generator(prepared, tokenizer).generate(prompts, GREEDY)] == expected
 
@@ -102,12 +107,13 @@ def test_stop_strings_hold_back_possible_starts_and_cut_at_the_first():
     assert StopStrings(["xy"]).feed("abcx") == ("abc", False)
 
 
-def test_stop_string_ends_the_reply_before_it(model, tokenizer, prompts):
+@pytest.mark.parametrize("prompt_lookup", [0, 4])
+def test_stop_string_ends_the_reply_before_it(model, tokenizer, prompts, prompt_lookup):
     full = Generator(model, tokenizer).generate(prompts[:1], GREEDY)[0].text
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), f"the greedy reply {full!r} has no usable middle"
-    cut = Generator(model, tokenizer).generate(prompts[:1], SamplingParams(max_new_tokens=12, temperature=0,
-                                                                           stop=[stop]))[0]  # fmt: skip
+    generator = Generator(model, tokenizer, prompt_lookup=prompt_lookup)
+    cut = generator.generate(prompts[:1], SamplingParams(max_new_tokens=12, temperature=0, stop=[stop]))[0]
     assert cut.finish_reason == "stop"
     assert cut.text == full[: full.index(stop)]
 
@@ -156,13 +162,94 @@ def test_strong_repetition_penalty_avoids_prompt_and_reply_tokens(model, tokeniz
         assert len(set(ids)) == len(ids) and not set(ids) & set(prompt)
 
 
-def test_cancelled_request_leaves_the_batch_and_the_rest_finish(model, tokenizer, prompts):
-    generator = Generator(model, tokenizer)
+@pytest.mark.parametrize("prompt_lookup", [0, 4])
+def test_cancelled_request_leaves_the_batch_and_the_rest_finish(model, tokenizer, prompts, prompt_lookup):
+    generator = Generator(model, tokenizer, prompt_lookup=prompt_lookup)
     generator.stop_ids = set()
     finished = {}
     for deltas in generator.stream(prompts, GREEDY, cancelled=lambda i: i == 1):
         finished.update({d.index: (d.finish_reason, d.completion_tokens) for d in deltas if d.finish_reason})
     assert finished == {0: ("length", 12), 1: ("cancelled", 0), 2: ("length", 12)}
+
+
+def test_prompt_lookup_drafts_what_followed_the_first_occurrence_of_the_longest_suffix():
+    lookup = PromptLookup([5, 2, 3, 8, 1, 2, 3, 6, 4], num_tokens=3)
+    assert lookup.draft([1, 2, 3], limit=10) == [6, 4, 1]  # (1, 2, 3) beats the earlier (2, 3) -> 8
+    assert lookup.draft([1, 2, 3, 7, 2, 3], limit=10) == [8, 1, 2]  # (7, 2, 3) is new; (2, 3) first led to 8
+    assert lookup.draft([1, 2, 3, 7, 2, 3], limit=2) == [8, 1]
+    assert lookup.draft([1, 2, 3, 7, 2, 3, 9], limit=10) == []  # a single token is too weak a match
+
+
+def test_prompt_lookup_keeps_greedy_output_and_drafts(model, tokenizer, prompts):
+    """Random weights repeat one greedy token, so drafts are made and kept; rows of different lengths leave the batch
+    until one decodes alone (where drafting starts) and it ends at its length inside a draft."""
+    params = [SamplingParams(max_new_tokens=n, temperature=0) for n in (5, 40, 17)]
+    expected = Generator(model, tokenizer).generate(prompts, params)
+    generator = Generator(model, tokenizer, prompt_lookup=6)
+    assert generator.generate(prompts, params) == expected
+    assert generator.accepted > 0
+
+
+def test_prompt_lookup_stops_at_an_end_of_turn_token_inside_a_draft(model, tokenizer, prompts, monkeypatch):
+    """Drafts are the tokens plain decoding draws (a seeded run), so all are kept until the pretend stop token."""
+    seeded = SamplingParams(max_new_tokens=12, temperature=1.0, seed=0)
+    ids = Generator(model, tokenizer).generate(prompts[:1], seeded)[0].token_ids
+    first_new = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])
+    monkeypatch.setattr(PromptLookup, "draft", lambda self, reply, limit: ids[len(reply) : len(reply) + min(limit, 4)])
+    generator = Generator(model, tokenizer, prompt_lookup=4)
+    generator.stop_ids = {ids[first_new]}
+    stopped = generator.generate(prompts[:1], seeded)[0]
+    assert (stopped.token_ids, stopped.finish_reason) == (ids[:first_new], "stop")
+    assert generator.accepted == first_new  # every token after the first came from a draft, the stop token included
+
+
+def test_prompt_lookup_keeps_seeded_sampling(tokenizer, prompts):
+    """Sharpened logits make sampling repeat itself, so some drafts are kept and some rejected; the token drawn where
+    a draft was rejected is the one plain decoding draws, so seeded outputs stay identical."""
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer))).eval()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(8)
+    for penalty in (1.0, 1.3):
+        params = [SamplingParams(max_new_tokens=n, temperature=1.0, repetition_penalty=penalty, seed=7)
+                  for n in (10, 60, 25)]  # fmt: skip
+        expected = Generator(model, tokenizer).generate(prompts, params)
+        generator = Generator(model, tokenizer, prompt_lookup=6)
+        assert generator.generate(prompts, params) == expected
+        assert generator.drafted > generator.accepted > 0
+
+
+def test_draft_model_keeps_greedy_and_seeded_output(model, tokenizer, prompts):
+    """Greedy, a draft that agrees with the model (itself) has every draft kept and one with other weights has some
+    rejected; seeded sampling rejects the greedy drafts it does not draw. The replies are always plain decoding's."""
+    torch.manual_seed(5)
+    stranger = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer))).eval()
+    for temperature in (0, 0.8):
+        params = [SamplingParams(max_new_tokens=n, temperature=temperature, seed=3) for n in (5, 40, 17)]
+        expected = Generator(model, tokenizer).generate(prompts, params)
+        for draft in (model, stranger):
+            generator = Generator(model, tokenizer, draft_model=draft, draft_tokens=3)
+            assert generator.generate(prompts, params) == expected
+            all_kept = temperature == 0 and draft is model
+            assert generator.drafted > 0 and (generator.accepted == generator.drafted) == all_kept
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"cache_implementation": "static", "prompt_lookup": 4}, "needs the dynamic cache, got static"),
+        ({"prompt_lookup": -1}, "prompt_lookup must be >= 0"),
+        ({"prompt_lookup": 4, "draft_model": "model"}, "choose one way of drafting"),
+        ({"draft_model": "model", "draft_tokens": 0}, "draft_tokens must be >= 1"),
+        ({"draft_model": "other vocabulary"}, "draft_model: vocabulary of 99 tokens, but the model has"),
+    ],
+)
+def test_speculative_settings_that_cannot_work_are_refused(model, tokenizer, options, message):
+    drafts = {"model": model, "other vocabulary": MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=99))}
+    if "draft_model" in options:
+        options = {**options, "draft_model": drafts[options["draft_model"]]}
+    with pytest.raises(ValueError, match=message):
+        Generator(model, tokenizer, **options)
 
 
 @pytest.mark.parametrize(

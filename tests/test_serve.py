@@ -16,6 +16,7 @@ from helpers import TIMEOUT, ScriptedGenerator, raw_request, running_server, wai
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.generation import Generator, load_for_decoding
+from modeling_miniminds.serve import main as serve_main
 from modeling_miniminds.tokenizer import load_tokenizer
 
 openai = pytest.importorskip("openai", reason="the server tests use the official client: pip install openai")
@@ -44,13 +45,18 @@ def tokenizer(tiny_tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny(tokenizer, tmp_path_factory):
-    """A server for a saved tiny random MiniMind."""
+def tiny_folder(tokenizer, tmp_path_factory):
+    """A saved tiny random MiniMind."""
     folder = tmp_path_factory.mktemp("serve") / "tiny"
     torch.manual_seed(0)
     MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer))).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    model, folder_tokenizer = load_for_decoding(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_folder):
+    model, folder_tokenizer = load_for_decoding(tiny_folder)
     with running_server(Generator(model, folder_tokenizer)) as served:
         yield served
 
@@ -100,6 +106,20 @@ def test_stream_chunks_carry_ids_and_end_with_done(tiny):
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+
+
+def test_a_drafting_server_replies_like_the_plain_one(tiny, tiny_folder):
+    """Speculative decoding (here the served model drafts for itself) changes no reply, streamed or whole."""
+    model, folder_tokenizer = load_for_decoding(tiny_folder)
+    drafting = Generator(model, folder_tokenizer, draft_model=model, draft_tokens=3)
+    with running_server(drafting) as served:
+        for options in ({"max_tokens": 20, "temperature": 0}, {"max_tokens": 20, "seed": 3}):
+            expected = chat(client_for(tiny), **options).choices[0].message.content
+            assert chat(client_for(served), **options).choices[0].message.content == expected
+            streamed = [c.choices[0].delta.content or "" for c in chat(client_for(served), stream=True, **options)
+                        if c.choices]  # fmt: skip
+            assert "".join(streamed).strip() == expected
+    assert drafting.accepted > 0
 
 
 def test_stream_text_equals_the_non_streamed_reply(tiny):
@@ -234,3 +254,8 @@ def test_api_key_is_required_when_set(tokenizer):
         assert status == 401 and error["error"]["code"] == "invalid_api_key"
         assert chat(client_for(served, api_key="sesame")).choices[0].finish_reason == "tool_calls"
         assert raw_request(served, "GET", "/")[0] == 200  # the page asks for the key itself
+
+
+def test_missing_model_folder_is_one_line_error(tmp_path, capsys):
+    assert serve_main([str(tmp_path / "no-such-model")]) == 1
+    assert capsys.readouterr().err == f"error: model {tmp_path / 'no-such-model'}: no such file or folder\n"
