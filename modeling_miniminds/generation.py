@@ -250,12 +250,13 @@ PACKED_ROWS = 8  # the row count oneDNN's packed weights are laid out for: a bat
 
 class PackedLinear(torch.nn.Linear):
     """A Linear for decoding on CPU (see `prepare_for_decoding`): one row multiplies by the input-major weight, more
-    rows by a copy laid out for oneDNN, made at the first such product and again whenever the weight has changed."""
+    rows by a copy laid out for oneDNN, made at the first such product and again whenever the weight has changed.
+    A compiled step leaves the layout to `torch.compile`."""
 
     packed: tuple[tuple[int, int], torch.Tensor] | None = None  # (which weight and version it copies, the copy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[:-1].numel() == 1:
+        if x.shape[:-1].numel() == 1 or torch.compiler.is_compiling():
             return super().forward(x)
         source = (self.weight.data_ptr(), self.weight._version)
         if self.packed is None or self.packed[0] != source:

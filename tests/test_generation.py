@@ -87,6 +87,15 @@ def test_prepare_for_decoding_keeps_values_and_greedy_output(tokenizer, prompts)
     assert [c.token_ids for c in Generator(prepared, tokenizer).generate(prompts, GREEDY)] == expected
 
 
+def test_compiled_step_of_a_prepared_model_keeps_batched_greedy_output(tokenizer, prompts):
+    """Several rows go through the packed weights when eager; a compiled step must trace without them (~10 s)."""
+    torch.manual_seed(2)
+    prepared = prepare_for_decoding(MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer))))
+    params = SamplingParams(max_new_tokens=6, temperature=0)
+    expected = Generator(prepared, tokenizer).generate(prompts[:2], params)
+    assert Generator(prepared, tokenizer, compile=True).generate(prompts[:2], params) == expected
+
+
 def test_text_stream_never_splits_a_multibyte_character(tokenizer):
     """Byte-level BPE splits the UTF-8 bytes of rare characters across tokens; a delta must never hold half of one."""
     text = "naïve café → 数学 🙂 done"
