@@ -18,9 +18,9 @@ Reading the weights once per token is the floor of plain decoding. Speculative d
 are checked in one forward pass of the model, and each is kept only if it is the token the model would have chosen
 (sampled in order, as plain decoding would), so the output is the same as without drafts. `draft_model=` drafts with
 a small model of the same tokenizer (a distilled student, the demo's tiny model); `prompt_lookup=N` copies the
-tokens that followed the latest matching n-gram of the conversation, which pays where a reply repeats it (quotes,
-code edits, tool-call arguments). Both are written here rather than taken from `model.generate(assistant_model=...)`
-because they have to run inside this loop's batching, streaming and stops.
+tokens that followed an earlier occurrence of the conversation's last few tokens, which pays where a reply repeats
+it (quotes, code edits, tool-call arguments). Both are written here rather than taken from
+`model.generate(assistant_model=...)` because they have to run inside this loop's batching, streaming and stops.
 """
 
 import math

@@ -160,11 +160,13 @@ def test_missing_folder_is_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: model {tmp_path / 'no-such-model'}: no such file or folder\n"
 
 
-def test_prompt_lookup_flag_keeps_the_greedy_reply(folders, capsys):
+@pytest.mark.parametrize("drafting", [["--prompt_lookup", "5"], ["--draft_model", "qwen3", "--draft_tokens", "3"]])
+def test_speculative_flags_keep_the_greedy_reply(folders, capsys, drafting):
+    """The draft model is the Qwen3 export of the same weights."""
     args = [str(folders.minimind), "--prompt", "hello hello hello", "--temperature", "0", "--max_new_tokens", "24"]
     assert chat_main(args) == 0
     plain = capsys.readouterr().out
-    assert chat_main([*args, "--prompt_lookup", "5"]) == 0
+    assert chat_main([*args, *(str(folders.qwen3) if a == "qwen3" else a for a in drafting)]) == 0
     assert capsys.readouterr().out == plain
 
 
@@ -173,14 +175,6 @@ def test_prompt_lookup_with_compile_is_one_line_error(folders, capsys):
     err = capsys.readouterr().err  # after the weights' loading bar
     assert err.endswith("\n") and err.splitlines()[-1].startswith("error: speculative decoding")
     assert "Traceback" not in err
-
-
-def test_draft_model_flag_keeps_the_greedy_reply(folders, capsys):
-    args = [str(folders.minimind), "--prompt", "hello", "--temperature", "0", "--max_new_tokens", "24"]
-    assert chat_main(args) == 0
-    plain = capsys.readouterr().out
-    assert chat_main([*args, "--draft_model", str(folders.qwen3), "--draft_tokens", "3"]) == 0
-    assert capsys.readouterr().out == plain
 
 
 def test_missing_draft_model_is_one_line_error(folders, tmp_path, capsys):
