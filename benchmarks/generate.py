@@ -143,8 +143,9 @@ def chat_prompts(path, count: int, tokenizer) -> list[list[int]]:
             except ValueError as err:
                 raise SystemExit(f"error: {path} line {number}: {err}") from None
             history = [{key: value for key, value in m.items() if value is not None} for m in messages]
-            prompts.append(tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True,
-                                                         return_dict=False))  # fmt: skip
+            prompts.append(
+                tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True, return_dict=False)
+            )
     return prompts
 
 
@@ -167,8 +168,9 @@ def chat_main(args) -> dict:
     stop_ids = sorted(generators["project"].stop_ids)
 
     def hf_reply(prompt: list[int], new_tokens: int) -> list[int]:
-        config = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, eos_token_id=stop_ids,
-                                  pad_token_id=generators["project"].pad_id)  # fmt: skip
+        config = GenerationConfig(
+            do_sample=False, max_new_tokens=new_tokens, eos_token_id=stop_ids, pad_token_id=generators["project"].pad_id
+        )
         with torch.inference_mode():
             ids = reference.generate(torch.tensor([prompt]), generation_config=config)[0, len(prompt) :].tolist()
         return next((ids[:i] for i, token in enumerate(ids) if token in stop_ids), ids)
@@ -192,10 +194,14 @@ def chat_main(args) -> dict:
                     path(prompt, new_tokens)
                 times[name].append(time.perf_counter() - start)
     reply = {name: statistics.median(times) / tokens for name, times in whole.items()}
-    decode = {name: (statistics.median(whole[name]) - statistics.median(first[name])) / (tokens - len(prompts))
-              for name in paths}  # fmt: skip
-    print(f"{args.model_dir}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-          f"{torch.get_num_threads()} threads, {len(prompts)} prompts from {args.prompts}, {tokens} reply tokens")
+    decode = {
+        name: (statistics.median(whole[name]) - statistics.median(first[name])) / (tokens - len(prompts))
+        for name in paths
+    }
+    print(
+        f"{args.model_dir}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{torch.get_num_threads()} threads, {len(prompts)} prompts from {args.prompts}, {tokens} reply tokens"
+    )
     print(f"{'path':<18}{'reply ms/token':>16}{'decode ms/token':>17}{'decode tok/s':>14}")
     for name in paths:
         print(f"{name:<18}{1000 * reply[name]:>16.2f}{1000 * decode[name]:>17.2f}{1 / decode[name]:>14.1f}")
@@ -203,8 +209,10 @@ def chat_main(args) -> dict:
         if name in generators:
             print(f"{name}: {kept_share(generators[name])}")
     for name in generators:
-        print(f"{name}: whole replies {reply['hf-eager'] / reply[name]:.2f}x HF eager, "
-              f"decode batch-1 speedup vs HF eager: {decode['hf-eager'] / decode[name]:.2f}x")
+        print(
+            f"{name}: whole replies {reply['hf-eager'] / reply[name]:.2f}x HF eager, "
+            f"decode batch-1 speedup vs HF eager: {decode['hf-eager'] / decode[name]:.2f}x"
+        )
     return decode
 
 
@@ -218,8 +226,10 @@ def main(argv=None) -> dict:
     model = MiniMindForCausalLM(config).eval()
     paths, drafting = build_paths(args, model)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    print(f"{args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-          f"{torch.get_num_threads()} threads, prompt {args.prompt_len}, {args.new_tokens} new tokens")  # fmt: skip
+    print(
+        f"{args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{torch.get_num_threads()} threads, prompt {args.prompt_len}, {args.new_tokens} new tokens"
+    )
 
     results, cpu_results = {}, {}
     for batch_size in batch_sizes:
@@ -243,16 +253,20 @@ def main(argv=None) -> dict:
     columns = "".join(f"{f'batch {b} tok/s':>16}{'ms/step':>9}{'cpu ms':>8}" for b in batch_sizes)
     print(f"{'path':<18}{columns}")
     for name in paths:
-        row = "".join(f"{b / results[b][name]:>16.1f}{1000 * results[b][name]:>9.2f}{1000 * cpu_results[b][name]:>8.2f}"
-                      for b in batch_sizes)  # fmt: skip
+        row = "".join(
+            f"{b / results[b][name]:>16.1f}{1000 * results[b][name]:>9.2f}{1000 * cpu_results[b][name]:>8.2f}"
+            for b in batch_sizes
+        )
         print(f"{name:<18}{row}")
     for b in batch_sizes:
         ratios = {name: results[b][name] / results[b]["project"] for name in paths if name != "project"}
         print(f"batch {b}: project is " + ", ".join(f"{r:.2f}x {name}" for name, r in ratios.items()))
     if drafting:
         speedup = results[batch_sizes[0]]["hf-eager"] / results[batch_sizes[0]]["project+lookup"]
-        print(f"with prompt lookup ({kept_share(drafting)}; random weights repeat one token, so this is an upper "
-              f"bound): decode batch-{batch_sizes[0]} {speedup:.2f}x HF eager")  # fmt: skip
+        print(
+            f"with prompt lookup ({kept_share(drafting)}; random weights repeat one token, so this is an upper "
+            f"bound): decode batch-{batch_sizes[0]} {speedup:.2f}x HF eager"
+        )
     speedup = results[batch_sizes[0]]["hf-eager"] / results[batch_sizes[0]]["project"]
     print(f"decode batch-{batch_sizes[0]} speedup vs HF eager: {speedup:.2f}x")
     return results

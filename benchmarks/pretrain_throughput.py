@@ -42,6 +42,7 @@ from recipes.training.pretraining import (
 def make_parser():
     return RecipeParser((PretrainScriptArguments, PretrainConfig, PretrainModelArguments))
 
+
 # Dense bf16 peak TFLOPS (no sparsity) of GPUs MFU is usually quoted for.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 
@@ -145,13 +146,42 @@ def recipe_run(args, data, tokenizer_dir, output_dir):
     """Recipe tokens/s (steady state) and its trainer summary."""
     timer = StepTimes()
     argv = [
-        "--model_config", args.model, "--dataset_name", str(data), "--tokenizer_name_or_path", str(tokenizer_dir),
-        "--output_dir", str(output_dir), "--block_size", str(args.block_size),
-        "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.steps + 1),
-        "--eval_strategy", "no", "--eval_on_start", "false", "--save_strategy", "no", "--logging_steps", "10",
-        "--report_to", "none", "--disable_tqdm", "true", "--warmup_steps", "0", "--bf16", str(args.bf16).lower(),
-        "--attn_implementation", args.attn_implementation, "--dataloader_num_workers", str(args.num_workers),
-        "--dataloader_drop_last", "true",
+        "--model_config",
+        args.model,
+        "--dataset_name",
+        str(data),
+        "--tokenizer_name_or_path",
+        str(tokenizer_dir),
+        "--output_dir",
+        str(output_dir),
+        "--block_size",
+        str(args.block_size),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--max_steps",
+        str(args.steps + 1),
+        "--eval_strategy",
+        "no",
+        "--eval_on_start",
+        "false",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "10",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--warmup_steps",
+        "0",
+        "--bf16",
+        str(args.bf16).lower(),
+        "--attn_implementation",
+        args.attn_implementation,
+        "--dataloader_num_workers",
+        str(args.num_workers),
+        "--dataloader_drop_last",
+        "true",
     ]
     pretrain(*make_parser().parse_args_and_config(argv), callbacks=[timer])
     return rate_after_warmup(timer.times, args.batch_size * args.block_size, args.warmup)
@@ -244,14 +274,18 @@ def measure(args, work):
 
 
 def report(results):
-    print(f"\n{results['model']} ({results['parameters'] / 1e6:.2f}M parameters) on {results['device']}, "
-          f"batch {results['batch_size']} x {results['block_size']} tokens")
+    print(
+        f"\n{results['model']} ({results['parameters'] / 1e6:.2f}M parameters) on {results['device']}, "
+        f"batch {results['batch_size']} x {results['block_size']} tokens"
+    )
     print("best of the alternating runs:")
     print(f"{'bare training step':<28}{results['bare_tokens_per_second']:>14,.0f} tok/s")
     print(f"{'recipe end to end':<28}{results['recipe_tokens_per_second']:>14,.0f} tok/s")
     overhead = 1 - results["recipe_over_bare"]
-    print(f"{'  (all runs)':<28}bare {', '.join(f'{v:,.0f}' for v in results['bare_runs'])}; "
-          f"recipe {', '.join(f'{v:,.0f}' for v in results['recipe_runs'])}")
+    print(
+        f"{'  (all runs)':<28}bare {', '.join(f'{v:,.0f}' for v in results['bare_runs'])}; "
+        f"recipe {', '.join(f'{v:,.0f}' for v in results['recipe_runs'])}"
+    )
     print(f"{'recipe / bare':<28}{results['recipe_over_bare']:>14.3f}   (overhead {overhead:.1%}, target < 10%)")
     print(f"\nuseful tokens/s (documents average {results['mean_document_tokens']:.0f} tokens)")
     for name, value in results["useful_tokens_per_second"].items():

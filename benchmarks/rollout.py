@@ -61,11 +61,20 @@ def build_trainer(args, folder: Path, corpus: dict, workdir: Path) -> PPOTrainer
     policy = AutoModelForCausalLM.from_pretrained(folder)
     reference = AutoModelForCausalLM.from_pretrained(folder)
     critic = load_reward_model(RLModelArguments(model_name_or_path=str(folder)), tokenizer)
-    config = PPOConfig(output_dir=str(workdir / "ppo"), rollout_batch_size=args.batch_size,
-                       per_device_train_batch_size=args.batch_size // 2, max_completion_length=args.new_tokens,
-                       max_steps=args.steps, report_to="none", disable_tqdm=True, use_cpu=True,
-                       seed=args.seed)  # fmt: skip
-    rewards = [GuardedReward(f, n) for f, n in zip(get_reward_functions(["accuracy", "format"]), ["accuracy", "format"])]
+    config = PPOConfig(
+        output_dir=str(workdir / "ppo"),
+        rollout_batch_size=args.batch_size,
+        per_device_train_batch_size=args.batch_size // 2,
+        max_completion_length=args.new_tokens,
+        max_steps=args.steps,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=args.seed,
+    )
+    rewards = [
+        GuardedReward(f, n) for f, n in zip(get_reward_functions(["accuracy", "format"]), ["accuracy", "format"])
+    ]
     records = read_rl_records(corpus["rl"])
     return PPOTrainer(config, policy, critic, rewards, tokenizer, records, ref_model=reference)
 
@@ -73,8 +82,11 @@ def build_trainer(args, folder: Path, corpus: dict, workdir: Path) -> PPOTrainer
 def timed_rollouts(trainer: PPOTrainer, records: list[dict], args) -> dict:
     """name -> list of (seconds, reply tokens) per round."""
     policy, config = trainer.policy, trainer.generation_config
-    paths = {"generate (dynamic cache)": None, "PPO rollout (dynamic cache)": "dynamic",
-             "PPO rollout (static cache)": "static"}  # fmt: skip
+    paths = {
+        "generate (dynamic cache)": None,
+        "PPO rollout (dynamic cache)": "dynamic",
+        "PPO rollout (static cache)": "static",
+    }
     if args.compile:
         paths["PPO rollout (static + compile)"] = "compile"
 
@@ -112,11 +124,14 @@ def main(argv=None):
         trainer = build_trainer(args, folder, corpus, workdir)
         records = read_rl_records(Path(corpus["eval"]) / "rl.jsonl", limit=args.batch_size)
         parameters = sum(p.numel() for p in trainer.policy.parameters())
-        print(f"{folder if args.model else args.preset}: {parameters / 1e6:.1f}M parameters, {args.batch_size} "
-              f"prompts, up to {args.new_tokens} new tokens, {args.threads} threads, {args.rounds} rounds")  # fmt: skip
+        print(
+            f"{folder if args.model else args.preset}: {parameters / 1e6:.1f}M parameters, {args.batch_size} "
+            f"prompts, up to {args.new_tokens} new tokens, {args.threads} threads, {args.rounds} rounds"
+        )
         times = timed_rollouts(trainer, records, args)
-        rates = {name: statistics.median(tokens / seconds for seconds, tokens in rounds)
-                 for name, rounds in times.items()}  # fmt: skip
+        rates = {
+            name: statistics.median(tokens / seconds for seconds, tokens in rounds) for name, rounds in times.items()
+        }
         baseline = rates["generate (dynamic cache)"]
         print(f"{'path':32} {'reply tokens/s':>15} {'vs generate':>12}")
         for name, rate in rates.items():
@@ -127,8 +142,10 @@ def main(argv=None):
             trainer.global_step += 1
             shares.append(logs["generate_share"])
             seconds.append(logs["rollout_seconds"] + logs["update_seconds"])
-        print(f"PPO step: {statistics.median(seconds):.2f} s median over {args.steps} steps, "
-              f"{statistics.median(shares):.0%} of it in generate")  # fmt: skip
+        print(
+            f"PPO step: {statistics.median(seconds):.2f} s median over {args.steps} steps, "
+            f"{statistics.median(shares):.0%} of it in generate"
+        )
         best = max((rate, name) for name, rate in rates.items() if name.startswith("PPO"))
         print(f"rollout speedup vs generate (dynamic cache): {best[0] / baseline:.2f}x ({best[1]})")
 

@@ -58,13 +58,41 @@ def recipe_run(args, work, base, packing, repeat):
     recipe run. Runs in a fresh process, so the peak memory is this run's own."""
     batch = args.rows if packing else args.conversations
     argv = [
-        "--config", str(RECIPE), "--model_name_or_path", str(base), "--dataset_name", str(work / "corpus" / "sft.jsonl"),
-        "--output_dir", str(work / f"run-{packing}-{repeat}"), "--packing", str(packing).lower(),
-        "--max_length", str(args.max_length), "--per_device_train_batch_size", str(batch),
-        "--max_steps", str(args.steps), "--include_num_input_tokens_seen", "non_padding", "--eval_strategy", "no",
-        "--eval_on_start", "false", "--save_strategy", "no", "--logging_steps", str(args.steps), "--report_to", "none",
-        "--disable_tqdm", "true", "--bf16", str(args.bf16).lower(), "--attn_implementation", args.attn_implementation,
-    ]  # fmt: skip
+        "--config",
+        str(RECIPE),
+        "--model_name_or_path",
+        str(base),
+        "--dataset_name",
+        str(work / "corpus" / "sft.jsonl"),
+        "--output_dir",
+        str(work / f"run-{packing}-{repeat}"),
+        "--packing",
+        str(packing).lower(),
+        "--max_length",
+        str(args.max_length),
+        "--per_device_train_batch_size",
+        str(batch),
+        "--max_steps",
+        str(args.steps),
+        "--include_num_input_tokens_seen",
+        "non_padding",
+        "--eval_strategy",
+        "no",
+        "--eval_on_start",
+        "false",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        str(args.steps),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--bf16",
+        str(args.bf16).lower(),
+        "--attn_implementation",
+        args.attn_implementation,
+    ]
     if args.threads:
         torch.set_num_threads(args.threads)
     result = sft(*RecipeParser((SFTScriptArguments, SFTRecipeConfig, SFTModelArguments)).parse_args_and_config(argv))
@@ -78,8 +106,15 @@ def in_fresh_process(function, *args):
 
 def layout_batches(conversations, tokenizer, model, args, work):
     """The same conversations as padded batches, flattened padding-free batches and packed rows."""
-    prepare = SFTRecipeConfig(output_dir=str(work / "layouts"), report_to="none", use_cpu=not torch.cuda.is_available(),
-                              packing=False, max_length=args.max_length, eval_strategy="no", eval_on_start=False)  # fmt: skip
+    prepare = SFTRecipeConfig(
+        output_dir=str(work / "layouts"),
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        packing=False,
+        max_length=args.max_length,
+        eval_strategy="no",
+        eval_on_start=False,
+    )
     trainer = SFTRecipeTrainer(model=model, args=prepare, train_dataset=conversations, processing_class=tokenizer)
     examples = list(trainer.train_dataset)
     bins = list(pack_dataset(Dataset.from_list(examples).select_columns(["input_ids", "labels"]), args.max_length))
@@ -128,8 +163,10 @@ def measure(args, work):
     for repeat in range(args.repeats):
         for packing in (True, False):
             recipe[packing].append(in_fresh_process(recipe_run, args, work, work / "base", packing, repeat))
-        print(f"repeat {repeat}: packed {recipe[True][-1][0]:,.0f} tok/s, padded {recipe[False][-1][0]:,.0f} tok/s",
-              flush=True)  # fmt: skip
+        print(
+            f"repeat {repeat}: packed {recipe[True][-1][0]:,.0f} tok/s, padded {recipe[False][-1][0]:,.0f} tok/s",
+            flush=True,
+        )
 
     conversations, _ = load_chat_dataset(corpus["sft"])
     conversations = conversations.select(range(args.layout_conversations))
@@ -162,15 +199,19 @@ def measure(args, work):
 
 
 def report(results):
-    print(f"\n{results['model']} ({results['parameters'] / 1e6:.2f}M parameters) on {results['device']}; "
-          f"packed: {results['rows_per_step']} rows of <= {results['max_length']} tokens per step; "
-          f"padded: {results['conversations_per_padded_step']} conversations per step")  # fmt: skip
+    print(
+        f"\n{results['model']} ({results['parameters'] / 1e6:.2f}M parameters) on {results['device']}; "
+        f"packed: {results['rows_per_step']} rows of <= {results['max_length']} tokens per step; "
+        f"padded: {results['conversations_per_padded_step']} conversations per step"
+    )
     print("recipe end to end, best of the alternating runs (useful = non-padding tokens):")
     for name in ("packed", "padded"):
         runs = ", ".join(f"{v:,.0f}" for v in results["recipe_runs"][name])
-        print(f"  {name:<10}{results['recipe_useful_tokens_per_second'][name]:>10,.0f} tok/s   "
-              f"{results['recipe_useful_tokens_per_step'][name]:>8,.0f} tok/step   "
-              f"{results['peak_memory_mb'][name]:>8,.0f} MB   (runs: {runs})")  # fmt: skip
+        print(
+            f"  {name:<10}{results['recipe_useful_tokens_per_second'][name]:>10,.0f} tok/s   "
+            f"{results['recipe_useful_tokens_per_step'][name]:>8,.0f} tok/step   "
+            f"{results['peak_memory_mb'][name]:>8,.0f} MB   (runs: {runs})"
+        )
     print(f"  packed / padded: {results['packed_over_padded']:.2f}x (target >= 1.5x); memory: {results['memory_kind']}")
     print(f"\nforward+backward only, the same {results['layout_conversations']} conversations in each layout:")
     layouts = results["layout_useful_tokens_per_second"]

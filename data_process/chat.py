@@ -169,8 +169,12 @@ def _normalize_message(message, source, where):
         reasoning, content = _split_inline_thinking(content)
     calls = message.get("tool_calls") or []
     calls = [normalize_tool_call(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(calls)]
-    return {"role": message["role"], "content": content, "reasoning_content": reasoning or None,
-            "tool_calls": calls or None}  # fmt: skip
+    return {
+        "role": message["role"],
+        "content": content,
+        "reasoning_content": reasoning or None,
+        "tool_calls": calls or None,
+    }
 
 
 def to_chat_row(record) -> dict:
@@ -273,8 +277,13 @@ def _table_rows(dataset, name, skip_bad, system_prompts, ratio, seed):
                 raise
             return _rejected_row(err, name, index + 1, json.dumps(record, ensure_ascii=False, default=str))
 
-    return dataset.map(convert, with_indices=True, features=ROW_FEATURES, remove_columns=dataset.column_names,
-                       desc=f"convert {Path(name).name}")  # fmt: skip
+    return dataset.map(
+        convert,
+        with_indices=True,
+        features=ROW_FEATURES,
+        remove_columns=dataset.column_names,
+        desc=f"convert {Path(name).name}",
+    )
 
 
 def _load_rows(name, split, skip_bad, system_prompts, ratio, seed):
@@ -316,8 +325,16 @@ def split_rejected(rows, rejected_path=None, write=True):
     return rows.remove_columns("rejected"), len(rejected)
 
 
-def load_chat_dataset(name_or_path, split="train", skip_bad=False, rejected_path=None, system_prompts=None,
-                      system_prompt_ratio=0.2, seed=0, write_rejected=True) -> tuple[datasets.Dataset, int]:  # fmt: skip
+def load_chat_dataset(
+    name_or_path,
+    split="train",
+    skip_bad=False,
+    rejected_path=None,
+    system_prompts=None,
+    system_prompt_ratio=0.2,
+    seed=0,
+    write_rejected=True,
+) -> tuple[datasets.Dataset, int]:
     """Conversations for SFT from local JSONL/parquet files, folders, globs, a saved dataset or a Hub id, and the
     number of records skipped.
 

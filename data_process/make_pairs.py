@@ -39,8 +39,9 @@ def as_task(record: dict) -> tuple[list[dict], str | None, str | None]:
     """(prompt messages, reference reply or None, reference answer or None) of an `sft` or `rl` record."""
     if "conversations" in record:
         turns = record["conversations"]
-        last = max((i for i, m in enumerate(turns) if isinstance(m, dict) and m.get("role") == "assistant"),
-                   default=None)  # fmt: skip
+        last = max(
+            (i for i, m in enumerate(turns) if isinstance(m, dict) and m.get("role") == "assistant"), default=None
+        )
         if last is None or last == 0:
             raise ValueError("field 'conversations': needs a prompt and an assistant reply")
         reply = turns[last].get("content")
@@ -64,8 +65,9 @@ def answer_line(prompt: list[dict], answer: str) -> str:
 
 
 @torch.no_grad()
-def sample_replies(model, tokenizer, prompts: list[list[dict]], num_samples: int, temperature: float, top_p: float,
-                   max_new_tokens: int) -> list[list[tuple[str, bool]]]:  # fmt: skip
+def sample_replies(
+    model, tokenizer, prompts: list[list[dict]], num_samples: int, temperature: float, top_p: float, max_new_tokens: int
+) -> list[list[tuple[str, bool]]]:
     """`num_samples` sampled replies per chat prompt, each with whether it ended its turn (emitted eos) in time."""
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -83,8 +85,10 @@ def sample_replies(model, tokenizer, prompts: list[list[dict]], num_samples: int
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    rows = [(tokenizer.decode(row, skip_special_tokens=True).strip(), bool((row == tokenizer.eos_token_id).any()))
-            for row in output[:, batch["input_ids"].shape[1] :]]  # fmt: skip
+    rows = [
+        (tokenizer.decode(row, skip_special_tokens=True).strip(), bool((row == tokenizer.eos_token_id).any()))
+        for row in output[:, batch["input_ids"].shape[1] :]
+    ]
     return [rows[i : i + num_samples] for i in range(0, len(rows), num_samples)]
 
 
@@ -109,8 +113,19 @@ def choose_pair(prompt, reference_reply, answer, samples) -> tuple[dict | None, 
     return record, None
 
 
-def make_pairs(model, tokenizer, inputs, output, num_samples=4, temperature=1.0, top_p=1.0, max_new_tokens=128,
-               batch_size=16, seed=0, skip_bad=False) -> Counter:  # fmt: skip
+def make_pairs(
+    model,
+    tokenizer,
+    inputs,
+    output,
+    num_samples=4,
+    temperature=1.0,
+    top_p=1.0,
+    max_new_tokens=128,
+    batch_size=16,
+    seed=0,
+    skip_bad=False,
+) -> Counter:
     """Write pairs for every usable record of `inputs` to `output`; return the counts (`kept`, drop reasons,
     `rejected` bad lines)."""
     set_seed(seed)
@@ -173,8 +188,19 @@ def main(argv=None):
     if args.temperature <= 0:
         raise ValueError(f"--temperature: expected a value above 0 (sampling), got {args.temperature}")
     model, tokenizer = load_model(args.model)
-    counts = make_pairs(model, tokenizer, args.input, args.output, args.num_samples, args.temperature, args.top_p,
-                        args.max_new_tokens, args.batch_size, args.seed, args.skip_bad)  # fmt: skip
+    counts = make_pairs(
+        model,
+        tokenizer,
+        args.input,
+        args.output,
+        args.num_samples,
+        args.temperature,
+        args.top_p,
+        args.max_new_tokens,
+        args.batch_size,
+        args.seed,
+        args.skip_bad,
+    )
     dropped = ", ".join(f"{counts[reason]} {reason} ({why})" for reason, why in DROP_REASONS.items() if counts[reason])
     print(f"wrote {counts['kept']} pairs to {args.output}; dropped {dropped or 'none'}")
     print_rejected(counts["rejected"], args.output)

@@ -192,8 +192,13 @@ def builtin_dev(per_subject: int = 5, seed: int = 0, subjects=None) -> list[Ques
 def question_record(question: Question, index: int) -> dict:
     """The C-Eval layout with a subject column: id, subject, question, A-D, answer letter."""
     letters = dict(zip(LETTERS, question.choices))
-    return {"id": index, "subject": question.subject, "question": question.question, **letters,
-            "answer": LETTERS[question.answer]}  # fmt: skip
+    return {
+        "id": index,
+        "subject": question.subject,
+        "question": question.question,
+        **letters,
+        "answer": LETTERS[question.answer],
+    }
 
 
 def write_builtin_mc(out_dir, count: int = 400, per_subject: int = 5, seed: int = 0) -> dict:

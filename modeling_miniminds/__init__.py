@@ -23,7 +23,6 @@ MiniMindForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 MiniMindForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 
-
 def __getattr__(name):
     # Imported on first use, so `python -m modeling_miniminds.convert` runs its module only once.
     if name in ("to_qwen3", "from_qwen3"):

@@ -43,8 +43,11 @@ def parse_tool_call(block: str) -> dict | None:
     arguments = call.get("arguments", {})
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": call["name"], "arguments": arguments}}  # fmt: skip
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": call["name"], "arguments": arguments},
+    }
 
 
 def _partial_tag(text: str, tags) -> int:
@@ -202,9 +205,15 @@ def add_model_args(parser):
 
 
 def sampling_params(args) -> SamplingParams:
-    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          top_k=args.top_k, repetition_penalty=args.repetition_penalty, stop=args.stop,
-                          seed=args.seed)  # fmt: skip
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        stop=args.stop,
+        seed=args.seed,
+    )
 
 
 def build_generator(args) -> Generator:
@@ -214,10 +223,17 @@ def build_generator(args) -> Generator:
     model, tokenizer = load_for_decoding(args.model_dir, args.device, args.dtype, args.trust_remote_code)
     draft = None
     if args.draft_model:
-        draft, _ = load_for_decoding(args.draft_model, str(model.device), args.dtype, args.trust_remote_code,
-                                     what="--draft_model")  # fmt: skip
-    return Generator(model, tokenizer, compile=args.compile, prompt_lookup=args.prompt_lookup, draft_model=draft,
-                     draft_tokens=args.draft_tokens)  # fmt: skip
+        draft, _ = load_for_decoding(
+            args.draft_model, str(model.device), args.dtype, args.trust_remote_code, what="--draft_model"
+        )
+    return Generator(
+        model,
+        tokenizer,
+        compile=args.compile,
+        prompt_lookup=args.prompt_lookup,
+        draft_model=draft,
+        draft_tokens=args.draft_tokens,
+    )
 
 
 class Chat:

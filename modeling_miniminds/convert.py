@@ -162,7 +162,9 @@ def export_qwen3(source: Path, output: Path) -> float:
 def import_qwen3(source: Path, output: Path) -> float:
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     if not isinstance(model, (Qwen3ForCausalLM, Qwen3MoeForCausalLM)):
-        raise ValueError(f"{source}: expected a Qwen3ForCausalLM or Qwen3MoeForCausalLM folder, got {type(model).__name__}")
+        raise ValueError(
+            f"{source}: expected a Qwen3ForCausalLM or Qwen3MoeForCausalLM folder, got {type(model).__name__}"
+        )
     return save_converted(model, from_qwen3(model), output, source)
 
 
@@ -191,8 +193,10 @@ def import_upstream(checkpoint: Path, output: Path, config: str, tokenizer_dir: 
         )
     for key, tensor in state_dict.items():
         if tensor.shape != model.state_dict()[key].shape:
-            raise ValueError(f"{checkpoint}: {key} has shape {tuple(tensor.shape)}, config {config} expects "
-                             f"{tuple(model.state_dict()[key].shape)}")  # fmt: skip
+            raise ValueError(
+                f"{checkpoint}: {key} has shape {tuple(tensor.shape)}, config {config} expects "
+                f"{tuple(model.state_dict()[key].shape)}"
+            )
     model.load_state_dict(state_dict, strict=True)
     model.save_pretrained(output)
     if tokenizer_dir is not None:
@@ -203,8 +207,11 @@ def import_upstream(checkpoint: Path, output: Path, config: str, tokenizer_dir: 
 def add_push_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--push_to_hub", metavar="REPO", default=None, help="also upload the result to this Hub repo")
     command.add_argument("--private", action="store_true", help="create the Hub repo private (with --push_to_hub)")
-    command.add_argument("--data", default=None, help="what the model was trained on, for the model card "
-                         "(default: read from a report.json next to the weights)")  # fmt: skip
+    command.add_argument(
+        "--data",
+        default=None,
+        help="what the model was trained on, for the model card (default: read from a report.json next to the weights)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -229,8 +236,12 @@ def make_parser() -> argparse.ArgumentParser:
     gguf.add_argument("output", type=Path, help="GGUF file to write")
     gguf.add_argument("--outtype", choices=OUTTYPES, default="f16", help="tensor type (default: f16)")
     gguf.add_argument("--modelfile", action="store_true", help="also write an Ollama Modelfile next to the file")
-    gguf.add_argument("--llama_cpp", default=None, help=f"llama.cpp checkout or unpacked llama-cpp-python sdist "
-                      f"(default: ${LLAMA_CPP_ENV}, then the installed llama_cpp, then <venv>/src)")  # fmt: skip
+    gguf.add_argument(
+        "--llama_cpp",
+        default=None,
+        help=f"llama.cpp checkout or unpacked llama-cpp-python sdist "
+        f"(default: ${LLAMA_CPP_ENV}, then the installed llama_cpp, then <venv>/src)",
+    )
     add_push_arguments(gguf)
     push = commands.add_parser("push", help="upload a model folder to the Hub with a generated model card")
     push.add_argument("source", type=Path, help="model folder to upload")
@@ -264,8 +275,10 @@ def main(argv=None) -> int:
 
             diff = export_gguf(args.source, args.output, args.outtype, args.llama_cpp, args.modelfile)
             size = args.output.stat().st_size / 2**20
-            print(f"wrote {args.output} ({args.outtype}, {size:.1f} MiB) through Qwen3, max |logit diff| {diff:.3g}"
-                  f"{'; Modelfile next to it' if args.modelfile else ''}")  # fmt: skip
+            print(
+                f"wrote {args.output} ({args.outtype}, {size:.1f} MiB) through Qwen3, max |logit diff| {diff:.3g}"
+                f"{'; Modelfile next to it' if args.modelfile else ''}"
+            )
         else:
             convert = export_qwen3 if args.command == "to-qwen3" else import_qwen3
             diff = convert(args.source, args.output)

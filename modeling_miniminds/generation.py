@@ -288,8 +288,9 @@ def prepare_for_decoding(model):
     return model
 
 
-def load_for_decoding(model_dir, device: str | None = None, dtype: str | None = None,
-                      trust_remote_code: bool = False, what: str = "model"):  # fmt: skip
+def load_for_decoding(
+    model_dir, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False, what: str = "model"
+):
     """A saved causal LM (a MiniMinds folder or a Qwen3 export) and its tokenizer, ready for `Generator`.
 
     MiniMinds folders load through the installed package's classes unless `trust_remote_code` asks for the modeling
@@ -304,8 +305,9 @@ def load_for_decoding(model_dir, device: str | None = None, dtype: str | None = 
     name = check_name_or_path(model_dir, what)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model = from_pretrained_or_explain(AutoModelForCausalLM, name, what, dtype=torch_dtype,
-                                       trust_remote_code=trust_remote_code)  # fmt: skip
+    model = from_pretrained_or_explain(
+        AutoModelForCausalLM, name, what, dtype=torch_dtype, trust_remote_code=trust_remote_code
+    )
     return prepare_for_decoding(model.to(device)), load_tokenizer(name)
 
 
@@ -354,8 +356,13 @@ class _Batch:
     def step_inputs(self) -> dict:
         """Model inputs besides the token ids; no mask at all when no row is padded (the fastest attention path)."""
         mask = self.attention_mask if self.padded or self.static else None
-        return {"attention_mask": mask, "position_ids": self.position_ids[:, -1:], "cache": self.cache,
-                "use_cache": True, "logits_to_keep": 1}  # fmt: skip
+        return {
+            "attention_mask": mask,
+            "position_ids": self.position_ids[:, -1:],
+            "cache": self.cache,
+            "use_cache": True,
+            "logits_to_keep": 1,
+        }
 
     def draft_inputs(self, count: int) -> dict:
         """Model inputs for the last token plus `count` draft tokens after it (dynamic cache)."""
@@ -384,8 +391,10 @@ class _Batch:
             index = torch.tensor(keep, device=next_tokens.device)
             self.cache.batch_select_indices(index)
             next_tokens, self.position_ids, self.attention_mask = (
-                next_tokens[index], self.position_ids[index], self.attention_mask[index],
-            )  # fmt: skip
+                next_tokens[index],
+                self.position_ids[index],
+                self.attention_mask[index],
+            )
             if self.seen is not None:
                 self.seen, self.penalty = self.seen[index], self.penalty[index]
             self.active = [self.active[b] for b in keep]
@@ -411,8 +420,10 @@ def check_speculation(model, prompt_lookup: int, draft_model, draft_tokens: int,
     if (prompt_lookup or draft_model is not None) and cache != "dynamic":
         raise ValueError(f"speculative decoding (prompt_lookup, draft_model) needs the dynamic cache, got {cache}")
     if draft_model is not None and draft_model.config.vocab_size != model.config.vocab_size:
-        raise ValueError(f"draft_model: vocabulary of {draft_model.config.vocab_size} tokens, but the model has "
-                         f"{model.config.vocab_size}; the draft must share the model's tokenizer")  # fmt: skip
+        raise ValueError(
+            f"draft_model: vocabulary of {draft_model.config.vocab_size} tokens, but the model has "
+            f"{model.config.vocab_size}; the draft must share the model's tokenizer"
+        )
 
 
 class Generator:
@@ -424,8 +435,17 @@ class Generator:
     `draft_tokens` at a time, or `prompt_lookup=N` up to N; `drafted` and `accepted` count the draft tokens.
     """
 
-    def __init__(self, model, tokenizer, *, cache_implementation: str = "dynamic", compile: bool = False,
-                 prompt_lookup: int = 0, draft_model=None, draft_tokens: int = 4):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        cache_implementation: str = "dynamic",
+        compile: bool = False,
+        prompt_lookup: int = 0,
+        draft_model=None,
+        draft_tokens: int = 4,
+    ):
         if cache_implementation not in ("dynamic", "static"):
             raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {cache_implementation!r}")
         self.model, self.tokenizer = model, tokenizer
@@ -444,12 +464,17 @@ class Generator:
         """Token ids of a conversation rendered by the chat template, ending with the assistant header;
         `enable_thinking` and other template variables pass through."""
         return self.tokenizer.apply_chat_template(
-            messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=False,
+            messages,
+            tools=tools or None,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
             **template_kwargs,
-        )  # fmt: skip
+        )
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
-                 batch_size: int = 8) -> list[Completion]:  # fmt: skip
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None, batch_size: int = 8
+    ) -> list[Completion]:
         """Whole completions, decoded `batch_size` prompts at a time."""
         params = self._per_prompt(prompts, params)
         completions = []
@@ -466,8 +491,12 @@ class Generator:
                 completions.append(Completion("".join(texts[i]), tokens[i], finish[i], len(prompt)))
         return completions
 
-    def stream(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
-               cancelled: Callable[[int], bool] | None = None) -> Iterator[list[Delta]]:  # fmt: skip
+    def stream(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        cancelled: Callable[[int], bool] | None = None,
+    ) -> Iterator[list[Delta]]:
         """Deltas after each decoding step, for the prompts whose text grew or which finished. All prompts decode as
         one batch; `cancelled(index)` is asked every step and drops a request (finish reason "cancelled")."""
         yield from self._decode(prompts, self._per_prompt(prompts, params), cancelled, [[] for _ in prompts])
@@ -507,10 +536,15 @@ class Generator:
         self._check_length(prompts, params)
         device = self.model.device
         rows = [
-            _Row(i, p, TextStream(self.tokenizer), StopStrings(p.stop),
-                 torch.Generator(device).manual_seed(p.seed) if p.seed is not None else None)
+            _Row(
+                i,
+                p,
+                TextStream(self.tokenizer),
+                StopStrings(p.stop),
+                torch.Generator(device).manual_seed(p.seed) if p.seed is not None else None,
+            )
             for i, p in enumerate(params)
-        ]  # fmt: skip
+        ]
         input_ids, attention_mask = left_pad(prompts, self.pad_id, device)
         max_new = max(p.max_new_tokens for p in params)
         cache, static_length = self._new_cache(input_ids.shape[1] + max_new)
@@ -533,8 +567,9 @@ class Generator:
                 drafter = drafter or self._drafter(prompts[row.index])
                 drafts = drafter.draft(tokens[row.index], row.params.max_new_tokens - step)
                 if drafts:
-                    logits, drawn, kept = yield from self._verify(rows, batch, next_tokens, drafts, step, cancelled,
-                                                                  tokens)  # fmt: skip
+                    logits, drawn, kept = yield from self._verify(
+                        rows, batch, next_tokens, drafts, step, cancelled, tokens
+                    )
                     if row.finish_reason is not None:
                         return
                     step += kept

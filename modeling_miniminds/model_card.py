@@ -74,10 +74,12 @@ def architecture_rows(config: dict, parameters: int | None) -> list[tuple[str, s
         rows.append(("parameters", f"{human(parameters)} ({parameters:,})"))
     rows += [
         ("hidden size / layers", f"{config.get('hidden_size')} / {config.get('num_hidden_layers')}"),
-        ("attention / kv heads / head dim",
-         f"{config.get('num_attention_heads')} / {config.get('num_key_value_heads')} / {config.get('head_dim')}"),
+        (
+            "attention / kv heads / head dim",
+            f"{config.get('num_attention_heads')} / {config.get('num_key_value_heads')} / {config.get('head_dim')}",
+        ),
         ("intermediate size", str(config.get("intermediate_size"))),
-    ]  # fmt: skip
+    ]
     if config.get("use_moe") or config.get("model_type") == "qwen3_moe":  # dense MiniMind configs keep num_experts
         shared = config.get("n_shared_experts") or 0
         experts = f"{config.get('num_experts')} routed, top-{config.get('num_experts_per_tok')}"
@@ -85,7 +87,10 @@ def architecture_rows(config: dict, parameters: int | None) -> list[tuple[str, s
     rope = config.get("rope_parameters") or {}
     rows += [
         ("vocabulary", str(config.get("vocab_size"))),
-        ("max positions", f"{config.get('max_position_embeddings')} (rope theta {format_value(rope.get('rope_theta'))})"),
+        (
+            "max positions",
+            f"{config.get('max_position_embeddings')} (rope theta {format_value(rope.get('rope_theta'))})",
+        ),
         ("tied embeddings", "yes" if config.get("tie_word_embeddings") else "no"),
     ]
     return rows
@@ -95,8 +100,12 @@ def training_lines(report: dict, results: dict) -> list[str]:
     lines = []
     stages = {name: stage for name, stage in report.get("stages", {}).items() if isinstance(stage, dict)}
     if stages:
-        lines += ["Stages run (from `report.json`), with held-out metrics after each:", "",
-                  "| stage | seconds | metrics |", "| --- | ---: | --- |"]  # fmt: skip
+        lines += [
+            "Stages run (from `report.json`), with held-out metrics after each:",
+            "",
+            "| stage | seconds | metrics |",
+            "| --- | ---: | --- |",
+        ]
         for name, stage in stages.items():
             metrics = stage.get("after") or {k: v for k, v in stage.items() if not isinstance(v, (dict, list))}
             shown = ", ".join(f"{k} {format_value(v)}" for k, v in metrics.items() if k != "seconds")
@@ -106,7 +115,10 @@ def training_lines(report: dict, results: dict) -> list[str]:
         lines += ["Final metrics of the run that saved these weights (`all_results.json`):", ""]
         lines += [f"- {key}: {format_value(value)}" for key, value in results.items()]
         lines.append("")
-    return lines or ["No `report.json` or `all_results.json` was found next to the weights, so no metrics are listed.", ""]
+    return lines or [
+        "No `report.json` or `all_results.json` was found next to the weights, so no metrics are listed.",
+        "",
+    ]
 
 
 def usage_lines(repo_id: str, config: dict, gguf_files: list[Path]) -> list[str]:
@@ -130,7 +142,7 @@ def usage_lines(repo_id: str, config: dict, gguf_files: list[Path]) -> list[str]
         f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)',
         'messages = [{"role": "user", "content": "What is 2+3?"}]',
         'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
-        "reply = model.generate(**inputs, max_new_tokens=64)[0, inputs[\"input_ids\"].shape[1]:]",
+        'reply = model.generate(**inputs, max_new_tokens=64)[0, inputs["input_ids"].shape[1]:]',
         "print(tokenizer.decode(reply, skip_special_tokens=True))",
         "```",
         *(note if not remote else []),
@@ -152,12 +164,34 @@ def model_card(folder: Path, repo_id: str, gguf_files=(), data: str | None = Non
     rows += [("gguf", f"{path.name}: {human(path.stat().st_size, 'B')}") for path in gguf_files]
     converted = ", converted to GGUF for llama.cpp and Ollama" if gguf_files else ""
     tags = ["miniminds", str(config.get("model_type")), *(["gguf"] if gguf_files else [])]
-    lines = ["---", f"library_name: {'gguf' if gguf_files else 'transformers'}", "pipeline_tag: text-generation",
-             "tags:", *[f"- {tag}" for tag in tags], "---", "", f"# {repo_id.split('/')[-1]}", "",
-             f"A small language model trained with MiniMinds (HuggingFace-native MiniMind training){converted}.", "",
-             "| field | value |", "| --- | --- |", *[f"| {field} | {value} |" for field, value in rows], "",
-             "## Data", "", data or describe_data(report), "", "## Training", "", *training_lines(report, results),
-             "## Use", "", *usage_lines(repo_id, config, gguf_files), ""]  # fmt: skip
+    lines = [
+        "---",
+        f"library_name: {'gguf' if gguf_files else 'transformers'}",
+        "pipeline_tag: text-generation",
+        "tags:",
+        *[f"- {tag}" for tag in tags],
+        "---",
+        "",
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        f"A small language model trained with MiniMinds (HuggingFace-native MiniMind training){converted}.",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+        *[f"| {field} | {value} |" for field, value in rows],
+        "",
+        "## Data",
+        "",
+        data or describe_data(report),
+        "",
+        "## Training",
+        "",
+        *training_lines(report, results),
+        "## Use",
+        "",
+        *usage_lines(repo_id, config, gguf_files),
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -304,8 +304,8 @@ class MiniMindForSequenceClassification(GenericForSequenceClassification, MiniMi
 
 
 __all__ = [
-    "MiniMindPreTrainedModel",
-    "MiniMindModel",
     "MiniMindForCausalLM",
     "MiniMindForSequenceClassification",
+    "MiniMindModel",
+    "MiniMindPreTrainedModel",
 ]

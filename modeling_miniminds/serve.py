@@ -47,8 +47,14 @@ MAX_STOP_STRINGS = 4
 class RequestError(Exception):
     """A request the server refuses: HTTP status and the OpenAI error fields."""
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400,
-                 kind: str = "invalid_request_error"):  # fmt: skip
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        status: int = 400,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.param, self.code, self.kind = status, param, code, kind
 
@@ -131,8 +137,11 @@ class BatchWorker:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
         self.stats["running"] = len(batch)
         try:
-            stream = self.generator.stream([job.prompt_ids for job in batch], [job.params for job in batch],
-                                           cancelled=lambda i: batch[i].cancelled.is_set())  # fmt: skip
+            stream = self.generator.stream(
+                [job.prompt_ids for job in batch],
+                [job.params for job in batch],
+                cancelled=lambda i: batch[i].cancelled.is_set(),
+            )
             for deltas in stream:
                 for delta in deltas:
                     if delta.finish_reason == FINISH_CANCELLED:
@@ -169,8 +178,9 @@ def _text(content, param: str) -> str:
         texts = []
         for i, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise RequestError(f"{param}[{i}] must be a text part {{'type': 'text', 'text': ...}}",
-                                   f"{param}[{i}]", "invalid_type")  # fmt: skip
+                raise RequestError(
+                    f"{param}[{i}] must be a text part {{'type': 'text', 'text': ...}}", f"{param}[{i}]", "invalid_type"
+                )
             texts.append(part["text"])
         return "".join(texts)
     raise _type_error(param, "a string or a list of text parts", content)
@@ -198,8 +208,9 @@ def check_messages(messages) -> list[dict]:
             raise _type_error(param, "an object", message)
         role = message.get("role")
         if role not in ROLES:
-            raise RequestError(f"{param}.role must be one of {list(ROLES)}, got {role!r}", f"{param}.role",
-                               "invalid_value")  # fmt: skip
+            raise RequestError(
+                f"{param}.role must be one of {list(ROLES)}, got {role!r}", f"{param}.role", "invalid_value"
+            )
         tool_calls = message.get("tool_calls") if role == "assistant" else None
         content = message.get("content")
         if content is None and tool_calls:
@@ -217,8 +228,9 @@ def check_tools(body: dict) -> list[dict] | None:
     tools = body.get("tools")
     if tools is None or body.get("tool_choice") == "none":
         return None
-    if not isinstance(tools, list) or not all(_names_a_function(t) and t.get("type", "function") == "function"
-                                              for t in tools):  # fmt: skip
+    if not isinstance(tools, list) or not all(
+        _names_a_function(t) and t.get("type", "function") == "function" for t in tools
+    ):
         raise _type_error("tools", "a list of {'type': 'function', 'function': {'name', ...}}", tools)
     return [tool["function"] for tool in tools] or None
 
@@ -241,8 +253,11 @@ def check_template_kwargs(body: dict) -> dict:
     if not isinstance(kwargs, dict):
         raise _type_error("chat_template_kwargs", "an object", kwargs)
     if set(kwargs) - {"enable_thinking"}:
-        raise RequestError(f"chat_template_kwargs takes only enable_thinking, got {sorted(kwargs)}",
-                           "chat_template_kwargs", "invalid_value")  # fmt: skip
+        raise RequestError(
+            f"chat_template_kwargs takes only enable_thinking, got {sorted(kwargs)}",
+            "chat_template_kwargs",
+            "invalid_value",
+        )
     if "enable_thinking" in kwargs and not isinstance(kwargs["enable_thinking"], bool):
         raise _type_error("chat_template_kwargs.enable_thinking", "a boolean", kwargs["enable_thinking"])
     return kwargs
@@ -251,8 +266,7 @@ def check_template_kwargs(body: dict) -> dict:
 class ChatServer:
     """Request checking, prompt rendering and OpenAI response shapes around a BatchWorker."""
 
-    def __init__(self, generator, model_name: str, limits: Limits, api_key: str | None = None,
-                 max_batch_size: int = 8):  # fmt: skip
+    def __init__(self, generator, model_name: str, limits: Limits, api_key: str | None = None, max_batch_size: int = 8):
         self.model_name, self.limits, self.api_key = model_name, limits, api_key
         # The event loop renders prompts with its own tokenizer, so it never shares one with the decoding thread.
         self.tokenizer = copy.deepcopy(generator.tokenizer)
@@ -295,21 +309,27 @@ class ChatServer:
 
     def check_auth(self, request: Request) -> RequestError | None:
         if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
-            return RequestError("missing or wrong API key (send 'Authorization: Bearer <key>')", None,
-                                "invalid_api_key", 401)  # fmt: skip
+            return RequestError(
+                "missing or wrong API key (send 'Authorization: Bearer <key>')", None, "invalid_api_key", 401
+            )
         return None
 
     async def read_json(self, request: Request) -> dict:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
-            raise RequestError(f"request body of {declared} bytes exceeds the limit of {self.limits.max_body_bytes}",
-                               None, "body_too_large", 413)  # fmt: skip
+            raise RequestError(
+                f"request body of {declared} bytes exceeds the limit of {self.limits.max_body_bytes}",
+                None,
+                "body_too_large",
+                413,
+            )
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > self.limits.max_body_bytes:
-                raise RequestError(f"request body exceeds the limit of {self.limits.max_body_bytes} bytes", None,
-                                   "body_too_large", 413)  # fmt: skip
+                raise RequestError(
+                    f"request body exceeds the limit of {self.limits.max_body_bytes} bytes", None, "body_too_large", 413
+                )
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
@@ -324,8 +344,12 @@ class ChatServer:
         if not isinstance(model, str):
             raise _type_error("model", "a string", model)
         if model != self.model_name:
-            raise RequestError(f"model {model!r} is not served here; this server has {self.model_name!r}", "model",
-                               "model_not_found", 404)  # fmt: skip
+            raise RequestError(
+                f"model {model!r} is not served here; this server has {self.model_name!r}",
+                "model",
+                "model_not_found",
+                404,
+            )
         messages = check_messages(body.get("messages"))
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
@@ -350,8 +374,12 @@ class ChatServer:
         prompt_ids = self.render(messages, check_tools(body), check_template_kwargs(body))
         room = (self.max_length or 1 << 62) - len(prompt_ids)
         if max_tokens is not None and max_tokens > room:
-            raise RequestError(f"{len(prompt_ids)} prompt tokens + {max_tokens_name} {max_tokens} exceed the context "
-                               f"of {self.max_length} tokens", max_tokens_name, "context_length_exceeded")  # fmt: skip
+            raise RequestError(
+                f"{len(prompt_ids)} prompt tokens + {max_tokens_name} {max_tokens} exceed the context "
+                f"of {self.max_length} tokens",
+                max_tokens_name,
+                "context_length_exceeded",
+            )
         params["max_new_tokens"] = max_tokens or min(self.limits.default_max_tokens, room)
         if self.worker.jobs.qsize() >= self.limits.max_queue:
             raise RequestError("too many queued requests, retry later", None, "server_busy", 429, "rate_limit_error")
@@ -360,14 +388,18 @@ class ChatServer:
 
     def render(self, messages, tools, template_kwargs) -> list[int]:
         try:
-            ids = self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
-                                                     tokenize=True, return_dict=False, **template_kwargs)  # fmt: skip
+            ids = self.tokenizer.apply_chat_template(
+                messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False, **template_kwargs
+            )
         except Exception as err:  # a template that rejects this conversation (e.g. no user turn)
             raise RequestError(f"the chat template cannot render these messages: {err}", "messages") from err
         limit = min(self.limits.max_prompt_tokens, (self.max_length or 1 << 62) - 1)
         if len(ids) > limit:
-            raise RequestError(f"the prompt has {len(ids)} tokens, more than the limit of {limit}", "messages",
-                               "context_length_exceeded")  # fmt: skip
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens, more than the limit of {limit}",
+                "messages",
+                "context_length_exceeded",
+            )
         return ids
 
     async def chat_completions(self, request: Request):
@@ -461,8 +493,11 @@ class ChatServer:
     @staticmethod
     def usage(job: Job, completion_tokens: int) -> dict:
         prompt = len(job.prompt_ids)
-        return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-                "total_tokens": prompt + completion_tokens}  # fmt: skip
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+        }
 
 
 def parse_args(argv=None):
@@ -485,9 +520,13 @@ def parse_args(argv=None):
 
 def build_server(generator, args) -> ChatServer:
     max_length = generator.max_length or 1 << 31
-    limits = Limits(max_prompt_tokens=args.max_prompt_tokens or max_length - 1, max_tokens=args.max_tokens,
-                    default_max_tokens=args.default_max_tokens, max_body_bytes=args.max_body_bytes,
-                    max_queue=args.max_queue)  # fmt: skip
+    limits = Limits(
+        max_prompt_tokens=args.max_prompt_tokens or max_length - 1,
+        max_tokens=args.max_tokens,
+        default_max_tokens=args.default_max_tokens,
+        max_body_bytes=args.max_body_bytes,
+        max_queue=args.max_queue,
+    )
     name = args.model_name or Path(args.model_dir).resolve().name
     return ChatServer(generator, name, limits, args.api_key, args.max_batch_size)
 

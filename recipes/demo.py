@@ -31,10 +31,10 @@ from recipes.training.callbacks import PLOT_FILE
 from recipes.training.cli import RecipeParser
 from recipes.training.dpo import DPOModelArguments, DPOScriptArguments, DPOTrainingConfig, dpo
 from recipes.training.eval_lm import evaluate_models
-from recipes.training.grpo import GRPOScriptArguments, GRPOTrainingConfig, grpo
 from recipes.training.evaluation import CompletionProbeCallback, read_probes
-from recipes.training.preference import PreferenceScriptArguments
+from recipes.training.grpo import GRPOScriptArguments, GRPOTrainingConfig, grpo
 from recipes.training.ppo import PPOConfig, PPOModelArguments, ppo
+from recipes.training.preference import PreferenceScriptArguments
 from recipes.training.pretraining import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, pretrain
 from recipes.training.reward import RewardModelArguments, RewardTrainingConfig, reward
 from recipes.training.rl import RLModelArguments, RLScriptArguments
@@ -102,15 +102,23 @@ def stage_tokenizer(out: Path, paths: dict, vocab_size: int) -> tuple[dict, Path
 def stage_pretrain(out: Path, paths: dict, tokenizer_dir: Path, max_steps: int | None, seed: int) -> tuple[dict, Path]:
     folder = out / "pretrain"
     argv = [
-        "--config", str(PRETRAIN_RECIPE),
-        "--dataset_name", str(paths["pretrain"]),
-        "--eval_dataset_name", str(paths["eval"] / "pretrain.jsonl"),
-        "--tokenizer_name_or_path", str(tokenizer_dir),
-        "--output_dir", str(folder),
-        "--overwrite_output_dir", "true",
-        "--seed", str(seed),
-        "--report_to", "none",
-    ]  # fmt: skip
+        "--config",
+        str(PRETRAIN_RECIPE),
+        "--dataset_name",
+        str(paths["pretrain"]),
+        "--eval_dataset_name",
+        str(paths["eval"] / "pretrain.jsonl"),
+        "--tokenizer_name_or_path",
+        str(tokenizer_dir),
+        "--output_dir",
+        str(folder),
+        "--overwrite_output_dir",
+        "true",
+        "--seed",
+        str(seed),
+        "--report_to",
+        "none",
+    ]
     if max_steps is not None:
         argv += ["--max_steps", str(max_steps)]
     script_args, training_args, model_args = RecipeParser(
@@ -180,39 +188,64 @@ def run_recipe(argument_classes, argv: list, train, callbacks=None) -> dict:
 
 
 def common_argv(recipe: str, folder: Path, seed: int, steps: int | None) -> list:
-    argv = ["--config", CONFIGS / recipe, "--output_dir", folder, "--overwrite_output_dir", "true", "--seed", seed,
-            "--report_to", "none"]  # fmt: skip
+    argv = [
+        "--config",
+        CONFIGS / recipe,
+        "--output_dir",
+        folder,
+        "--overwrite_output_dir",
+        "true",
+        "--seed",
+        seed,
+        "--report_to",
+        "none",
+    ]
     return argv + (["--max_steps", steps] if steps else [])
 
 
 def run_summary(result: dict, folder: Path) -> dict:
     keep = ("steps", "tokens", "tokens_per_second", "train_loss")
-    summary = {key: round(result[key], 4) if isinstance(result[key], float) else result[key] for key in keep
-               if result.get(key) is not None}  # fmt: skip
+    summary = {
+        key: round(result[key], 4) if isinstance(result[key], float) else result[key]
+        for key in keep
+        if result.get(key) is not None
+    }
     return {**summary, "output_dir": str(folder), "curves": f"{folder.name}/{PLOT_FILE}"}
 
 
 def stage_sft(out: Path, paths: dict, model_dir: Path, seed: int, steps: int) -> tuple[dict, Path]:
     folder = out / "sft"
     argv = common_argv("sft_tiny.yaml", folder, seed, steps) + [
-        "--model_name_or_path", model_dir,
-        "--dataset_name", paths["sft"],
-        "--eval_dataset_name", paths["eval"] / "sft.jsonl",
-        "--chat_eval_dataset", paths["eval"] / "rl.jsonl",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        model_dir,
+        "--dataset_name",
+        paths["sft"],
+        "--eval_dataset_name",
+        paths["eval"] / "sft.jsonl",
+        "--chat_eval_dataset",
+        paths["eval"] / "rl.jsonl",
+    ]
     result = run_recipe((SFTScriptArguments, SFTRecipeConfig, SFTModelArguments), argv, sft)
-    metrics = {**run_summary(result, folder), "before": result["before"], "after": result["after"],
-               "chat_per_family": result["chat_per_family"], "chat_samples": result["chat_samples"]}  # fmt: skip
+    metrics = {
+        **run_summary(result, folder),
+        "before": result["before"],
+        "after": result["after"],
+        "chat_per_family": result["chat_per_family"],
+        "chat_samples": result["chat_samples"],
+    }
     return metrics, folder
 
 
 def stage_reward(out: Path, paths: dict, sft_dir: Path, seed: int, steps: int) -> tuple[dict, Path]:
     folder = out / "reward"
     argv = common_argv("reward_tiny.yaml", folder, seed, steps) + [
-        "--model_name_or_path", sft_dir,
-        "--dataset_name", paths["dpo"],
-        "--eval_dataset_name", paths["eval"] / "dpo.jsonl",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        sft_dir,
+        "--dataset_name",
+        paths["dpo"],
+        "--eval_dataset_name",
+        paths["eval"] / "dpo.jsonl",
+    ]
     result = run_recipe((PreferenceScriptArguments, RewardTrainingConfig, RewardModelArguments), argv, reward)
     return {**run_summary(result, folder), "before": result["before"], "after": result["after"]}, folder
 
@@ -220,19 +253,24 @@ def stage_reward(out: Path, paths: dict, sft_dir: Path, seed: int, steps: int) -
 def stage_dpo(out: Path, paths: dict, sft_dir: Path, seed: int, steps: int) -> tuple[dict, Path]:
     folder = out / "dpo"
     argv = common_argv("dpo_tiny.yaml", folder, seed, steps) + [
-        "--model_name_or_path", sft_dir,
-        "--dataset_name", paths["dpo"],
-        "--eval_dataset_name", paths["eval"] / "dpo.jsonl",
-        "--chat_eval_dataset", paths["eval"] / "rl.jsonl",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        sft_dir,
+        "--dataset_name",
+        paths["dpo"],
+        "--eval_dataset_name",
+        paths["eval"] / "dpo.jsonl",
+        "--chat_eval_dataset",
+        paths["eval"] / "rl.jsonl",
+    ]
     result = run_recipe((DPOScriptArguments, DPOTrainingConfig, DPOModelArguments), argv, dpo)
     return {**run_summary(result, folder), "before": result["before"], "after": result["after"]}, folder
 
 
 def split_samples(result: dict) -> dict:
     """before/after without their sample lists (the report tables hold numbers), and the final samples apart."""
-    numbers = {side: {k: v for k, v in result[side].items() if not isinstance(v, (list, dict))}
-               for side in ("before", "after")}  # fmt: skip
+    numbers = {
+        side: {k: v for k, v in result[side].items() if not isinstance(v, (list, dict))} for side in ("before", "after")
+    }
     samples = result["after"].get("samples") or []
     tool_samples = result["after"].get("tool_samples") or []
     return {**numbers, "chat_samples": samples, **({"tool_samples": tool_samples} if tool_samples else {})}
@@ -241,11 +279,15 @@ def split_samples(result: dict) -> dict:
 def stage_ppo(out: Path, paths: dict, sft_dir: Path, reward_dir: Path, seed: int, steps: int) -> tuple[dict, Path]:
     folder = out / "ppo"
     argv = common_argv("ppo_tiny.yaml", folder, seed, steps) + [
-        "--model_name_or_path", sft_dir,
-        "--reward_model_name_or_path", reward_dir,
-        "--dataset_name", paths["rl"],
-        "--chat_eval_dataset", paths["eval"] / "rl.jsonl",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        sft_dir,
+        "--reward_model_name_or_path",
+        reward_dir,
+        "--dataset_name",
+        paths["rl"],
+        "--chat_eval_dataset",
+        paths["eval"] / "rl.jsonl",
+    ]
     result = run_recipe((RLScriptArguments, PPOConfig, PPOModelArguments), argv, ppo)
     return {**run_summary(result, folder), **split_samples(result)}, folder
 
@@ -256,11 +298,15 @@ def stage_grpo(out: Path, paths: dict, sft_dir: Path, seed: int, steps: int) -> 
     0.7M-parameter demo model cannot (it stops inside the JSON arguments), so the demo trains without it."""
     folder = out / "grpo"
     argv = common_argv("grpo_tiny.yaml", folder, seed, steps) + [
-        "--model_name_or_path", sft_dir,
-        "--dataset_name", paths["rl"],
-        "--chat_eval_dataset", paths["eval"] / "rl.jsonl",
-        "--tool_eval_dataset", paths["eval_rl_tools"],
-    ]  # fmt: skip
+        "--model_name_or_path",
+        sft_dir,
+        "--dataset_name",
+        paths["rl"],
+        "--chat_eval_dataset",
+        paths["eval"] / "rl.jsonl",
+        "--tool_eval_dataset",
+        paths["eval_rl_tools"],
+    ]
     result = run_recipe((GRPOScriptArguments, GRPOTrainingConfig, RLModelArguments), argv, grpo)
     return {**run_summary(result, folder), **split_samples(result)}, folder
 
@@ -339,7 +385,9 @@ def stage_rows(name: str, metrics: dict) -> list[str]:
             before = format_value(metrics["before"].get(key))
             lines.append(f"| {key} | {before} | {format_value(metrics['after'][key])} |")
     if metrics.get("chat_samples"):
-        lines += ["", "Held-out questions, answered greedily after this stage:", ""] + chat_lines(metrics["chat_samples"])
+        lines += ["", "Held-out questions, answered greedily after this stage:", ""] + chat_lines(
+            metrics["chat_samples"]
+        )
     for key, value in metrics.items():
         if isinstance(value, (dict, list)) and key not in ("before", "after", "models", "chat_samples"):
             lines += ["", f"{key}:", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]
@@ -368,8 +416,15 @@ def write_report(out: Path, stages: dict) -> Path:
     report = {"machine": machine(), "stages": stages}
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     total = sum(stage["seconds"] for stage in stages.values())
-    lines = ["# MiniMinds demo report", "", f"{len(stages)} stages in {total:.0f} s on {report['machine']['device']}, "
-             f"{report['machine']['threads']} threads.", "", "| stage | seconds |", "| --- | ---: |"]  # fmt: skip
+    lines = [
+        "# MiniMinds demo report",
+        "",
+        f"{len(stages)} stages in {total:.0f} s on {report['machine']['device']}, "
+        f"{report['machine']['threads']} threads.",
+        "",
+        "| stage | seconds |",
+        "| --- | ---: |",
+    ]
     lines += [f"| {name} | {metrics['seconds']} |" for name, metrics in stages.items()]
     lines += ["", "What the metrics mean:", ""] + [f"- {key}: {meaning}" for key, meaning in METRIC_MEANINGS.items()]
     lines.append("")

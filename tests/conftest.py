@@ -82,10 +82,19 @@ def train_tiny_sft(corpus, tokenizer_dir, out, steps: int):
     model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer)))
     data = Dataset.from_list([{"messages": r["conversations"]} for r in read_jsonl(corpus["sft"])])
     args = SFTStageConfig(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, learning_rate=3e-3, max_length=128,
-        assistant_only_loss=True, save_strategy="no", logging_steps=10, report_to="none", disable_tqdm=True,
-        use_cpu=True, seed=0,
-    )  # fmt: skip
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        max_length=128,
+        assistant_only_loss=True,
+        save_strategy="no",
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
     trainer = SFTStageTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.train()
     save_final_model(trainer, tokenizer)
@@ -119,9 +128,24 @@ def tiny_reward_folder(tiny_sft_folder, tiny_corpus, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("rl-reward")
     config = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "reward_tiny.yaml"
-    argv = ["--config", str(config), "--model_name_or_path", str(tiny_sft_folder), "--dataset_name",
-            str(tiny_corpus["dpo"]), "--output_dir", str(out), "--max_steps", "30", "--report_to", "none",
-            "--disable_tqdm", "true", "--eval_strategy", "no"]  # fmt: skip
+    argv = [
+        "--config",
+        str(config),
+        "--model_name_or_path",
+        str(tiny_sft_folder),
+        "--dataset_name",
+        str(tiny_corpus["dpo"]),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "30",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--eval_strategy",
+        "no",
+    ]
     parser = RecipeParser((PreferenceScriptArguments, RewardTrainingConfig, RewardModelArguments))
     reward(*parser.parse_args_and_config(argv))
     return out

@@ -36,8 +36,10 @@ def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
 
 
 TIMEOUT = 60  # seconds any single request may take on a busy CI machine
-SCRIPTED_REPLY = '<think>\nThe user wants weather.\n</think>\n\nChecking.\n<tool_call>\n{"name": "get_weather", ' \
-                 '"arguments": {"city": "Paris"}}\n</tool_call>'  # fmt: skip
+SCRIPTED_REPLY = (
+    '<think>\nThe user wants weather.\n</think>\n\nChecking.\n<tool_call>\n{"name": "get_weather", '
+    '"arguments": {"city": "Paris"}}\n</tool_call>'
+)
 
 
 class ScriptedGenerator:
@@ -99,5 +101,6 @@ def raw_request(served, method, path, body=b"", headers=None):
     response = connection.getresponse()
     text = response.read().decode()
     connection.close()
-    return response.status, (json.loads(text) if response.getheader("content-type", "").startswith("application/json")
-                             else text)  # fmt: skip
+    return response.status, (
+        json.loads(text) if response.getheader("content-type", "").startswith("application/json") else text
+    )

@@ -49,12 +49,16 @@ def folders(tiny_tokenizer_dir, tmp_path_factory):
         ("<think>\nadd them\n</think>\n\nThe answer is 5.", "The answer is 5.", "add them", []),
         ("<think>\ncut off mid-thought", "", "cut off mid-thought", []),
         (f"Let me check.\n<tool_call>\n{TOOL_JSON}\n</tool_call>", "Let me check.", None, ["get_weather"]),
-        (f"<tool_call>\n{TOOL_JSON}\n</tool_call>\n<tool_call>\n{TOOL_JSON}\n</tool_call>", "", None,
-         ["get_weather", "get_weather"]),
+        (
+            f"<tool_call>\n{TOOL_JSON}\n</tool_call>\n<tool_call>\n{TOOL_JSON}\n</tool_call>",
+            "",
+            None,
+            ["get_weather", "get_weather"],
+        ),
         ("a <tool_call>\nnot json\n</tool_call> b", "a <tool_call>\nnot json\n</tool_call> b", None, []),
         ("no tags <thin", "no tags <thin", None, []),
     ],
-)  # fmt: skip
+)
 def test_reply_parts_are_the_same_streamed_character_by_character_or_whole(text, content, reasoning, calls):
     reply = parse_reply(text)
     assert (reply.content, reply.reasoning_content) == (content, reasoning)
@@ -104,8 +108,9 @@ class Terminal(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize("out, shown", [(io.StringIO(), "add them\nIt is 5.\n"),
-                                        (Terminal(), "\033[2madd them\033[0m\nIt is 5.\n")])  # fmt: skip
+@pytest.mark.parametrize(
+    "out, shown", [(io.StringIO(), "add them\nIt is 5.\n"), (Terminal(), "\033[2madd them\033[0m\nIt is 5.\n")]
+)
 def test_thinking_is_shown_apart_and_kept_out_of_the_history(out, shown):
     chat = Chat(ThinkingGenerator(), GREEDY, thinking=True, out=out)
     chat.reply("2+3?")

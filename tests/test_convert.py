@@ -75,23 +75,41 @@ def upstream_checkpoint(tmp_path, config_overrides):
     """An upstream-style checkpoint: `torch.save(model.state_dict())` (tied lm_head included) and its config."""
     model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=6400, **config_overrides)).eval()
     torch.save(model.state_dict(), tmp_path / "full_sft.pth")
-    config = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "vocab_size": 6400, "rope_theta": 1e6, "flash_attn": True, **config_overrides}  # fmt: skip
+    config = {
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 6400,
+        "rope_theta": 1e6,
+        "flash_attn": True,
+        **config_overrides,
+    }
     (tmp_path / "upstream_config.json").write_text(json.dumps(config))
     return model
 
 
-@pytest.mark.skipif(not UPSTREAM_TOKENIZER.is_dir(), reason="upstream MiniMind tokenizer folder (../shared) not present")
+@pytest.mark.skipif(
+    not UPSTREAM_TOKENIZER.is_dir(), reason="upstream MiniMind tokenizer folder (../shared) not present"
+)
 def test_upstream_checkpoint_imports_and_chats_with_upstream_tokenizer(tmp_path):
     source = upstream_checkpoint(tmp_path, {})
-    argv = ["from-upstream", str(tmp_path / "full_sft.pth"), str(tmp_path / "out"),
-            "--config", str(tmp_path / "upstream_config.json"), "--tokenizer", str(UPSTREAM_TOKENIZER)]  # fmt: skip
+    argv = [
+        "from-upstream",
+        str(tmp_path / "full_sft.pth"),
+        str(tmp_path / "out"),
+        "--config",
+        str(tmp_path / "upstream_config.json"),
+        "--tokenizer",
+        str(UPSTREAM_TOKENIZER),
+    ]
     assert main(argv) == 0
     imported = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True)
     torch.testing.assert_close(logits(imported), logits(source))
     tokenizer = load_tokenizer(tmp_path / "out")
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)  # fmt: skip
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "你好"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     reply = imported.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert reply.shape[1] > prompt["input_ids"].shape[1]
 
@@ -102,8 +120,13 @@ def test_upstream_checkpoint_with_missing_or_extra_tensors_is_refused(tmp_path, 
     state["model.layers.9.mlp.gate_proj.weight"] = torch.zeros(1)
     del state["model.norm.weight"]
     torch.save(state, tmp_path / "bad.pth")
-    argv = ["from-upstream", str(tmp_path / "bad.pth"), str(tmp_path / "out"), "--config",
-            str(tmp_path / "upstream_config.json")]  # fmt: skip
+    argv = [
+        "from-upstream",
+        str(tmp_path / "bad.pth"),
+        str(tmp_path / "out"),
+        "--config",
+        str(tmp_path / "upstream_config.json"),
+    ]
     assert main(argv) == 1
     error = capsys.readouterr().err
     assert "missing ['model.norm.weight']" in error and "unexpected ['model.layers.9.mlp.gate_proj.weight']" in error
@@ -111,7 +134,11 @@ def test_upstream_checkpoint_with_missing_or_extra_tensors_is_refused(tmp_path, 
 
 def test_cli_runs_as_a_module(tmp_path):
     saved_model(tmp_path / "mm")
-    done = subprocess.run([sys.executable, "-m", "modeling_miniminds.convert", "to-qwen3", str(tmp_path / "mm"),
-                           str(tmp_path / "q")], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "modeling_miniminds.convert", "to-qwen3", str(tmp_path / "mm"), str(tmp_path / "q")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "RuntimeWarning" not in done.stderr

@@ -8,8 +8,7 @@ import pytest
 from data_process import dedup, text
 from data_process.dedup import DedupConfig, dedup_jsonl, main
 
-WORDS = ("river mountain quiet library orange planet window garden music teacher thunder lantern "
-         "bridge silver forest engine harbor pencil candle meadow").split()  # fmt: skip
+WORDS = ["river", "mountain", "quiet", "library", "orange", "planet", "window", "garden", "music", "teacher", "thunder", "lantern", "bridge", "silver", "forest", "engine", "harbor", "pencil", "candle", "meadow"]
 ZH = "春夏秋冬山水花鸟风云雨雪日月星辰江河湖海天地人和东南西北古今中外上下左右"
 
 

@@ -9,8 +9,14 @@ from data_process.io import DataError
 from data_process.render import main, render_jsonl, render_record
 from modeling_miniminds.tokenizer import load_tokenizer
 
-CALCULATOR = {"type": "function", "function": {"name": "calculator", "description": "Evaluate arithmetic",
-              "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}  # fmt: skip
+CALCULATOR = {
+    "type": "function",
+    "function": {
+        "name": "calculator",
+        "description": "Evaluate arithmetic",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
+    },
+}
 CONVERSATION = [{"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "5"}]
 
 

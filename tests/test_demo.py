@@ -8,8 +8,20 @@ from recipes.demo import main
 
 
 def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path):
-    main(["--output_dir", str(tmp_path), "--size", "tiny", "--vocab_size", "512", "--max_steps", "40",
-          "--stage_steps", "4"])  # fmt: skip
+    main(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--size",
+            "tiny",
+            "--vocab_size",
+            "512",
+            "--max_steps",
+            "40",
+            "--stage_steps",
+            "4",
+        ]
+    )
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     stages = report["stages"]
     assert list(stages) == ["corpus", "tokenizer", "pretrain", "model", "sft", "reward", "dpo", "ppo", "grpo", "eval"]

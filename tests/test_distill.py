@@ -33,12 +33,23 @@ STUDENT_SHAPE = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_hea
 
 def common_flags(corpus, output_dir, steps):
     return [
-        "--dataset_name", str(corpus["pretrain"]),
-        "--eval_dataset_name", str(Path(corpus["eval"]) / "pretrain.jsonl"),
-        "--output_dir", str(output_dir),
-        "--max_steps", str(steps), "--eval_steps", str(steps), "--save_strategy", "no",
-        "--disable_tqdm", "true", "--report_to", "none",
-    ]  # fmt: skip
+        "--dataset_name",
+        str(corpus["pretrain"]),
+        "--eval_dataset_name",
+        str(Path(corpus["eval"]) / "pretrain.jsonl"),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(steps),
+        "--eval_steps",
+        str(steps),
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+    ]
 
 
 def save_config(folder, **shape):
@@ -52,10 +63,14 @@ def teacher(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher")
     parser = RecipeParser((PretrainScriptArguments, PretrainConfig, PretrainModelArguments))
     argv = [
-        "--config", str(PRETRAIN_RECIPE), *common_flags(tiny_corpus, root / "model", TEACHER_STEPS),
-        "--tokenizer_name_or_path", str(tiny_tokenizer_dir), "--model_config", str(save_config(root / "config",
-        **TEACHER_SHAPE)),
-    ]  # fmt: skip
+        "--config",
+        str(PRETRAIN_RECIPE),
+        *common_flags(tiny_corpus, root / "model", TEACHER_STEPS),
+        "--tokenizer_name_or_path",
+        str(tiny_tokenizer_dir),
+        "--model_config",
+        str(save_config(root / "config", **TEACHER_SHAPE)),
+    ]
     result = pretrain(*parser.parse_args_and_config(argv))
     return root / "model", result["eval_loss"]
 
@@ -67,9 +82,15 @@ def student_config(tmp_path_factory):
 
 def run_student(corpus, teacher_dir, student_config, output_dir, *overrides):
     argv = [
-        "--config", str(DISTILL_RECIPE), *common_flags(corpus, output_dir, STUDENT_STEPS),
-        "--teacher_name_or_path", str(teacher_dir), "--model_config", str(student_config), *overrides,
-    ]  # fmt: skip
+        "--config",
+        str(DISTILL_RECIPE),
+        *common_flags(corpus, output_dir, STUDENT_STEPS),
+        "--teacher_name_or_path",
+        str(teacher_dir),
+        "--model_config",
+        str(student_config),
+        *overrides,
+    ]
     return main(*make_parser().parse_args_and_config(argv))
 
 
@@ -99,9 +120,14 @@ def test_loss_mixes_ce_and_kl_over_target_tokens_and_leaves_teacher_frozen(tmp_p
     teacher = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=64))
     alpha, temperature = 0.3, 2.0
     args = DistillConfig(
-        output_dir=str(tmp_path), report_to="none", disable_tqdm=True, eval_strategy="no", eval_on_start=False,
-        alpha=alpha, temperature=temperature,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        report_to="none",
+        disable_tqdm=True,
+        eval_strategy="no",
+        eval_on_start=False,
+        alpha=alpha,
+        temperature=temperature,
+    )
     trainer = DistillTrainer(model=student, teacher=teacher, args=args, data_collator=PackedBlockCollator())
     rows = [{"input_ids": torch.randint(3, 64, (12,)).tolist(), "position_ids": [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]}]
     inputs = PackedBlockCollator()(rows * 2)
@@ -181,11 +207,27 @@ def test_interrupted_then_resumed_distillation_matches_uninterrupted(
 
     def run(output_dir, *extra, callbacks=None):
         argv = [
-            "--config", str(DISTILL_RECIPE), *common_flags(tiny_corpus, output_dir, 6), "--save_steps", "3",
-            "--save_strategy", "steps", "--eval_strategy", "no", "--logging_steps", "1", "--block_size", "64",
-            "--per_device_train_batch_size", "4", "--teacher_name_or_path", str(teacher_dir),
-            "--model_config", str(student_config), *extra,
-        ]  # fmt: skip
+            "--config",
+            str(DISTILL_RECIPE),
+            *common_flags(tiny_corpus, output_dir, 6),
+            "--save_steps",
+            "3",
+            "--save_strategy",
+            "steps",
+            "--eval_strategy",
+            "no",
+            "--logging_steps",
+            "1",
+            "--block_size",
+            "64",
+            "--per_device_train_batch_size",
+            "4",
+            "--teacher_name_or_path",
+            str(teacher_dir),
+            "--model_config",
+            str(student_config),
+            *extra,
+        ]
         main(*make_parser().parse_args_and_config(argv), callbacks=callbacks)
         history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
         return {h["step"]: (h["loss"], h["kl_loss"]) for h in history if "loss" in h}
@@ -225,9 +267,12 @@ def test_vocabulary_mismatch_fails_before_training(case, tmp_path, tiny_corpus, 
     elif case == "other tokenizer":
         teacher_dir = request.getfixturevalue("other_tokenizer_teacher")
     argv = [
-        "--config", str(DISTILL_RECIPE), *common_flags(tiny_corpus, tmp_path / "run", 2),
-        "--tokenizer_name_or_path", str(tiny_tokenizer_dir),
-    ]  # fmt: skip
+        "--config",
+        str(DISTILL_RECIPE),
+        *common_flags(tiny_corpus, tmp_path / "run", 2),
+        "--tokenizer_name_or_path",
+        str(tiny_tokenizer_dir),
+    ]
     if case != "no teacher":
         argv += ["--teacher_name_or_path", str(teacher_dir)]
     with pytest.raises(ValueError, match=MISMATCHES[case]):

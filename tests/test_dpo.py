@@ -38,15 +38,26 @@ def sft_folder(quick_sft_folder):
 
 def recipe_args(model, corpus, out, *overrides, held_out=True):
     argv = [
-        "--config", str(REPO / "recipes" / "configs" / "dpo_tiny.yaml"),
-        "--model_name_or_path", str(model),
-        "--dataset_name", str(corpus["dpo"]),
-        "--output_dir", str(out),
-        "--report_to", "none", "--disable_tqdm", "true",
-    ]  # fmt: skip
+        "--config",
+        str(REPO / "recipes" / "configs" / "dpo_tiny.yaml"),
+        "--model_name_or_path",
+        str(model),
+        "--dataset_name",
+        str(corpus["dpo"]),
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     if held_out:
-        argv += ["--eval_dataset_name", str(Path(corpus["eval"]) / "dpo.jsonl"),
-                 "--chat_eval_dataset", str(Path(corpus["eval"]) / "rl.jsonl")]  # fmt: skip
+        argv += [
+            "--eval_dataset_name",
+            str(Path(corpus["eval"]) / "dpo.jsonl"),
+            "--chat_eval_dataset",
+            str(Path(corpus["eval"]) / "rl.jsonl"),
+        ]
     return make_parser().parse_args_and_config(argv + list(map(str, overrides)))
 
 
@@ -70,8 +81,11 @@ def test_dpo_raises_held_out_preference_and_reports_task_accuracy(trained, sft_f
     assert result["task_regression_warning"] is None and result["stuck_loss_warning"] is None
 
     saved = json.loads((out / "eval_results.json").read_text())
-    assert saved["eval_preference_accuracy"] == after["preference_accuracy"] == pytest.approx(
-        saved["eval_rewards/accuracies"], abs=1e-4)  # fmt: skip
+    assert (
+        saved["eval_preference_accuracy"]
+        == after["preference_accuracy"]
+        == pytest.approx(saved["eval_rewards/accuracies"], abs=1e-4)
+    )
     assert saved["eval_margin"] == after["margin"] and saved["eval_task_accuracy"] == after["task_accuracy"]
     assert "eval_preference_accuracy" in json.loads((out / "all_results.json").read_text())
     evals = [r for r in read_metrics(out / METRICS_FILE) if "eval_loss" in r]
@@ -143,9 +157,13 @@ def test_loss_stuck_at_log_2_is_reported_with_its_cause(cause, sft_folder, tiny_
         expected = "the learning rate is 0, so the policy stays equal to the reference"
     else:
         shared = "Let me think about this step by step, carefully, before I answer the question. "
-        pairs = [{"chosen": [USER, {"role": "assistant", "content": f"{shared}Answer: {n}"}],
-                  "rejected": [USER, {"role": "assistant", "content": f"{shared}Answer: {n + 1}"}]}
-                 for n in range(16)]  # fmt: skip
+        pairs = [
+            {
+                "chosen": [USER, {"role": "assistant", "content": f"{shared}Answer: {n}"}],
+                "rejected": [USER, {"role": "assistant", "content": f"{shared}Answer: {n + 1}"}],
+            }
+            for n in range(16)
+        ]
         corpus["dpo"] = write_pairs(tmp_path / "pairs.jsonl", pairs)
         flags += ["--max_length", 32]
         expected = "16 of 16 training pairs have identical chosen and rejected tokens once cut to max_length=32"
@@ -158,16 +176,37 @@ def test_loss_stuck_at_log_2_is_reported_with_its_cause(cause, sft_folder, tiny_
 
 def dpo_cli(*argv):
     command = [sys.executable, str(REPO / "recipes" / "dpo.py"), *map(str, argv)]
-    return subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    return subprocess.run(
+        command,
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def test_bad_pairs_fail_at_file_line_or_are_skipped_and_counted(sft_folder, tmp_path):
     good = {"chosen": [USER, GOOD], "rejected": [USER, BAD]}
-    data = write_pairs(tmp_path / "pairs.jsonl",
-                       [good] * 8 + [{"chosen": [USER, GOOD]}, {"chosen": [USER, GOOD], "rejected": [USER, GOOD]}])  # fmt: skip
-    base = ["--config", REPO / "recipes" / "configs" / "dpo_tiny.yaml", "--model_name_or_path", sft_folder,
-            "--dataset_name", data, "--output_dir", tmp_path / "out", "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
+    data = write_pairs(
+        tmp_path / "pairs.jsonl",
+        [good] * 8 + [{"chosen": [USER, GOOD]}, {"chosen": [USER, GOOD], "rejected": [USER, GOOD]}],
+    )
+    base = [
+        "--config",
+        REPO / "recipes" / "configs" / "dpo_tiny.yaml",
+        "--model_name_or_path",
+        sft_folder,
+        "--dataset_name",
+        data,
+        "--output_dir",
+        tmp_path / "out",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
 
     failed = dpo_cli(*base)
     lines = failed.stderr.strip().splitlines()
@@ -175,11 +214,23 @@ def test_bad_pairs_fail_at_file_line_or_are_skipped_and_counted(sft_folder, tmp_
     assert lines[-1] == f"error: {data}:9: field 'rejected': missing (keys: chosen)"
 
     # The loss, beta and a precomputed reference come from the command line as well.
-    done = dpo_cli(*base, "--skip_bad", "true", "--max_steps", 1, "--loss_type", "ipo", "--beta", 0.5,
-                   "--precompute_ref_log_probs", "true")  # fmt: skip
+    done = dpo_cli(
+        *base,
+        "--skip_bad",
+        "true",
+        "--max_steps",
+        1,
+        "--loss_type",
+        "ipo",
+        "--beta",
+        0.5,
+        "--precompute_ref_log_probs",
+        "true",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"skipped 2 bad preference pairs, written with their reasons to {tmp_path / 'out' / REJECTED_FILE}" in (
-        done.stderr)  # fmt: skip
+        done.stderr
+    )
     rejected = list(read_jsonl(tmp_path / "out" / REJECTED_FILE))
     assert [(r["line"], r["reason"]) for r in rejected] == [
         (9, "field 'rejected': missing (keys: chosen)"),
@@ -195,14 +246,44 @@ def test_two_process_zero3_run_trains_and_saves_a_loadable_model(sft_folder, tin
     generates on both processes (synced) and the final model is gathered into one file."""
     out = tmp_path / "run"
     command = [
-        BIN / "accelerate", "launch", "--config_file", "ds_configs/zero3.yaml", "--num_processes", "2",
-        "--main_process_port", free_port(), "recipes/dpo.py",
-        "--config", "recipes/configs/dpo_tiny.yaml", "--model_name_or_path", sft_folder,
-        "--dataset_name", tiny_corpus["dpo"], "--eval_dataset_name", Path(tiny_corpus["eval"]) / "dpo.jsonl",
-        "--max_eval_pairs", 8, "--chat_eval_dataset", Path(tiny_corpus["eval"]) / "rl.jsonl", "--chat_eval_samples", 4,
-        "--output_dir", out, "--max_steps", 2, "--save_steps", 2, "--logging_steps", 1, "--use_cpu", "true",
-        "--report_to", "none", "--disable_tqdm", "true",
-    ]  # fmt: skip
+        BIN / "accelerate",
+        "launch",
+        "--config_file",
+        "ds_configs/zero3.yaml",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        free_port(),
+        "recipes/dpo.py",
+        "--config",
+        "recipes/configs/dpo_tiny.yaml",
+        "--model_name_or_path",
+        sft_folder,
+        "--dataset_name",
+        tiny_corpus["dpo"],
+        "--eval_dataset_name",
+        Path(tiny_corpus["eval"]) / "dpo.jsonl",
+        "--max_eval_pairs",
+        8,
+        "--chat_eval_dataset",
+        Path(tiny_corpus["eval"]) / "rl.jsonl",
+        "--chat_eval_samples",
+        4,
+        "--output_dir",
+        out,
+        "--max_steps",
+        2,
+        "--save_steps",
+        2,
+        "--logging_steps",
+        1,
+        "--use_cpu",
+        "true",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         list(map(str, command)), check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=480

@@ -53,9 +53,14 @@ def model_dir(tiny_tokenizer_dir, tmp_path_factory):
 
     tokenizer = load_tokenizer(tiny_tokenizer_dir)
     torch.manual_seed(0)
-    config = get_config("minimind-tiny", vocab_size=len(tokenizer), initializer_range=0.5,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = get_config(
+        "minimind-tiny",
+        vocab_size=len(tokenizer),
+        initializer_range=0.5,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     folder = tmp_path_factory.mktemp("model") / "tiny-random"
     MiniMindForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -188,8 +193,11 @@ def test_letters_style_lists_the_choices_and_scores_the_letters(loaded):
 
 def test_k_shot_prompts_hold_exactly_k_dev_examples_of_the_same_subject(loaded):
     _, tokenizer = loaded
-    dev = [Question(subject, f"{subject} example {i}?", ("w", "x", "y", "z"), i % 4)
-           for subject in ("sea", "sky") for i in range(5)]  # fmt: skip
+    dev = [
+        Question(subject, f"{subject} example {i}?", ("w", "x", "y", "z"), i % 4)
+        for subject in ("sea", "sky")
+        for i in range(5)
+    ]
     question = blue_at(0, 0, "sky")
     shots = fewshot_examples([question], dev, num_fewshot=3)
     blocks = fewshot_context(question, shots["sky"], "cloze").split("\n\n")
@@ -290,14 +298,35 @@ def test_lm_eval_harness_agrees_on_the_same_items(model_dir, loaded, tiny_corpus
     lm_eval_task("miniminds_bpb", "t_bpb", {"test": text_file}, tasks)
     lm_eval_task("miniminds_mc", "t_mc", {"test": paths["mc"], "dev": paths["mc_dev"]}, tasks)
     lm_eval_task("miniminds_mc_letters", "t_letters", {"test": paths["mc"], "dev": paths["mc_dev"]}, tasks)
-    lm_eval_task("miniminds_mc", "t_mc_2shot", {"test": one_subject["mc"], "dev": one_subject["mc_dev"]}, tasks,
-                 num_fewshot=2)  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")}  # fmt: skip
-    command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
-               f"pretrained={model_dir},trust_remote_code=True,dtype=float32,max_length=48", "--include_path",
-               str(tasks), "--tasks", "t_bpb,t_mc,t_letters,t_mc_2shot", "--device", "cpu", "--batch_size", "8",
-               "--output_path", str(tmp_path / "lm_eval_out")]  # fmt: skip
+    lm_eval_task(
+        "miniminds_mc", "t_mc_2shot", {"test": one_subject["mc"], "dev": one_subject["mc_dev"]}, tasks, num_fewshot=2
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model_dir},trust_remote_code=True,dtype=float32,max_length=48",
+        "--include_path",
+        str(tasks),
+        "--tasks",
+        "t_bpb,t_mc,t_letters,t_mc_2shot",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "8",
+        "--output_path",
+        str(tmp_path / "lm_eval_out"),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     (results_file,) = (tmp_path / "lm_eval_out").rglob("results_*.json")
@@ -335,8 +364,9 @@ def error_line(stderr: str) -> str:
 
 def test_cli_missing_model_folder_is_one_error_line(tiny_corpus, tmp_path):
     text_file = Path(tiny_corpus["eval"]) / "pretrain.jsonl"
-    done = eval_cli("--model_name_or_path", tmp_path / "pretrian", "--text_files", text_file, "--output_dir",
-                    tmp_path / "out")  # fmt: skip
+    done = eval_cli(
+        "--model_name_or_path", tmp_path / "pretrian", "--text_files", text_file, "--output_dir", tmp_path / "out"
+    )
     assert done.returncode == 1
     assert error_line(done.stderr) == f"error: model {tmp_path / 'pretrian'}: no such file or folder"
 
@@ -362,8 +392,13 @@ def test_cli_user_mistakes_are_one_error_line(model_dir, tmp_path, capsys, flags
     paths = write_builtin_mc(tmp_path, count=4, per_subject=1)
     fill = {"tmp": tmp_path, "mc": paths["mc"]}
     with pytest.raises(SystemExit) as exit_info:
-        run_main("--model_name_or_path", model_dir, "--output_dir", tmp_path / "out",
-                 *[flag.format(**fill) for flag in flags])  # fmt: skip
+        run_main(
+            "--model_name_or_path",
+            model_dir,
+            "--output_dir",
+            tmp_path / "out",
+            *[flag.format(**fill) for flag in flags],
+        )
     assert exit_info.value.code == 1
     assert error_line(capsys.readouterr().err) == message.format(**fill)
 
@@ -379,9 +414,25 @@ def test_two_models_give_one_table_one_chart_and_appended_results(model_dir, tin
     log = tmp_path / "runs.jsonl"
     log.write_text('{"earlier": "run"}\n', encoding="utf-8")
     out = tmp_path / "out"
-    run_main("--model_name_or_path", model_dir, second, "--text_files", Path(tiny_corpus["eval"]) / "pretrain.jsonl",
-             "--max_docs", 5, "--mc_files", paths["mc"], "--chat_files", Path(tiny_corpus["eval"]) / "rl.jsonl",
-             "--max_new_tokens", 4, "--output_dir", out, "--results_file", log)  # fmt: skip
+    run_main(
+        "--model_name_or_path",
+        model_dir,
+        second,
+        "--text_files",
+        Path(tiny_corpus["eval"]) / "pretrain.jsonl",
+        "--max_docs",
+        5,
+        "--mc_files",
+        paths["mc"],
+        "--chat_files",
+        Path(tiny_corpus["eval"]) / "rl.jsonl",
+        "--max_new_tokens",
+        4,
+        "--output_dir",
+        out,
+        "--results_file",
+        log,
+    )
     results = json.loads((out / "eval_results.json").read_text(encoding="utf-8"))
     assert list(results["models"]) == ["tiny-random", "second"]
     first_bpb, second_bpb = (m["bits_per_byte"]["pretrain.jsonl"] for m in results["models"].values())

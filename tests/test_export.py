@@ -55,9 +55,15 @@ def test_project_and_upstream_tokenizers_map_to_llama_cpp_gpt2(tiny_tokenizer_di
     assert llama_cpp_pre_tokenizer(tiny_tokenizer_dir / "tokenizer.json") == "gpt-2"
     if UPSTREAM_TOKENIZER.is_dir():
         assert llama_cpp_pre_tokenizer(UPSTREAM_TOKENIZER / "tokenizer.json") == "gpt-2"
-    split = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": r"\p{N}"}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}}  # fmt: skip
+    split = {
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": r"\p{N}"}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            ],
+        }
+    }
     (tmp_path / "tokenizer.json").write_text(json.dumps(split))
     assert llama_cpp_pre_tokenizer(tmp_path / "tokenizer.json") is None
 
@@ -77,13 +83,15 @@ def test_portable_chat_template_renders_the_same_text(tiny_tokenizer_dir):
     original = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     portable = portable_chat_template(tokenizer.chat_template)
     assert "{%- generation %}" not in portable and "endgeneration" not in portable
-    assert tokenizer.apply_chat_template(conversation, chat_template=portable, tokenize=False,
-                                         add_generation_prompt=True) == original  # fmt: skip
+    assert (
+        tokenizer.apply_chat_template(conversation, chat_template=portable, tokenize=False, add_generation_prompt=True)
+        == original
+    )
 
 
 # -- the converter, located and patched ---------------------------------------------------------------------------
 
-FAKE_TEXT_MODEL = '''
+FAKE_TEXT_MODEL = """
 from hashlib import sha256
 
 
@@ -92,8 +100,8 @@ class TextModel:
         chktxt = "Hello world 123 \\u4f60\\u597d"
         chkhsh = sha256(str(tokenizer.encode(chktxt)).encode()).hexdigest()
         raise NotImplementedError(f"BPE pre-tokenizer was not recognized: {chkhsh}")
-'''
-FAKE_MAIN = '''
+"""
+FAKE_MAIN = """
 import sys
 from pathlib import Path
 
@@ -114,7 +122,7 @@ def main():
     except NotImplementedError:
         other = "unknown"
     out.write_text(answer + " " + other)
-'''
+"""
 
 
 def fake_llama_cpp(root: Path, layout: str) -> Path:
@@ -195,10 +203,16 @@ def demo_like_run(tmp_path, tiny_tokenizer_dir) -> tuple[Path, MiniMindForCausal
     """runs/demo's shape: report.json above the stage folder, all_results.json inside it."""
     folder = tmp_path / "demo" / "sft"
     model = saved_model(folder, tiny_tokenizer_dir)
-    report = {"stages": {
-        "corpus": {"seconds": 1.0, "size": "tiny", "records": {"pretrain": 300, "sft": 120}},
-        "sft": {"seconds": 106.0, "before": {"eval_loss": 8.52}, "after": {"eval_loss": 2.04, "task_accuracy": 0.061}},
-    }}  # fmt: skip
+    report = {
+        "stages": {
+            "corpus": {"seconds": 1.0, "size": "tiny", "records": {"pretrain": 300, "sft": 120}},
+            "sft": {
+                "seconds": 106.0,
+                "before": {"eval_loss": 8.52},
+                "after": {"eval_loss": 2.04, "task_accuracy": 0.061},
+            },
+        }
+    }
     (tmp_path / "demo" / "report.json").write_text(json.dumps(report))
     (folder / "all_results.json").write_text(json.dumps({"train_loss": 3.25, "eval_loss": 2.04}))
     return folder, model
@@ -316,13 +330,18 @@ def test_f16_gguf_greedy_ids_equal_transformers(exported):
     tokenizer = load_tokenizer(tmp / "mm")
     model = AutoModelForCausalLM.from_pretrained(tmp / "mm", trust_remote_code=True, dtype=torch.float32).eval()
     prompt = tokenizer(PROMPT)["input_ids"]
-    hf_new = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW_TOKENS)[0, len(prompt):]
+    hf_new = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW_TOKENS)[0, len(prompt) :]
 
-    llama = llama_cpp.Llama(model_path=str(tmp / "out" / "mm-f16.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    llama = llama_cpp.Llama(
+        model_path=str(tmp / "out" / "mm-f16.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False
+    )
     text = "Hello world: 12 + 7 = 19, isn't it?  Yes.\n\n你好，世界"
     assert llama.tokenize(text.encode(), add_bos=False, special=False) == tokenizer(text)["input_ids"]
-    eos = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-              else [model.generation_config.eos_token_id])  # fmt: skip
+    eos = set(
+        model.generation_config.eos_token_id
+        if isinstance(model.generation_config.eos_token_id, list)
+        else [model.generation_config.eos_token_id]
+    )
     assert llama_greedy(llama, prompt, eos) == hf_new.tolist()
     assert llama.metadata["tokenizer.ggml.pre"] == "gpt-2"
     llama.close()
@@ -334,7 +353,9 @@ def test_q8_0_gguf_is_smaller_and_generates(exported):
     llama_cpp, tmp = exported
     f16, q8 = (os.path.getsize(tmp / "out" / f"mm-{outtype}.gguf") for outtype in ("f16", "q8_0"))
     assert q8 < f16
-    llama = llama_cpp.Llama(model_path=str(tmp / "out" / "mm-q8_0.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    llama = llama_cpp.Llama(
+        model_path=str(tmp / "out" / "mm-q8_0.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False
+    )
     prompt = load_tokenizer(tmp / "mm")(PROMPT)["input_ids"]
     assert len(llama_greedy(llama, prompt, eos=set())) == NEW_TOKENS
     # llama-cpp-python renders the chat template stored in the file (its Jinja has no `{% generation %}`)
@@ -347,22 +368,32 @@ def test_q8_0_gguf_is_smaller_and_generates(exported):
 def test_moe_without_shared_experts_exports_through_qwen3_moe(tiny_tokenizer_dir, tmp_path):
     """llama.cpp converts Qwen3-MoE, so a MoE that `to-qwen3` takes goes through; the greedy ids must match too."""
     llama_cpp, root = llama_cpp_or_skip()
-    saved_model(tmp_path / "moe", tiny_tokenizer_dir, use_moe=True, num_experts=4, num_experts_per_tok=2,
-                n_shared_experts=0, norm_topk_prob=True)  # fmt: skip
+    saved_model(
+        tmp_path / "moe",
+        tiny_tokenizer_dir,
+        use_moe=True,
+        num_experts=4,
+        num_experts_per_tok=2,
+        n_shared_experts=0,
+        norm_topk_prob=True,
+    )
     assert main(["to-gguf", str(tmp_path / "moe"), str(tmp_path / "moe.gguf"), "--llama_cpp", str(root)]) == 0
     tokenizer = load_tokenizer(tmp_path / "moe")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "moe", trust_remote_code=True, dtype=torch.float32)
     prompt = tokenizer(PROMPT)["input_ids"]
-    hf_new = model.eval().generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW_TOKENS)[0, len(prompt):]
-    llama = llama_cpp.Llama(model_path=str(tmp_path / "moe.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    hf_new = model.eval().generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW_TOKENS)[0, len(prompt) :]
+    llama = llama_cpp.Llama(
+        model_path=str(tmp_path / "moe.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False
+    )
     assert llama_greedy(llama, prompt, {2}) == hf_new.tolist()
     llama.close()
 
 
 def test_shared_experts_are_refused_before_llama_cpp_runs(tiny_tokenizer_dir, tmp_path, capsys):
     root = fake_llama_cpp(tmp_path / "llama.cpp", "file")
-    saved_model(tmp_path / "moe", tiny_tokenizer_dir, use_moe=True, num_experts=4, num_experts_per_tok=1,
-                n_shared_experts=1)  # fmt: skip
+    saved_model(
+        tmp_path / "moe", tiny_tokenizer_dir, use_moe=True, num_experts=4, num_experts_per_tok=1, n_shared_experts=1
+    )
     capsys.readouterr()
     assert main(["to-gguf", str(tmp_path / "moe"), str(tmp_path / "moe.gguf"), "--llama_cpp", str(root)]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading progress bar

@@ -51,8 +51,13 @@ def prompts(tokenizer):
 
 def hf_greedy(model, prompt, max_new_tokens, eos_token_id):
     with torch.no_grad():
-        output = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
-                                eos_token_id=eos_token_id, pad_token_id=0)  # fmt: skip
+        output = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_token_id,
+            pad_token_id=0,
+        )
     ids = output[0, len(prompt) :].tolist()
     return ids[: ids.index(eos_token_id)] if eos_token_id in ids else ids
 
@@ -220,8 +225,9 @@ def test_prompt_lookup_keeps_seeded_sampling(tokenizer, prompts):
     with torch.no_grad():
         model.model.norm.weight.mul_(8)
     for penalty in (1.0, 1.3):
-        params = [SamplingParams(max_new_tokens=n, temperature=1.0, repetition_penalty=penalty, seed=7)
-                  for n in (10, 60, 25)]  # fmt: skip
+        params = [
+            SamplingParams(max_new_tokens=n, temperature=1.0, repetition_penalty=penalty, seed=7) for n in (10, 60, 25)
+        ]
         expected = Generator(model, tokenizer).generate(prompts, params)
         generator = Generator(model, tokenizer, prompt_lookup=6)
         assert generator.generate(prompts, params) == expected

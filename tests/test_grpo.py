@@ -44,12 +44,21 @@ def sft_folder(quick_sft_folder):
 
 def recipe_args(model, dataset, out, *overrides):
     argv = [
-        "--config", str(REPO / "recipes" / "configs" / "grpo_tiny.yaml"),
-        "--model_name_or_path", str(model),
-        "--dataset_name", str(dataset),
-        "--output_dir", str(out),
-        "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
-    ]  # fmt: skip
+        "--config",
+        str(REPO / "recipes" / "configs" / "grpo_tiny.yaml"),
+        "--model_name_or_path",
+        str(model),
+        "--dataset_name",
+        str(dataset),
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "true",
+    ]
     return make_parser().parse_args_and_config(argv + list(map(str, overrides)))
 
 
@@ -64,8 +73,18 @@ def up_proj(folder):
 @pytest.fixture(scope="module")
 def trained(sft_folder, tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo")
-    flags = ["--reward_funcs", "format", "--learning_rate", 5e-4, "--max_steps", STEPS, "--save_steps", STEPS,
-             "--chat_eval_dataset", Path(tiny_corpus["eval"]) / "rl.jsonl"]  # fmt: skip
+    flags = [
+        "--reward_funcs",
+        "format",
+        "--learning_rate",
+        5e-4,
+        "--max_steps",
+        STEPS,
+        "--save_steps",
+        STEPS,
+        "--chat_eval_dataset",
+        Path(tiny_corpus["eval"]) / "rl.jsonl",
+    ]
     return grpo(*recipe_args(sft_folder, tiny_corpus["rl"], out, *flags)), out
 
 
@@ -97,16 +116,27 @@ def test_resume_continues_from_the_checkpoint(trained, sft_folder, tiny_corpus, 
     result, out = trained
     shutil.copytree(out / f"checkpoint-{STEPS}", tmp_path / f"checkpoint-{STEPS}")
     shutil.copy(out / "rl_before.json", tmp_path / "rl_before.json")
-    flags = ["--reward_funcs", "format", "--max_steps", STEPS + 5, "--save_steps", 100,
-             "--chat_eval_dataset", Path(tiny_corpus["eval"]) / "rl.jsonl", "--resume_from_checkpoint", "auto"]  # fmt: skip
+    flags = [
+        "--reward_funcs",
+        "format",
+        "--max_steps",
+        STEPS + 5,
+        "--save_steps",
+        100,
+        "--chat_eval_dataset",
+        Path(tiny_corpus["eval"]) / "rl.jsonl",
+        "--resume_from_checkpoint",
+        "auto",
+    ]
     resumed = grpo(*recipe_args(sft_folder, tiny_corpus["rl"], tmp_path, *flags))
     assert resumed["steps"] == STEPS + 5
     assert [r["step"] for r in read_metrics(tmp_path / METRICS_FILE) if "loss" in r] == [STEPS + 5]
     assert resumed["before"]["reward"] == result["before"]["reward"]
 
 
-def test_failing_reward_functions_are_reported_by_name_and_the_run_completes(sft_folder, tiny_corpus, tmp_path,
-                                                                            monkeypatch, caplog):  # fmt: skip
+def test_failing_reward_functions_are_reported_by_name_and_the_run_completes(
+    sft_folder, tiny_corpus, tmp_path, monkeypatch, caplog
+):
     def broken(completions, **kwargs):
         raise RuntimeError("no scorer")
 
@@ -132,12 +162,22 @@ def reward_model_folder(sft_folder, tiny_corpus, tmp_path_factory):
     tokenizer = load_tokenizer(sft_folder)
     pairs = [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in read_jsonl(tiny_corpus["dpo"])]
     out = tmp_path_factory.mktemp("reward")
-    args = RewardStageConfig(output_dir=str(out), max_steps=10, per_device_train_batch_size=8, learning_rate=1e-3,
-                             max_length=128, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
-                             seed=0)  # fmt: skip
+    args = RewardStageConfig(
+        output_dir=str(out),
+        max_steps=10,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_length=128,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
     model = load_reward_model(RLModelArguments(model_name_or_path=str(sft_folder)), tokenizer)
-    trainer = RewardStageTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
-                                 processing_class=tokenizer)  # fmt: skip
+    trainer = RewardStageTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer
+    )
     trainer.train()
     save_final_model(trainer, tokenizer)
     return out
@@ -146,9 +186,26 @@ def reward_model_folder(sft_folder, tiny_corpus, tmp_path_factory):
 def test_reward_model_drives_a_lora_run(sft_folder, reward_model_folder, tiny_corpus, tmp_path):
     """The reward model alone (no reward functions) scores the replies, with LoRA on the policy: the saved folder is
     a complete model with the adapter merged."""
-    flags = ["--reward_funcs", "none", "--reward_model_name_or_path", reward_model_folder, "--max_steps", 2,
-             "--logging_steps", 1, "--use_peft", "true", "--lora_r", 4, "--learning_rate", 1e-3,
-             "--chat_eval_dataset", Path(tiny_corpus["eval"]) / "rl.jsonl", "--chat_eval_samples", 8]  # fmt: skip
+    flags = [
+        "--reward_funcs",
+        "none",
+        "--reward_model_name_or_path",
+        reward_model_folder,
+        "--max_steps",
+        2,
+        "--logging_steps",
+        1,
+        "--use_peft",
+        "true",
+        "--lora_r",
+        4,
+        "--learning_rate",
+        1e-3,
+        "--chat_eval_dataset",
+        Path(tiny_corpus["eval"]) / "rl.jsonl",
+        "--chat_eval_samples",
+        8,
+    ]
     result = grpo(*recipe_args(sft_folder, tiny_corpus["rl"], tmp_path, *flags))
     assert result["steps"] == 2 and result["reward_failures"] == {"reward_model": 0}
     assert result["before"]["reward"] == result["before"]["reward/reward_model"] != 0
@@ -166,7 +223,8 @@ def test_calculator_is_typed_and_never_raises():
     tools = {"calculator": calculator}
     assert run_tool_call({"function": {"name": "search", "arguments": {}}}, tools)["content"].startswith("error")
     assert run_tool_call({"function": {"name": "calculator", "arguments": {"x": 1}}}, tools)["content"].startswith(
-        "error: ")  # fmt: skip
+        "error: "
+    )
 
 
 def test_response_template_parses_what_the_chat_template_renders(tiny_tokenizer_dir, tmp_path):
@@ -175,8 +233,10 @@ def test_response_template_parses_what_the_chat_template_renders(tiny_tokenizer_
     assert tokenizer.response_template == RESPONSE_TEMPLATE
     call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "123 * 45"}}}
     user = [{"role": "user", "content": "What is 123 * 45?"}]
-    for reply in ({"role": "assistant", "content": "", "tool_calls": [call]},
-                  {"role": "assistant", "content": "Answer: 5535", "reasoning_content": "123 * 45 = 5535."}):  # fmt: skip
+    for reply in (
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "assistant", "content": "Answer: 5535", "reasoning_content": "123 * 45 = 5535."},
+    ):
         prefix = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
         text = tokenizer.apply_chat_template(user + [reply], tokenize=False)[len(prefix) :].rstrip("\n")
         assert {"content": "", **tokenizer.parse_response(text, prefix=prefix)} == reply
@@ -190,13 +250,19 @@ def test_response_template_parses_what_the_chat_template_renders(tiny_tokenizer_
 def test_tool_metrics_on_hand_made_replies():
     call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "123 * 45"}}}
     transcripts = [
-        [{"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "tool", "content": "5535"},
-         {"role": "assistant", "content": "123 * 45 = 5535.\nAnswer: 5535"}],  # called, right
-        [{"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "tool", "content": "5535"},
-         {"role": "assistant", "content": "Answer: 5536"}],  # called, wrong
+        [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "5535"},
+            {"role": "assistant", "content": "123 * 45 = 5535.\nAnswer: 5535"},
+        ],  # called, right
+        [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "content": "5535"},
+            {"role": "assistant", "content": "Answer: 5536"},
+        ],  # called, wrong
         [{"role": "assistant", "content": "Answer: 5535"}],  # right by heart
         [{"role": "assistant", "content": "I do not know."}],
-    ]  # fmt: skip
+    ]
     metrics = tool_metrics(transcripts, ["5535"] * 4)
     assert metrics["tool_call_rate"] == 0.5 and metrics["tool_accuracy"] == 0.5 and metrics["tool_calls"] == 0.5
     with pytest.raises(ValueError, match="one answer per transcript, got 4 and 3"):
@@ -238,8 +304,23 @@ def test_calculator_through_trl_tool_loop_and_the_evaluation(sft_folder, tiny_co
     """Every rollout calls the calculator, TRL runs it and the policy answers from its result: the accuracy reward
     is 1 for each. The held-out tool loop scores the same way."""
     eval_tools = Path(tiny_corpus["eval"]) / "rl_tools.jsonl"
-    flags = ["--use_tools", "true", "--reward_funcs", "accuracy", "format", "--tool_eval_dataset", eval_tools,
-             "--tool_eval_samples", 4, "--max_steps", 2, "--logging_steps", 1, "--max_completion_length", 160]  # fmt: skip
+    flags = [
+        "--use_tools",
+        "true",
+        "--reward_funcs",
+        "accuracy",
+        "format",
+        "--tool_eval_dataset",
+        eval_tools,
+        "--tool_eval_samples",
+        4,
+        "--max_steps",
+        2,
+        "--logging_steps",
+        1,
+        "--max_completion_length",
+        160,
+    ]
     script_args, training_args, model_args = recipe_args(sft_folder, tiny_corpus["rl_tools"], tmp_path, *flags)
     callback = ScriptedToolUse(load_tokenizer(sft_folder))
     result = grpo(script_args, training_args, model_args, callbacks=[callback])
@@ -279,10 +360,21 @@ def test_tool_loop_stops_after_max_iterations(sft_folder, tiny_corpus):
     ],
     ids=["flag", "loss", "reward", "group"],
 )
-def test_cli_reports_mistakes_in_one_error_line(argv, message, sft_folder, tiny_corpus, tmp_path, monkeypatch,
-                                                capsys):  # fmt: skip
-    monkeypatch.setattr(sys, "argv", ["recipes/grpo.py", "--model_name_or_path", str(sft_folder), "--dataset_name",
-                                      str(tiny_corpus["rl"]), "--output_dir", str(tmp_path), *argv])  # fmt: skip
+def test_cli_reports_mistakes_in_one_error_line(argv, message, sft_folder, tiny_corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "recipes/grpo.py",
+            "--model_name_or_path",
+            str(sft_folder),
+            "--dataset_name",
+            str(tiny_corpus["rl"]),
+            "--output_dir",
+            str(tmp_path),
+            *argv,
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(*make_parser().parse_args_and_config())
     assert exit_info.value.code in (1, 2)
@@ -290,8 +382,19 @@ def test_cli_reports_mistakes_in_one_error_line(argv, message, sft_folder, tiny_
 
 
 def test_cli_names_a_missing_dataset(sft_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["recipes/grpo.py", "--model_name_or_path", str(sft_folder), "--dataset_name",
-                                      str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "recipes/grpo.py",
+            "--model_name_or_path",
+            str(sft_folder),
+            "--dataset_name",
+            str(tmp_path / "missing.jsonl"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(*make_parser().parse_args_and_config())
     assert exit_info.value.code == 1

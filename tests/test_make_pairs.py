@@ -33,14 +33,25 @@ def sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
     tokenizer = load_tokenizer(tiny_tokenizer_dir)
     torch.manual_seed(0)
     model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer)))
-    rows = [{"messages": r["prompt"] + [{"role": "assistant", "content": answer_line(r["prompt"], r["answer"])}]}
-            for r in read_jsonl(tiny_corpus["rl"])]  # fmt: skip
+    rows = [
+        {"messages": r["prompt"] + [{"role": "assistant", "content": answer_line(r["prompt"], r["answer"])}]}
+        for r in read_jsonl(tiny_corpus["rl"])
+    ]
     out = tmp_path_factory.mktemp("sft")
     args = SFTStageConfig(
-        output_dir=str(out), max_steps=20, per_device_train_batch_size=8, learning_rate=5e-3, max_length=128,
-        assistant_only_loss=True, save_strategy="no", logging_steps=10, report_to="none", disable_tqdm=True,
-        use_cpu=True, seed=0,
-    )  # fmt: skip
+        output_dir=str(out),
+        max_steps=20,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        max_length=128,
+        assistant_only_loss=True,
+        save_strategy="no",
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
     trainer = SFTStageTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
     save_final_model(trainer, tokenizer)
@@ -50,8 +61,23 @@ def sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
 def test_pairs_are_dpo_records_with_checkably_wrong_rejected_answers(sft_folder, tiny_corpus, tmp_path):
     inputs = [Path(tiny_corpus["eval"]) / "rl.jsonl", Path(tiny_corpus["eval"]) / "sft.jsonl"]
     output = tmp_path / "pairs.jsonl"
-    command = [sys.executable, "-m", "data_process.make_pairs", "--model", str(sft_folder), "--input", *map(str, inputs),
-               "--output", str(output), "--num_samples", "3", "--max_new_tokens", "24", "--seed", "0"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "data_process.make_pairs",
+        "--model",
+        str(sft_folder),
+        "--input",
+        *map(str, inputs),
+        "--output",
+        str(output),
+        "--num_samples",
+        "3",
+        "--max_new_tokens",
+        "24",
+        "--seed",
+        "0",
+    ]
     done = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -73,8 +99,10 @@ def test_same_seed_writes_the_same_pairs(sft_folder, tiny_corpus, tmp_path):
     model, tokenizer = load_model(str(sft_folder))
     sample = tmp_path / "rl.jsonl"
     sample.write_text("".join(Path(tiny_corpus["rl"]).read_text(encoding="utf-8").splitlines(True)[:8]))
-    runs = [make_pairs(model, tokenizer, [sample], tmp_path / f"{n}.jsonl", num_samples=2, max_new_tokens=16, seed=3)
-            for n in range(2)]  # fmt: skip
+    runs = [
+        make_pairs(model, tokenizer, [sample], tmp_path / f"{n}.jsonl", num_samples=2, max_new_tokens=16, seed=3)
+        for n in range(2)
+    ]
     assert runs[0] == runs[1] and sum(runs[0].values()) == 8
     assert (tmp_path / "0.jsonl").read_bytes() == (tmp_path / "1.jsonl").read_bytes()
 
@@ -82,8 +110,14 @@ def test_same_seed_writes_the_same_pairs(sft_folder, tiny_corpus, tmp_path):
 @pytest.mark.parametrize(
     "reply, answer, samples, chosen, rejected, reason",
     [
-        (None, "5", [("Answer: 7", True), ("2 plus 3 is 5.\nAnswer: 5", True)], "2 plus 3 is 5.\nAnswer: 5",
-         "Answer: 7", None),
+        (
+            None,
+            "5",
+            [("Answer: 7", True), ("2 plus 3 is 5.\nAnswer: 5", True)],
+            "2 plus 3 is 5.\nAnswer: 5",
+            "Answer: 7",
+            None,
+        ),
         (None, "5", [("Answer: 7", True)], "Answer: 5", "Answer: 7", None),
         ("It is 5.\nAnswer: 5", "5", [("Answer: 6", True)], "It is 5.\nAnswer: 5", "Answer: 6", None),
         (None, "5", [("Answer: 5", True), ("5", True)], None, None, "all_correct"),
@@ -91,7 +125,7 @@ def test_same_seed_writes_the_same_pairs(sft_folder, tiny_corpus, tmp_path):
         ("Hello!", None, [("Answer: 7", True)], None, None, "no_answer"),
     ],
     ids=["rl-sampled-chosen", "rl-answer-line", "sft-reference", "all-correct", "unfinished", "no-answer"],
-)  # fmt: skip
+)
 def test_each_record_is_kept_or_dropped_with_its_reason(reply, answer, samples, chosen, rejected, reason):
     record, why = choose_pair(PROMPT, reply, answer, samples)
     assert why == reason
@@ -104,8 +138,18 @@ def test_each_record_is_kept_or_dropped_with_its_reason(reply, answer, samples, 
 def test_bad_line_names_file_and_line_or_is_set_aside(sft_folder, tmp_path, capsys):
     data = tmp_path / "mixed.jsonl"
     data.write_text(json.dumps({"prompt": PROMPT, "answer": "5"}) + "\n" + json.dumps({"text": "plain"}) + "\n")
-    argv = ["--model", str(sft_folder), "--input", str(data), "--output", str(tmp_path / "out.jsonl"),
-            "--num_samples", "2", "--max_new_tokens", "8"]  # fmt: skip
+    argv = [
+        "--model",
+        str(sft_folder),
+        "--input",
+        str(data),
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        "--num_samples",
+        "2",
+        "--max_new_tokens",
+        "8",
+    ]
     assert main(argv) == 1
     expected = "expected an sft record (conversations) or an rl record (prompt, answer); keys: text"
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {data}:2: {expected}"

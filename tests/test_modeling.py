@@ -250,8 +250,12 @@ def test_reload_through_trust_remote_code_without_package(tmp_path, moe):
     script = tmp_path / "check.py"
     script.write_text(REMOTE_CODE_CHECK)
     # The same thread count as here: bit-identical logits need the same reduction order in both processes.
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin",
-           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # fmt: skip
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PATH": "/usr/bin:/bin",
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }
     result = subprocess.run(
         [sys.executable, str(script), str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
         cwd=tmp_path,

@@ -16,7 +16,7 @@ from transformers.utils.logging import warning_once
 
 from modeling_miniminds import MiniMindConfig, get_config
 
-WORDS = "the a cat dog sat ran on mat fast slow red blue big small and".split()
+WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "mat", "fast", "slow", "red", "blue", "big", "small", "and"]
 
 
 def switch_balance_loss(router_logits: tuple[torch.Tensor, ...], top_k: int) -> torch.Tensor:

@@ -116,20 +116,49 @@ def sft_folder(tiny_sft_folder):
 
 def ppo_args(sft_folder, corpus, out, *overrides):
     argv = [
-        "--config", str(CONFIG),
-        "--model_name_or_path", str(sft_folder),
-        "--dataset_name", str(corpus["rl"]),
-        "--chat_eval_dataset", str(Path(corpus["eval"]) / "rl.jsonl"),
-        "--chat_eval_samples", "16", "--chat_eval_max_new_tokens", "24",
-        "--rollout_batch_size", "8", "--max_completion_length", "24",
-        "--output_dir", str(out), "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
-    ]  # fmt: skip
+        "--config",
+        str(CONFIG),
+        "--model_name_or_path",
+        str(sft_folder),
+        "--dataset_name",
+        str(corpus["rl"]),
+        "--chat_eval_dataset",
+        str(Path(corpus["eval"]) / "rl.jsonl"),
+        "--chat_eval_samples",
+        "16",
+        "--chat_eval_max_new_tokens",
+        "24",
+        "--rollout_batch_size",
+        "8",
+        "--max_completion_length",
+        "24",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--use_cpu",
+        "true",
+    ]
     return make_parser().parse_args_and_config(argv + list(map(str, overrides)))
 
 
 def test_ppo_on_a_reward_model_raises_the_held_out_reward(sft_folder, tiny_reward_folder, tiny_corpus, tmp_path):
-    flags = ["--reward_model_name_or_path", tiny_reward_folder, "--reward_funcs", "none", "--max_steps", 8,
-             "--save_steps", 8, "--learning_rate", 2e-4, "--rollout_batch_size", 16]  # fmt: skip
+    flags = [
+        "--reward_model_name_or_path",
+        tiny_reward_folder,
+        "--reward_funcs",
+        "none",
+        "--max_steps",
+        8,
+        "--save_steps",
+        8,
+        "--learning_rate",
+        2e-4,
+        "--rollout_batch_size",
+        16,
+    ]
     result = ppo(*ppo_args(sft_folder, tiny_corpus, tmp_path, *flags))
     before, after = result["before"], result["after"]
     assert set(before) >= {"reward", "reward/reward_model", "accuracy", "task_accuracy", "eot_rate"}
@@ -137,9 +166,21 @@ def test_ppo_on_a_reward_model_raises_the_held_out_reward(sft_folder, tiny_rewar
     assert 0 < after["kl"] < KL_LIMIT
     records = read_metrics(tmp_path / METRICS_FILE)
     assert [r["step"] for r in records] == list(range(1, 9))
-    for key in ("reward", "rewards/reward_model", "kl", "entropy", "clipfrac", "value_loss", "explained_variance",
-                "response_length", "generate_seconds", "update_seconds", "generate_share", "learning_rate"):
-        assert all(key in r for r in records), key  # fmt: skip
+    for key in (
+        "reward",
+        "rewards/reward_model",
+        "kl",
+        "entropy",
+        "clipfrac",
+        "value_loss",
+        "explained_variance",
+        "response_length",
+        "generate_seconds",
+        "update_seconds",
+        "generate_share",
+        "learning_rate",
+    ):
+        assert all(key in r for r in records), key
     assert is_complete_checkpoint(tmp_path / "checkpoint-8") and not list(tmp_path.glob(".tmp-*"))
     assert json.loads((tmp_path / "all_results.json").read_text())["eval_kl"] == after["kl"]
     assert (tmp_path / "training_curves.png").stat().st_size > 0
@@ -151,8 +192,19 @@ def test_ppo_on_a_reward_model_raises_the_held_out_reward(sft_folder, tiny_rewar
 def test_ppo_on_reward_functions_reports_a_failing_one_by_name(sft_folder, tiny_corpus, tmp_path, caplog):
     """The function path drives a run, while a function that raises on some batches and returns None for a sample
     on the others costs only those samples, counted under its name."""
-    args = ppo_args(sft_folder, tiny_corpus, tmp_path, "--reward_funcs", "format", "--max_steps", 6,
-                    "--save_steps", 100, "--learning_rate", 3e-4)  # fmt: skip
+    args = ppo_args(
+        sft_folder,
+        tiny_corpus,
+        tmp_path,
+        "--reward_funcs",
+        "format",
+        "--max_steps",
+        6,
+        "--save_steps",
+        100,
+        "--learning_rate",
+        3e-4,
+    )
     script_args, training_args, model_args = args
     tokenizer = load_tokenizer(sft_folder)
     calls = []
@@ -173,8 +225,17 @@ def test_ppo_on_reward_functions_reports_a_failing_one_by_name(sft_folder, tiny_
     critic = load_reward_model(model_args, tokenizer)
     records = read_rl_records(tiny_corpus["rl"])
     heldout = read_rl_records(Path(tiny_corpus["eval"]) / "rl.jsonl", limit=16)
-    trainer = PPOTrainer(training_args, policy, critic, funcs, tokenizer, records, ref_model=reference,
-                         eval_records=heldout, eval_max_new_tokens=24)  # fmt: skip
+    trainer = PPOTrainer(
+        training_args,
+        policy,
+        critic,
+        funcs,
+        tokenizer,
+        records,
+        ref_model=reference,
+        eval_records=heldout,
+        eval_max_new_tokens=24,
+    )
     with caplog.at_level(logging.WARNING):
         trainer.train()
     after = trainer.heldout_metrics()
@@ -186,8 +247,18 @@ def test_ppo_on_reward_functions_reports_a_failing_one_by_name(sft_folder, tiny_
 
 
 def test_resume_repeats_the_uninterrupted_run(sft_folder, tiny_corpus, tmp_path):
-    flags = ["--reward_funcs", "format", "--max_steps", 4, "--save_steps", 2, "--chat_eval_samples", 4,
-             "--num_ppo_epochs", 1]  # fmt: skip
+    flags = [
+        "--reward_funcs",
+        "format",
+        "--max_steps",
+        4,
+        "--save_steps",
+        2,
+        "--chat_eval_samples",
+        4,
+        "--num_ppo_epochs",
+        1,
+    ]
     whole = tmp_path / "whole"
     ppo(*ppo_args(sft_folder, tiny_corpus, whole, *flags))
     resumed = tmp_path / "resumed"
@@ -202,8 +273,25 @@ def test_resume_repeats_the_uninterrupted_run(sft_folder, tiny_corpus, tmp_path)
 
 
 def test_lora_actor_uses_its_base_as_the_reference(sft_folder, tiny_corpus, tmp_path):
-    result = ppo(*ppo_args(sft_folder, tiny_corpus, tmp_path, "--reward_funcs", "format", "--max_steps", 2,
-                           "--use_peft", "true", "--lora_r", 4, "--learning_rate", 1e-3, "--chat_eval_samples", 4))  # fmt: skip
+    result = ppo(
+        *ppo_args(
+            sft_folder,
+            tiny_corpus,
+            tmp_path,
+            "--reward_funcs",
+            "format",
+            "--max_steps",
+            2,
+            "--use_peft",
+            "true",
+            "--lora_r",
+            4,
+            "--learning_rate",
+            1e-3,
+            "--chat_eval_samples",
+            4,
+        )
+    )
     assert result["before"]["reward"] is not None and result["after"]["kl"] > 0  # the adapter moved off its base
     model = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)  # merged: a plain model folder
     assert not any("lora" in name for name in model.state_dict())
@@ -219,13 +307,38 @@ def two_process_runs(sft_folder, tiny_corpus, tmp_path_factory):
     for name, config in LAUNCH_CONFIGS.items():
         out = tmp_path_factory.mktemp(f"ppo-{name}")
         command = [
-            str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", config,
-            "--num_processes", "2", "--main_process_port", str(free_port()), "recipes/ppo.py",
-            "--config", str(CONFIG), "--model_name_or_path", str(sft_folder), "--dataset_name", str(tiny_corpus["rl"]),
-            "--reward_funcs", "format", "--rollout_batch_size", "8", "--max_completion_length", "16",
-            "--max_steps", "2", "--save_steps", "2", "--output_dir", str(out), "--report_to", "none",
-            "--disable_tqdm", "true",
-        ]  # fmt: skip
+            str(Path(sys.executable).parent / "accelerate"),
+            "launch",
+            "--config_file",
+            config,
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            "recipes/ppo.py",
+            "--config",
+            str(CONFIG),
+            "--model_name_or_path",
+            str(sft_folder),
+            "--dataset_name",
+            str(tiny_corpus["rl"]),
+            "--reward_funcs",
+            "format",
+            "--rollout_batch_size",
+            "8",
+            "--max_completion_length",
+            "16",
+            "--max_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
         done = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
         assert done.returncode == 0, f"{name}: {done.stdout[-3000:]}\n{done.stderr[-6000:]}"
@@ -267,13 +380,33 @@ def test_cli_errors_name_the_problem(sft_folder, tiny_corpus, tmp_path, capsys):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(sft_folder, tiny_corpus, tmp_path):
-    argv = ["--config", CONFIG, "--model_name_or_path", sft_folder, "--dataset_name", tiny_corpus["rl"],
-            "--reward_funcs", "format", "--rollout_batch_size", 8, "--max_completion_length", 16,
-            "--output_dir", tmp_path, "--report_to", "none", "--disable_tqdm", "true", "--save_steps", 1000]  # fmt: skip
+    argv = [
+        "--config",
+        CONFIG,
+        "--model_name_or_path",
+        sft_folder,
+        "--dataset_name",
+        tiny_corpus["rl"],
+        "--reward_funcs",
+        "format",
+        "--rollout_batch_size",
+        8,
+        "--max_completion_length",
+        16,
+        "--output_dir",
+        tmp_path,
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--save_steps",
+        1000,
+    ]
     command = [sys.executable, str(REPO / "recipes" / "ppo.py"), *map(str, argv)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*command, "--max_steps", "2000"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*command, "--max_steps", "2000"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while not read_metrics(tmp_path / METRICS_FILE):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
@@ -286,8 +419,15 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(sft_folder, tiny_corpus, 
     step = int(checkpoints[0].name.split("-")[1])
     assert f"interrupted at step {step}; checkpoint saved to {checkpoints[0]}" in stderr
     assert stderr.rstrip().endswith("--resume_from_checkpoint auto") and not (tmp_path / "model.safetensors").exists()
-    resumed = subprocess.run([*command, "--max_steps", str(step + 1), "--resume_from_checkpoint", "auto"], cwd=REPO,
-                             env=env, capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
+    resumed = subprocess.run(
+        [*command, "--max_steps", str(step + 1), "--resume_from_checkpoint", "auto"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in read_metrics(tmp_path / METRICS_FILE)] == list(range(1, step + 2))
     assert (tmp_path / "model.safetensors").exists()

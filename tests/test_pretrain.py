@@ -44,12 +44,18 @@ def make_parser():
 def parse(output_dir, corpus, tokenizer_dir, *overrides, eval_file=True):
     """Recipe arguments as the CLI would parse them: the tiny recipe file, the fixtures' data, then overrides."""
     argv = [
-        "--config", str(TINY_RECIPE),
-        "--dataset_name", str(corpus["pretrain"]),
-        "--tokenizer_name_or_path", str(tokenizer_dir),
-        "--output_dir", str(output_dir),
-        "--disable_tqdm", "true",
-        "--report_to", "none",
+        "--config",
+        str(TINY_RECIPE),
+        "--dataset_name",
+        str(corpus["pretrain"]),
+        "--tokenizer_name_or_path",
+        str(tokenizer_dir),
+        "--output_dir",
+        str(output_dir),
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
     ]
     if eval_file:
         argv += ["--eval_dataset_name", str(Path(corpus["eval"]) / "pretrain.jsonl")]
@@ -115,7 +121,9 @@ def test_tiny_model_learns_and_saves_a_complete_model(tmp_path, tiny_corpus, tin
     )
     subprocess.run(
         [sys.executable, "-c", script, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")],
-        check=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""},
+        check=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
     )
     local = MiniMindForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
@@ -124,9 +132,22 @@ def test_tiny_model_learns_and_saves_a_complete_model(tmp_path, tiny_corpus, tin
 
 
 RESUME_ARGS = (
-    "--max_steps", "8", "--save_steps", "4", "--logging_steps", "1", "--eval_strategy", "no",
-    "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--warmup_steps", "2",
-    "--block_size", "64",
+    "--max_steps",
+    "8",
+    "--save_steps",
+    "4",
+    "--logging_steps",
+    "1",
+    "--eval_strategy",
+    "no",
+    "--per_device_train_batch_size",
+    "4",
+    "--gradient_accumulation_steps",
+    "2",
+    "--warmup_steps",
+    "2",
+    "--block_size",
+    "64",
 )
 
 
@@ -136,8 +157,17 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path, tiny_corpu
     interrupted = tmp_path / "interrupted"
     main(*parse(interrupted, tiny_corpus, tiny_tokenizer_dir, *RESUME_ARGS, eval_file=False), callbacks=[StopAfter(4)])
     assert sorted(train_losses(interrupted)) == [1, 2, 3, 4]
-    main(*parse(interrupted, tiny_corpus, tiny_tokenizer_dir, *RESUME_ARGS, "--resume_from_checkpoint", "auto",
-                eval_file=False))
+    main(
+        *parse(
+            interrupted,
+            tiny_corpus,
+            tiny_tokenizer_dir,
+            *RESUME_ARGS,
+            "--resume_from_checkpoint",
+            "auto",
+            eval_file=False,
+        )
+    )
 
     full, resumed = train_losses(tmp_path / "full"), train_losses(interrupted)
     assert sorted(resumed) == list(range(1, 9))
@@ -174,10 +204,28 @@ def test_kill_during_checkpoint_leaves_previous_checkpoint_usable(tmp_path, tiny
     """A SIGKILL while checkpoint-4 is being written leaves checkpoint-2 intact and resume picks it."""
     out = tmp_path / "run"
     args = [
-        "--config", str(TINY_RECIPE), "--dataset_name", str(tiny_corpus["pretrain"]),
-        "--tokenizer_name_or_path", str(tiny_tokenizer_dir), "--output_dir", str(out), "--disable_tqdm", "true",
-        "--max_steps", "6", "--save_steps", "2", "--eval_strategy", "no", "--per_device_train_batch_size", "4",
-        "--block_size", "64", "--logging_steps", "1",
+        "--config",
+        str(TINY_RECIPE),
+        "--dataset_name",
+        str(tiny_corpus["pretrain"]),
+        "--tokenizer_name_or_path",
+        str(tiny_tokenizer_dir),
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "4",
+        "--block_size",
+        "64",
+        "--logging_steps",
+        "1",
     ]
     killed = subprocess.run([sys.executable, "-c", KILL_DURING_SECOND_CHECKPOINT, *args], cwd=REPO)
     assert killed.returncode == -9
@@ -227,12 +275,34 @@ class ModelSeen(TrainerCallback):
 
 
 def test_activation_checkpointing_gives_the_same_losses(tmp_path, tiny_corpus, tiny_tokenizer_dir):
-    common = ("--max_steps", "3", "--logging_steps", "1", "--eval_strategy", "no", "--per_device_train_batch_size",
-              "4", "--block_size", "64", "--save_strategy", "no")
+    common = (
+        "--max_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "4",
+        "--block_size",
+        "64",
+        "--save_strategy",
+        "no",
+    )
     main(*parse(tmp_path / "plain", tiny_corpus, tiny_tokenizer_dir, *common, eval_file=False))
     seen = ModelSeen()
-    main(*parse(tmp_path / "gc", tiny_corpus, tiny_tokenizer_dir, *common, "--activation_checkpointing", "true",
-                eval_file=False), callbacks=[seen])
+    main(
+        *parse(
+            tmp_path / "gc",
+            tiny_corpus,
+            tiny_tokenizer_dir,
+            *common,
+            "--activation_checkpointing",
+            "true",
+            eval_file=False,
+        ),
+        callbacks=[seen],
+    )
     assert seen.model.is_activation_checkpointing
     plain, checkpointed = train_losses(tmp_path / "plain"), train_losses(tmp_path / "gc")
     assert sorted(plain) == [1, 2, 3]
@@ -284,8 +354,17 @@ def test_bad_inputs_fail_before_training(
         extra = ["--model_name_or_path", str(small_vocab_model)]
     out = tmp_path / "run"
     argv = [
-        "--config", str(TINY_RECIPE), "--dataset_name", str(dataset), "--tokenizer_name_or_path", str(tokenizer),
-        "--output_dir", str(out), "--disable_tqdm", "true", *extra,
+        "--config",
+        str(TINY_RECIPE),
+        "--dataset_name",
+        str(dataset),
+        "--tokenizer_name_or_path",
+        str(tokenizer),
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+        *extra,
     ]
     with pytest.raises(error, match=message):
         main(*make_parser().parse_args_and_config(argv))
@@ -298,7 +377,9 @@ def test_preset_takes_vocab_and_special_tokens_from_tokenizer(tiny_tokenizer_dir
     assert model.config.vocab_size == len(tokenizer) == 512
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (
-        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
     )
     with pytest.raises(ValueError, match="max_position_embeddings"):
         build_model(PretrainModelArguments(model_config="minimind-tiny"), tokenizer, block_size=10**6)
@@ -387,11 +468,25 @@ def tiny_moe_config(tmp_path):
 
 def test_moe_aux_loss_is_logged(tmp_path, tiny_corpus, tiny_tokenizer_dir, tiny_moe_config):
     out = tmp_path / "moe"
-    result = main(*parse(
-        out, tiny_corpus, tiny_tokenizer_dir, "--model_config", str(tiny_moe_config), "--max_steps", "4",
-        "--logging_steps", "2", "--gradient_accumulation_steps", "2", "--per_device_train_batch_size", "4",
-        "--eval_steps", "4",
-    ))
+    result = main(
+        *parse(
+            out,
+            tiny_corpus,
+            tiny_tokenizer_dir,
+            "--model_config",
+            str(tiny_moe_config),
+            "--max_steps",
+            "4",
+            "--logging_steps",
+            "2",
+            "--gradient_accumulation_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--eval_steps",
+            "4",
+        )
+    )
     aux = [r["aux_loss"] for r in read_metrics(out / METRICS_FILE) if "loss" in r]
     assert len(aux) == 2 and all(value > 0 for value in aux)
     assert math.isfinite(result["eval_loss"])
@@ -451,7 +546,22 @@ def test_launcher_configs_are_valid():
 
 def test_train_loss_is_reported_when_no_step_was_logged(tmp_path, tiny_corpus, tiny_tokenizer_dir):
     """With max_steps below logging_steps no loss is logged; the summary falls back to the run's mean loss."""
-    result = main(*parse(tmp_path / "run", tiny_corpus, tiny_tokenizer_dir, "--max_steps", "2", "--logging_steps",
-                         "10", "--block_size", "64", "--per_device_train_batch_size", "4", "--eval_strategy", "no",
-                         eval_file=False))
+    result = main(
+        *parse(
+            tmp_path / "run",
+            tiny_corpus,
+            tiny_tokenizer_dir,
+            "--max_steps",
+            "2",
+            "--logging_steps",
+            "10",
+            "--block_size",
+            "64",
+            "--per_device_train_batch_size",
+            "4",
+            "--eval_strategy",
+            "no",
+            eval_file=False,
+        )
+    )
     assert result["train_loss"] == result["train_loss_first"] > 5.0  # about ln(512) after two steps

@@ -28,14 +28,48 @@ STEPS, BATCH, BLOCK, WORLD = 3, 4, 64, 2
 
 def launcher(name, port):
     return {
-        "deepspeed-zero2": [BIN / "deepspeed", "--num_gpus", str(WORLD), "--master_port", port,
-                            "recipes/pretrain.py", "--deepspeed", "ds_configs/zero2.json"],
-        "torchrun-zero3": [BIN / "torchrun", "--nproc_per_node", str(WORLD), "--master_port", port,
-                           "recipes/pretrain.py", "--deepspeed", "ds_configs/zero3.json"],
-        "accelerate-ddp": [BIN / "accelerate", "launch", "--config_file", "ds_configs/ddp.yaml",
-                           "--num_processes", str(WORLD), "--main_process_port", port, "recipes/pretrain.py"],
-        "accelerate-zero3": [BIN / "accelerate", "launch", "--config_file", "ds_configs/zero3.yaml",
-                             "--num_processes", str(WORLD), "--main_process_port", port, "recipes/pretrain.py"],
+        "deepspeed-zero2": [
+            BIN / "deepspeed",
+            "--num_gpus",
+            str(WORLD),
+            "--master_port",
+            port,
+            "recipes/pretrain.py",
+            "--deepspeed",
+            "ds_configs/zero2.json",
+        ],
+        "torchrun-zero3": [
+            BIN / "torchrun",
+            "--nproc_per_node",
+            str(WORLD),
+            "--master_port",
+            port,
+            "recipes/pretrain.py",
+            "--deepspeed",
+            "ds_configs/zero3.json",
+        ],
+        "accelerate-ddp": [
+            BIN / "accelerate",
+            "launch",
+            "--config_file",
+            "ds_configs/ddp.yaml",
+            "--num_processes",
+            str(WORLD),
+            "--main_process_port",
+            port,
+            "recipes/pretrain.py",
+        ],
+        "accelerate-zero3": [
+            BIN / "accelerate",
+            "launch",
+            "--config_file",
+            "ds_configs/zero3.yaml",
+            "--num_processes",
+            str(WORLD),
+            "--main_process_port",
+            port,
+            "recipes/pretrain.py",
+        ],
     }[name]
 
 
@@ -48,11 +82,28 @@ def runs(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
         if name not in done:
             out = tmp_path_factory.mktemp(name)
             recipe_args = [
-                "--config", "recipes/configs/pretrain_tiny.yaml",
-                "--dataset_name", str(tiny_corpus["pretrain"]), "--tokenizer_name_or_path", str(tiny_tokenizer_dir),
-                "--output_dir", str(out), "--max_steps", str(STEPS), "--save_steps", str(STEPS),
-                "--eval_steps", str(STEPS), "--logging_steps", "1", "--per_device_train_batch_size", str(BATCH),
-                "--block_size", str(BLOCK), "--disable_tqdm", "true",
+                "--config",
+                "recipes/configs/pretrain_tiny.yaml",
+                "--dataset_name",
+                str(tiny_corpus["pretrain"]),
+                "--tokenizer_name_or_path",
+                str(tiny_tokenizer_dir),
+                "--output_dir",
+                str(out),
+                "--max_steps",
+                str(STEPS),
+                "--save_steps",
+                str(STEPS),
+                "--eval_steps",
+                str(STEPS),
+                "--logging_steps",
+                "1",
+                "--per_device_train_batch_size",
+                str(BATCH),
+                "--block_size",
+                str(BLOCK),
+                "--disable_tqdm",
+                "true",
             ]
             env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
             if name != "accelerate-ddp":

@@ -39,8 +39,17 @@ def error_line(done) -> str:
 
 @pytest.fixture
 def base_args(tiny_corpus, tiny_tokenizer_dir, tmp_path):
-    return ["--config", TINY_RECIPE, "--dataset_name", tiny_corpus["pretrain"], "--tokenizer_name_or_path",
-            tiny_tokenizer_dir, "--output_dir", tmp_path / "run", *QUICK]  # fmt: skip
+    return [
+        "--config",
+        TINY_RECIPE,
+        "--dataset_name",
+        tiny_corpus["pretrain"],
+        "--tokenizer_name_or_path",
+        tiny_tokenizer_dir,
+        "--output_dir",
+        tmp_path / "run",
+        *QUICK,
+    ]
 
 
 def test_misspelled_flag_names_the_nearest_one(base_args):
@@ -101,8 +110,15 @@ def test_help_leads_with_recipe_flags_and_points_to_the_rest():
     short = pretrain_cli("--help")
     full = pretrain_cli("--help_all")
     assert short.returncode == full.returncode == 0
-    for flag in ("--config FILE.yaml", "--resume_from_checkpoint", "`auto`", "--model_config", "--block_size",
-                 "--learning_rate", "--help_all"):  # fmt: skip
+    for flag in (
+        "--config FILE.yaml",
+        "--resume_from_checkpoint",
+        "`auto`",
+        "--model_config",
+        "--block_size",
+        "--learning_rate",
+        "--help_all",
+    ):
         assert flag in short.stdout, flag
     assert short.stdout.index("recipe flags:") < short.stdout.index("training flags:")
     assert "--lora_r" not in short.stdout  # pretraining trains every weight
@@ -130,8 +146,17 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(base_args, tmp_
     assert "resume with: python " in stderr and stderr.rstrip().endswith("--resume_from_checkpoint auto")
     assert not (out / "model.safetensors").exists()  # no final model from an unfinished run
 
-    resumed = pretrain_cli(*base_args, "--max_steps", str(step + 2), "--logging_steps", "1", "--save_steps",
-                           "1000", "--resume_from_checkpoint", "auto")  # fmt: skip
+    resumed = pretrain_cli(
+        *base_args,
+        "--max_steps",
+        str(step + 2),
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "1000",
+        "--resume_from_checkpoint",
+        "auto",
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == step + 2

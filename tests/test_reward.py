@@ -48,14 +48,22 @@ def base_folder(tokenizer, tmp_path_factory):
 
 def recipe_args(model, corpus, out, *overrides):
     argv = [
-        "--config", str(REPO / "recipes" / "configs" / "reward_tiny.yaml"),
-        "--model_name_or_path", str(model),
-        "--dataset_name", str(corpus["dpo"]),
-        "--eval_dataset_name", str(Path(corpus["eval"]) / "dpo.jsonl"),
-        "--output_dir", str(out),
-        "--report_to", "none", "--disable_tqdm", "true",
+        "--config",
+        str(REPO / "recipes" / "configs" / "reward_tiny.yaml"),
+        "--model_name_or_path",
+        str(model),
+        "--dataset_name",
+        str(corpus["dpo"]),
+        "--eval_dataset_name",
+        str(Path(corpus["eval"]) / "dpo.jsonl"),
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
         *map(str, overrides),
-    ]  # fmt: skip
+    ]
     return make_parser().parse_args_and_config(argv)
 
 
@@ -75,8 +83,11 @@ def conversations(corpus, count=6):
 def test_reward_model_ranks_held_out_pairs(trained):
     result, out = trained
     assert result["steps"] == STEPS and result["eval_pairs"] == 40
-    assert set(result["before"]) == set(result["after"]) == {
-        "pairwise_accuracy", "mean_chosen_score", "mean_rejected_score"}  # fmt: skip
+    assert (
+        set(result["before"])
+        == set(result["after"])
+        == {"pairwise_accuracy", "mean_chosen_score", "mean_rejected_score"}
+    )
     after = result["after"]
     assert after["pairwise_accuracy"] >= MIN_ACCURACY > result["before"]["pairwise_accuracy"]
     assert after["mean_chosen_score"] > after["mean_rejected_score"]
@@ -100,8 +111,10 @@ def test_scores_do_not_depend_on_padding_side(trained, tiny_corpus):
     _, out = trained
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tokenizer = load_tokenizer(out)
-    sequences = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]
-                 for c in conversations(tiny_corpus)]  # fmt: skip
+    sequences = [
+        tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"]
+        for c in conversations(tiny_corpus)
+    ]
     assert len({len(s) for s in sequences}) > 3
     right = score_ids(model, sequences, tokenizer.pad_token_id, padding_side="right")
     left = score_ids(model, sequences, tokenizer.pad_token_id, padding_side="left")
@@ -134,8 +147,15 @@ def test_remote_code_reload_scores_the_same(trained, tiny_corpus, tmp_path):
     _, out = trained
     chats = conversations(tiny_corpus)
     (tmp_path / "chats.json").write_text(json.dumps(chats, ensure_ascii=False), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-c", RELOAD, str(out), str(tmp_path / "chats.json")], check=False,
-                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""}, stdin=subprocess.DEVNULL)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", RELOAD, str(out), str(tmp_path / "chats.json")],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     reloaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert reloaded["class"].startswith("transformers_modules.")
@@ -169,17 +189,23 @@ def test_every_pair_layout_reads_as_prompt_and_replies(record):
     "record, message",
     [
         ({"chosen": [USER, GOOD]}, "field 'rejected': missing (keys: chosen)"),
-        ({"chosen": [USER, GOOD], "rejected": [USER, {**GOOD, "content": GOOD["content"] + "  "}]},
-         "chosen and rejected are identical"),
+        (
+            {"chosen": [USER, GOOD], "rejected": [USER, {**GOOD, "content": GOOD["content"] + "  "}]},
+            "chosen and rejected are identical",
+        ),
         ({"chosen": [USER, GOOD], "rejected": [USER]}, "field 'rejected': last message must be from the assistant"),
         ({"chosen": [USER, GOOD], "rejected": [SYSTEM, USER, BAD]}, "share no prompt"),
-        ({"chosen": [USER, GOOD, USER, GOOD], "rejected": [USER, GOOD, {**USER, "content": "Hi"}, BAD]},
-         "field 'chosen[2]': the sides differ at a 'user' message"),
-        ({"prompt": [USER], "chosen": [GOOD], "rejected": [{"role": "assistant", "content": " "}]},
-         "field 'rejected[0].content': empty text"),
+        (
+            {"chosen": [USER, GOOD, USER, GOOD], "rejected": [USER, GOOD, {**USER, "content": "Hi"}, BAD]},
+            "field 'chosen[2]': the sides differ at a 'user' message",
+        ),
+        (
+            {"prompt": [USER], "chosen": [GOOD], "rejected": [{"role": "assistant", "content": " "}]},
+            "field 'rejected[0].content': empty text",
+        ),
     ],
     ids=["missing-side", "identical", "no-reply", "no-shared-prompt", "differ-before-reply", "empty-reply"],
-)  # fmt: skip
+)
 def test_bad_pairs_name_the_field(record, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         canonical_pair(record)
@@ -189,8 +215,16 @@ def test_identical_pair_fails_through_the_cli_at_its_line(tmp_path, tiny_tokeniz
     data = tmp_path / "pairs.jsonl"
     good = {"chosen": [USER, GOOD], "rejected": [USER, BAD]}
     data.write_text(f"{json.dumps(good)}\n{json.dumps({'chosen': [USER, GOOD], 'rejected': [USER, GOOD]})}\n")
-    command = [sys.executable, str(REPO / "recipes" / "reward.py"), "--model_name_or_path", str(tiny_tokenizer_dir),
-               "--dataset_name", str(data), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "recipes" / "reward.py"),
+        "--model_name_or_path",
+        str(tiny_tokenizer_dir),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]

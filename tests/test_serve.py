@@ -23,8 +23,14 @@ openai = pytest.importorskip("openai", reason="the server tests use the official
 pytest.importorskip("uvicorn", reason="the server needs its extra: pip install -e '.[serve]'")
 pytest.importorskip("starlette", reason="the server needs its extra: pip install -e '.[serve]'")
 
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def client_for(served, api_key="unused"):
@@ -94,8 +100,13 @@ def test_max_completion_tokens_limits_the_reply(tiny):
 
 
 def test_stream_chunks_carry_ids_and_end_with_done(tiny):
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     status, text = raw_request(tiny, "POST", "/v1/chat/completions", json.dumps(body))
     assert status == 200
     events = [line.removeprefix("data: ") for line in text.split("\n\n") if line]
@@ -116,8 +127,9 @@ def test_a_drafting_server_replies_like_the_plain_one(tiny, tiny_folder):
         for options in ({"max_tokens": 20, "temperature": 0}, {"max_tokens": 20, "seed": 3}):
             expected = chat(client_for(tiny), **options).choices[0].message.content
             assert chat(client_for(served), **options).choices[0].message.content == expected
-            streamed = [c.choices[0].delta.content or "" for c in chat(client_for(served), stream=True, **options)
-                        if c.choices]  # fmt: skip
+            streamed = [
+                c.choices[0].delta.content or "" for c in chat(client_for(served), stream=True, **options) if c.choices
+            ]
             assert "".join(streamed).strip() == expected
     assert drafting.accepted > 0
 
@@ -170,8 +182,11 @@ def test_twenty_concurrent_requests_all_answered_in_batches(tiny):
     def ask(i):
         if i % 2:
             return chat(client, max_tokens=4, temperature=0).usage.completion_tokens
-        return sum(1 for c in chat(client, max_tokens=4, temperature=0, stream=True) if c.choices and c.choices[0]
-                   .finish_reason)  # fmt: skip
+        return sum(
+            1
+            for c in chat(client, max_tokens=4, temperature=0, stream=True)
+            if c.choices and c.choices[0].finish_reason
+        )
 
     batches_before = tiny.server.worker.stats["batches"]
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -186,17 +201,22 @@ def test_client_that_hangs_up_frees_its_slot(tiny, monkeypatch, stream):
     worker = tiny.server.worker
     monkeypatch.setattr(worker.generator, "stop_ids", set())  # the reply cannot end by itself before 1500 tokens
     cancelled = worker.stats["cancelled"]
-    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500,
-                       "stream": stream})  # fmt: skip
+    body = json.dumps(
+        {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500, "stream": stream}
+    )
     with socket.create_connection(("127.0.0.1", tiny.port), timeout=TIMEOUT) as sock:
-        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())  # fmt: skip
+        sock.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
         received = b""
         while stream and received.count(b"data: ") < 3:
             received += sock.recv(4096)
         wait_until(lambda: worker.stats["running"], "the request never started decoding")
-    wait_until(lambda: worker.stats["cancelled"] > cancelled and not worker.stats["running"],
-               "the abandoned request kept decoding")  # fmt: skip
+    wait_until(
+        lambda: worker.stats["cancelled"] > cancelled and not worker.stats["running"],
+        "the abandoned request kept decoding",
+    )
     assert chat(client_for(tiny), max_tokens=2).usage.completion_tokens >= 1
 
 
@@ -219,13 +239,23 @@ BAD_REQUESTS = [
     ("n above 1", {"n": 2}, 400, "n", "invalid_value"),
     ("tools not a list", {"tools": {"name": "x"}}, 400, "tools", "invalid_type"),
     ("template argument", {"chat_template_kwargs": {"tokenize": False}}, 400, "chat_template_kwargs", "invalid_value"),
-    ("thinking not a boolean", {"chat_template_kwargs": {"enable_thinking": "no"}}, 400,
-     "chat_template_kwargs.enable_thinking", "invalid_type"),
+    (
+        "thinking not a boolean",
+        {"chat_template_kwargs": {"enable_thinking": "no"}},
+        400,
+        "chat_template_kwargs.enable_thinking",
+        "invalid_type",
+    ),
     ("nested too deep", b"[" * 30_000 + b"]" * 30_000, 400, None, "invalid_json"),
-    ("over-long prompt", {"messages": [{"role": "user", "content": "word " * 1000}]}, 400, "messages",
-     "context_length_exceeded"),
+    (
+        "over-long prompt",
+        {"messages": [{"role": "user", "content": "word " * 1000}]},
+        400,
+        "messages",
+        "context_length_exceeded",
+    ),
     ("body too large", {"messages": [{"role": "user", "content": "x" * 70_000}]}, 413, None, "body_too_large"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("case, body, status, param, code", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])

@@ -49,8 +49,18 @@ def make_parser():
 
 
 def parse(model_dir, dataset, output_dir, *overrides):
-    argv = ["--config", SFT_RECIPE, "--model_name_or_path", model_dir, "--dataset_name", dataset,
-            "--output_dir", output_dir, *QUIET, *overrides]  # fmt: skip
+    argv = [
+        "--config",
+        SFT_RECIPE,
+        "--model_name_or_path",
+        model_dir,
+        "--dataset_name",
+        dataset,
+        "--output_dir",
+        output_dir,
+        *QUIET,
+        *overrides,
+    ]
     return make_parser().parse_args_and_config([str(arg) for arg in argv])
 
 
@@ -73,9 +83,25 @@ def random_base(tokenizer, tmp_path_factory):
 def pretrained_base(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
     """minimind-tiny after 60 pretraining steps on the tiny corpus (~15 s): a model that already writes text."""
     folder = tmp_path_factory.mktemp("pretrained-base")
-    argv = ["--config", REPO / "recipes" / "configs" / "pretrain_tiny.yaml", "--dataset_name", tiny_corpus["pretrain"],
-            "--tokenizer_name_or_path", tiny_tokenizer_dir, "--output_dir", folder, "--max_steps", "60",
-            "--eval_strategy", "no", "--eval_on_start", "false", "--save_strategy", "no", *QUIET]  # fmt: skip
+    argv = [
+        "--config",
+        REPO / "recipes" / "configs" / "pretrain_tiny.yaml",
+        "--dataset_name",
+        tiny_corpus["pretrain"],
+        "--tokenizer_name_or_path",
+        tiny_tokenizer_dir,
+        "--output_dir",
+        folder,
+        "--max_steps",
+        "60",
+        "--eval_strategy",
+        "no",
+        "--eval_on_start",
+        "false",
+        "--save_strategy",
+        "no",
+        *QUIET,
+    ]
     parser = RecipeParser((PretrainScriptArguments, PretrainConfig, PretrainModelArguments))
     pretrain(*parser.parse_args_and_config([str(arg) for arg in argv]))
     return folder
@@ -119,8 +145,9 @@ def sft_trainer(tokenizer, rows, tmp_path, **config):
     """SFTRecipeTrainer over `rows` with a tiny random model: datasets prepared the way the recipe prepares them."""
     torch.manual_seed(0)
     model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer)))
-    args = SFTRecipeConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, eval_strategy="no",
-                           eval_on_start=False, **config)  # fmt: skip
+    args = SFTRecipeConfig(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, eval_strategy="no", eval_on_start=False, **config
+    )
     return SFTRecipeTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
 
 
@@ -168,12 +195,27 @@ def test_sft_raises_heldout_accuracy_and_end_of_turn_rate(pretrained_base, tiny_
     4.27 -> 1.65, accuracy 0.0 -> 0.1 and task_accuracy 0.0 -> 0.04 (the 40 questions of eval/rl.jsonl),
     end-of-turn rate 0.35 -> 0.95. The thresholds leave room for other CPUs' numerics."""
     out = tmp_path / "sft"
-    result = sft(*parse(
-        pretrained_base, tiny_corpus["sft"], out, "--num_train_epochs", "5", "--learning_rate", "3e-3",
-        "--eval_dataset_name", tiny_corpus["eval"] / "sft.jsonl", "--chat_eval_dataset",
-        tiny_corpus["eval"] / "rl.jsonl", "--chat_eval_max_new_tokens", "64", "--eval_strategy", "epoch",
-        "--save_strategy", "no",
-    ))
+    result = sft(
+        *parse(
+            pretrained_base,
+            tiny_corpus["sft"],
+            out,
+            "--num_train_epochs",
+            "5",
+            "--learning_rate",
+            "3e-3",
+            "--eval_dataset_name",
+            tiny_corpus["eval"] / "sft.jsonl",
+            "--chat_eval_dataset",
+            tiny_corpus["eval"] / "rl.jsonl",
+            "--chat_eval_max_new_tokens",
+            "64",
+            "--eval_strategy",
+            "epoch",
+            "--save_strategy",
+            "no",
+        )
+    )
     before, after = result["before"], result["after"]
     assert set(before) == set(after) == {"loss", "accuracy", "task_accuracy", "eot_rate"}
     assert after["loss"] < 0.7 * before["loss"]
@@ -193,8 +235,9 @@ def test_sft_raises_heldout_accuracy_and_end_of_turn_rate(pretrained_base, tiny_
     probes = list(read_jsonl(tiny_corpus["eval"] / "rl.jsonl"))[:8]
     stopped = 0
     for probe in probes:  # generation stops at <|im_end|> with no eos_token_id given: the saved config has it
-        ids = tokenizer.apply_chat_template(probe["prompt"], add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]  # fmt: skip
+        ids = tokenizer.apply_chat_template(
+            probe["prompt"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
         new = model.generate(ids, max_new_tokens=64, do_sample=False)[0, ids.shape[1] :]
         stopped += int(new[-1] == im_end and len(new) < 64)
     assert stopped >= 6
@@ -208,9 +251,28 @@ class KeepModel(TrainerCallback):
 def test_lora_trains_only_adapters_and_the_merged_folder_reloads(random_base, tiny_corpus, tokenizer, tmp_path):
     out = tmp_path / "lora"
     kept = KeepModel()
-    sft(*parse(random_base, tiny_corpus["sft"], out, "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
-               "--merge_on_save", "true", "--max_steps", "4", "--save_strategy", "no", "--eval_strategy", "no"),
-        callbacks=[kept])  # fmt: skip
+    sft(
+        *parse(
+            random_base,
+            tiny_corpus["sft"],
+            out,
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "8",
+            "--lora_alpha",
+            "16",
+            "--merge_on_save",
+            "true",
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+        ),
+        callbacks=[kept],
+    )
     base_weights = load_file(random_base / "model.safetensors")
     trained = {name: p for name, p in kept.model.named_parameters() if p.requires_grad}
     assert trained and all("lora_" in name for name in trained)
@@ -262,8 +324,20 @@ def train_losses(output_dir):
 
 
 def test_interrupted_then_resumed_sft_matches_uninterrupted(random_base, tiny_corpus, tmp_path):
-    args = ("--max_steps", "6", "--save_steps", "3", "--logging_steps", "1", "--eval_strategy", "no",
-            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2")  # fmt: skip
+    args = (
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+    )
     sft(*parse(random_base, tiny_corpus["sft"], tmp_path / "full", *args))
     interrupted = tmp_path / "interrupted"
     sft(*parse(random_base, tiny_corpus["sft"], interrupted, *args), callbacks=[StopAfter(3)])
@@ -284,14 +358,30 @@ GOOD = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant
 BAD_RECORDS = {
     "no assistant turn": ({"conversations": [{"role": "user", "content": "hi"}]}, "no assistant message"),
     "role order": (
-        {"conversations": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                           {"role": "assistant", "content": "c"}]},
+        {
+            "conversations": [
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ]
+        },
         "field 'conversations[1].role': 'user' cannot follow 'user'",
     ),
     "tool call not JSON": (
-        {"conversations": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "calculator", "arguments": "{expression: 1+1}"}}]},
-            {"role": "tool", "content": "2"}, {"role": "assistant", "content": "2"}]},
+        {
+            "conversations": [
+                {"role": "user", "content": "1+1?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"type": "function", "function": {"name": "calculator", "arguments": "{expression: 1+1}"}}
+                    ],
+                },
+                {"role": "tool", "content": "2"},
+                {"role": "assistant", "content": "2"},
+            ]
+        },
         "field 'conversations[1].tool_calls[0].function.arguments': not valid JSON",
     ),
 }
@@ -320,8 +410,19 @@ def test_bad_record_is_one_error_line_naming_file_line_and_field(case, random_ba
 def test_script_reports_a_bad_record_and_skip_bad_sets_them_aside(random_base, tmp_path):
     records = [GOOD, BAD_RECORDS["role order"][0], GOOD, BAD_RECORDS["tool call not JSON"][0], GOOD]
     data = write_records(tmp_path / "data.jsonl", records)
-    command = [sys.executable, str(REPO / "recipes" / "sft.py"), "--config", str(SFT_RECIPE), "--model_name_or_path",
-               str(random_base), "--dataset_name", str(data), "--output_dir", str(tmp_path / "run"), *QUIET]
+    command = [
+        sys.executable,
+        str(REPO / "recipes" / "sft.py"),
+        "--config",
+        str(SFT_RECIPE),
+        "--model_name_or_path",
+        str(random_base),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "run"),
+        *QUIET,
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {data}:2: field 'conversations[1].role'")
@@ -342,28 +443,43 @@ def test_every_chat_format_converts_to_the_same_conversation(tmp_path):
         {"conversations": plain},
         {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
         {"instruction": "Hi", "input": "", "output": "Hello"},
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
-                      {"role": "assistant", "content": "Hello"}]},
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                {"role": "assistant", "content": "Hello"},
+            ]
+        },
     ]
     for source in sources:
         turns = [(m["role"], m["content"]) for m in to_chat_row(source)["messages"]]
         assert turns == [("user", "Hi"), ("assistant", "Hello")]
     call = {"name": "calculator", "arguments": {"expression": "2 * 3"}}
     call_text = '{"expression": "2 * 3"}'
-    upstream = {"conversations": [
-        {"role": "system", "content": "Use tools.", "tools": json.dumps([CALCULATOR_TOOL])},
-        {"role": "user", "content": "2 * 3?"},
-        {"role": "assistant", "content": "", "tool_calls": json.dumps([call])},
-        {"role": "tool", "content": "6"},
-        {"role": "assistant", "content": "<think>\nThe tool said 6.\n</think>\n6"},
-    ]}  # fmt: skip
-    openai = {"tools": [CALCULATOR_TOOL], "messages": [
-        {"role": "system", "content": "Use tools."}, {"role": "user", "content": "2 * 3?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": call_text}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "6"},
-        {"role": "assistant", "content": "6", "reasoning_content": "The tool said 6."},
-    ]}  # fmt: skip
+    upstream = {
+        "conversations": [
+            {"role": "system", "content": "Use tools.", "tools": json.dumps([CALCULATOR_TOOL])},
+            {"role": "user", "content": "2 * 3?"},
+            {"role": "assistant", "content": "", "tool_calls": json.dumps([call])},
+            {"role": "tool", "content": "6"},
+            {"role": "assistant", "content": "<think>\nThe tool said 6.\n</think>\n6"},
+        ]
+    }
+    openai = {
+        "tools": [CALCULATOR_TOOL],
+        "messages": [
+            {"role": "system", "content": "Use tools."},
+            {"role": "user", "content": "2 * 3?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "calculator", "arguments": call_text}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "6"},
+            {"role": "assistant", "content": "6", "reasoning_content": "The tool said 6."},
+        ],
+    }
     assert to_chat_row(upstream) == to_chat_row(openai)
     row = to_chat_row(openai)
     assert json.loads(row["tools"]) == [CALCULATOR_TOOL]
@@ -386,8 +502,9 @@ def test_system_prompts_are_added_at_the_given_rate_with_a_seed(tiny_corpus, tmp
     assert read_system_prompts(["Be brief."]) == ["Be brief."]
 
     def added(seed, ratio):
-        dataset, _ = load_chat_dataset(tiny_corpus["sft"], system_prompts=["You are A.", "You are B."],
-                                       system_prompt_ratio=ratio, seed=seed)  # fmt: skip
+        dataset, _ = load_chat_dataset(
+            tiny_corpus["sft"], system_prompts=["You are A.", "You are B."], system_prompt_ratio=ratio, seed=seed
+        )
         firsts = [messages[0]["content"] for messages in dataset["messages"]]
         return [content if content in ("You are A.", "You are B.") else None for content in firsts]
 
@@ -439,8 +556,16 @@ def test_template_renders_thinking_switch_and_tools(tokenizer):
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "configs").glob("sft_*.yaml")), ids=lambda p: p.stem)
 def test_recipe_files_parse(recipe, tmp_path):
     _, training_args, model_args = make_parser().parse_args_and_config(
-        ["--config", str(recipe), "--model_name_or_path", "unused", "--dataset_name", "unused", "--output_dir",
-         str(tmp_path)]
+        [
+            "--config",
+            str(recipe),
+            "--model_name_or_path",
+            "unused",
+            "--dataset_name",
+            "unused",
+            "--output_dir",
+            str(tmp_path),
+        ]
     )
     assert training_args.assistant_only_loss and training_args.packing and training_args.max_length
     assert model_args.lora_target_modules == "all-linear"
@@ -448,16 +573,28 @@ def test_recipe_files_parse(recipe, tmp_path):
 
 @pytest.mark.parametrize(
     "expression, value",
-    [("123 * 45 - 67", 5468), ("(750 + 466) * 89", 108224), ("7 / 2", 3.5), ("-(2 + 3) ** 2", -25),
-     ("17 // 5", 3), ("17 % 5", 2), ("2 ** -1", 0.5), ("1.5 * 4", 6.0)],
+    [
+        ("123 * 45 - 67", 5468),
+        ("(750 + 466) * 89", 108224),
+        ("7 / 2", 3.5),
+        ("-(2 + 3) ** 2", -25),
+        ("17 // 5", 3),
+        ("17 % 5", 2),
+        ("2 ** -1", 0.5),
+        ("1.5 * 4", 6.0),
+    ],
 )
 def test_calculator_evaluates_arithmetic(expression, value):
     assert evaluate_expression(expression) == value
 
 
 def test_calculator_writes_tool_results():
-    assert [calculator(e) for e in ("123 * 45", "6 / 3", "1 / 3", "2 ** 0.5")] == ["5535", "2", "0.3333333333",
-                                                                                  "1.414213562"]  # fmt: skip
+    assert [calculator(e) for e in ("123 * 45", "6 / 3", "1 / 3", "2 ** 0.5")] == [
+        "5535",
+        "2",
+        "0.3333333333",
+        "1.414213562",
+    ]
 
 
 @pytest.mark.parametrize(

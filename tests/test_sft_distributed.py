@@ -28,13 +28,41 @@ def test_deepspeed_zero2_two_processes_train_and_save(tiny_corpus, tiny_tokenize
     tokenizer.save_pretrained(base)
     out = tmp_path / "sft"
     command = [
-        str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-        "recipes/sft.py", "--deepspeed", "ds_configs/zero2.json", "--use_cpu", "true",
-        "--config", "recipes/configs/sft_tiny.yaml", "--model_name_or_path", str(base),
-        "--dataset_name", str(tiny_corpus["sft"]), "--eval_dataset_name", str(tiny_corpus["eval"] / "sft.jsonl"),
-        "--output_dir", str(out), "--max_steps", str(STEPS), "--save_steps", str(STEPS), "--eval_steps", str(STEPS),
-        "--logging_steps", "1", "--per_device_train_batch_size", "2", "--disable_tqdm", "true", "--report_to", "none",
-    ]  # fmt: skip
+        str(Path(sys.executable).parent / "deepspeed"),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "recipes/sft.py",
+        "--deepspeed",
+        "ds_configs/zero2.json",
+        "--use_cpu",
+        "true",
+        "--config",
+        "recipes/configs/sft_tiny.yaml",
+        "--model_name_or_path",
+        str(base),
+        "--dataset_name",
+        str(tiny_corpus["sft"]),
+        "--eval_dataset_name",
+        str(tiny_corpus["eval"] / "sft.jsonl"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(STEPS),
+        "--save_steps",
+        str(STEPS),
+        "--eval_steps",
+        str(STEPS),
+        "--logging_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "2",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+    ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"

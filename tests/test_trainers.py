@@ -33,9 +33,17 @@ STEPS = 2
 
 def common_args(output_dir, **overrides):
     return dict(
-        output_dir=str(output_dir), max_steps=STEPS, per_device_train_batch_size=2, logging_steps=1,
-        save_steps=STEPS, report_to="none", disable_tqdm=True, use_cpu=True, seed=0, **overrides,
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        max_steps=STEPS,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        save_steps=STEPS,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +191,14 @@ def test_saved_folder_tokenizer_loads_without_remote_code(base_folder, tokenizer
         "print(len(tok), tok.eos_token, tok.chat_template is not None)\n"
     )
     env = {**os.environ, "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, stdin=subprocess.DEVNULL)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [str(len(tokenizer)), "<|im_end|>", "True"]
     assert "custom code" not in done.stderr

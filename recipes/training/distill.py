@@ -213,8 +213,18 @@ def distill(
         f"of {script_args.block_size} tokens; {len(eval_dataset) if eval_dataset is not None else 0} eval blocks"
     )
 
-    trainer = packed_blocks_trainer(DistillTrainer, student, tokenizer, script_args, training_args, train_dataset,
-                                    eval_dataset, resume, callbacks, teacher=teacher)  # fmt: skip
+    trainer = packed_blocks_trainer(
+        DistillTrainer,
+        student,
+        tokenizer,
+        script_args,
+        training_args,
+        train_dataset,
+        eval_dataset,
+        resume,
+        callbacks,
+        teacher=teacher,
+    )
     train_output = trainer.train(resume_from_checkpoint=resume)
     finish_run(trainer, tokenizer, train_output)
     before, after = before_and_after(trainer)

@@ -218,9 +218,11 @@ def start_preference(log_history: list[dict], eval_dataset) -> dict:
 
 def task_regression(before: dict, after: dict) -> str | None:
     """A warning naming each held-out task number that fell by more than TASK_DROP_WARNING, or None."""
-    drops = [f"{key} {before[key]} -> {after[key]}" for key in TASK_METRICS
-             if before.get(key) is not None and after.get(key) is not None
-             and before[key] - after[key] > TASK_DROP_WARNING]  # fmt: skip
+    drops = [
+        f"{key} {before[key]} -> {after[key]}"
+        for key in TASK_METRICS
+        if before.get(key) is not None and after.get(key) is not None and before[key] - after[key] > TASK_DROP_WARNING
+    ]
     if not drops:
         return None
     return (
@@ -243,9 +245,11 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     train_dataset, eval_dataset, rejected = load_preference_datasets(script_args, training_args)
     turn_off_eval_without_data(training_args, eval_dataset)
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
-    logger.info(f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} training pairs; "
-                f"{len(eval_dataset) if eval_dataset is not None else 0} held-out pairs; beta={training_args.beta}, "
-                f"loss_type={training_args.loss_type}")  # fmt: skip
+    logger.info(
+        f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} training pairs; "
+        f"{len(eval_dataset) if eval_dataset is not None else 0} held-out pairs; beta={training_args.beta}, "
+        f"loss_type={training_args.loss_type}"
+    )
     trainer = DPORecipeTrainer(
         model=model,
         args=training_args,
@@ -258,8 +262,9 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     warn_if_dropped("training", len(train_dataset), trainer.train_dataset, training_args.max_length)
     if eval_dataset is not None:
         warn_if_dropped("held-out", len(eval_dataset), trainer.eval_dataset, training_args.max_length)
-    identical = identical_after_truncation(trainer.train_dataset, training_args.max_length,
-                                           training_args.truncation_mode)  # fmt: skip
+    identical = identical_after_truncation(
+        trainer.train_dataset, training_args.max_length, training_args.truncation_mode
+    )
     if identical:
         logger.warning(
             f"{identical} of {len(trainer.train_dataset)} training pairs have identical chosen and rejected tokens "
@@ -269,8 +274,9 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         trainer.add_callback(StuckLossCallback(training_args.stuck_loss_steps, identical, len(trainer.train_dataset)))
     probes, chat_probe = read_chat_probes(script_args), None
     if probes:
-        measure = functools.partial(task_metrics, tokenizer=tokenizer, records=probes,
-                                    max_new_tokens=script_args.chat_eval_max_new_tokens)  # fmt: skip
+        measure = functools.partial(
+            task_metrics, tokenizer=tokenizer, records=probes, max_new_tokens=script_args.chat_eval_max_new_tokens
+        )
         chat_probe = BeforeAfterCallback(measure, training_args.output_dir, "chat")
         trainer.add_callback(chat_probe)
     return trainer, chat_probe, rejected

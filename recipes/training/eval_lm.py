@@ -154,8 +154,12 @@ class EvalInputs:
 
     @classmethod
     def read(cls, text_files, mc_files, mc_dev_files, chat_files, config: EvalConfig) -> "EvalInputs":
-        for flag, paths in (("text_files", text_files), ("mc_files", mc_files), ("mc_dev_files", mc_dev_files),
-                            ("chat_files", chat_files)):  # fmt: skip
+        for flag, paths in (
+            ("text_files", text_files),
+            ("mc_files", mc_files),
+            ("mc_dev_files", mc_dev_files),
+            ("chat_files", chat_files),
+        ):
             _check_files(flag, paths)
         if not (text_files or mc_files or chat_files):
             raise ValueError("nothing to evaluate: pass --text_files, --mc_files or --chat_files")
@@ -200,8 +204,16 @@ def evaluate_model(model, tokenizer, inputs: EvalInputs, config: EvalConfig) -> 
     }
 
 
-def evaluate_models(model_dirs, text_files=(), mc_files=(), chat_files=(), output_dir=None, mc_dev_files=(),
-                    results_file=None, config: EvalConfig | None = None) -> dict:  # fmt: skip
+def evaluate_models(
+    model_dirs,
+    text_files=(),
+    mc_files=(),
+    chat_files=(),
+    output_dir=None,
+    mc_dev_files=(),
+    results_file=None,
+    config: EvalConfig | None = None,
+) -> dict:
     """Score each model on each file; with `output_dir`, write the results, table and chart there. Returns
     `{"models": {name: {"path", "parameters", "seconds", "bits_per_byte", "text", "multiple_choice", "chat"}},
     "settings": {...}}`."""
@@ -218,8 +230,12 @@ def evaluate_models(model_dirs, text_files=(), mc_files=(), chat_files=(), outpu
         model, tokenizer = load_model(path, config.dtype, config.trust_remote_code)
         logger.info("evaluating %s (%s)", name, path)
         metrics = evaluate_model(model, tokenizer, inputs, config)
-        results["models"][name] = {"path": path, "parameters": count_parameters(model),
-                                   "seconds": round(time.perf_counter() - start, 1), **metrics}  # fmt: skip
+        results["models"][name] = {
+            "path": path,
+            "parameters": count_parameters(model),
+            "seconds": round(time.perf_counter() - start, 1),
+            **metrics,
+        }
         del model
         gc.collect()
     if output_dir is not None:
@@ -246,12 +262,18 @@ def table_rows(results: dict) -> list[dict]:
     for name, first in models[0]["multiple_choice"].items():
         for metric, label in MC_LABELS.items():
             values = [m["multiple_choice"][name][metric] for m in models]
-            rows.append({"label": f"{label}, {name}", "higher_is_better": True, "values": values,
-                         "chance": first["chance"]})  # fmt: skip
+            rows.append(
+                {"label": f"{label}, {name}", "higher_is_better": True, "values": values, "chance": first["chance"]}
+            )
     for name in models[0]["chat"]:
         for metric, label in (("task_accuracy", "task accuracy"), ("eot_rate", "end-of-turn rate")):
-            rows.append({"label": f"{label}, {name}", "higher_is_better": True,
-                         "values": [m["chat"][name][metric] for m in models]})  # fmt: skip
+            rows.append(
+                {
+                    "label": f"{label}, {name}",
+                    "higher_is_better": True,
+                    "values": [m["chat"][name][metric] for m in models],
+                }
+            )
     return rows
 
 

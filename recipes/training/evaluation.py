@@ -93,8 +93,9 @@ def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
 
 
 @torch.no_grad()
-def chat_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 32,
-                 **template_kwargs) -> list[tuple[str, bool]]:  # fmt: skip
+def chat_replies(
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 32, **template_kwargs
+) -> list[tuple[str, bool]]:
     """Greedy assistant replies to chat prompts and whether each ended its turn (emitted the eos token) in time."""
     prompts = [
         tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
@@ -104,8 +105,9 @@ def chat_replies(model, tokenizer, conversations: list[list[dict]], max_new_toke
     replies = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)  # fmt: skip
+            batch = tokenizer(
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
@@ -121,8 +123,15 @@ def chat_replies(model, tokenizer, conversations: list[list[dict]], max_new_toke
     return replies
 
 
-def chat_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 64, num_samples: int = 4,
-                  generalisable=GENERALISABLE_FAMILIES, **template_kwargs) -> dict:  # fmt: skip
+def chat_accuracy(
+    model,
+    tokenizer,
+    records: list[dict],
+    max_new_tokens: int = 64,
+    num_samples: int = 4,
+    generalisable=GENERALISABLE_FAMILIES,
+    **template_kwargs,
+) -> dict:
     """Exact-answer accuracy of greedy chat replies (overall, on generalisable families, per family) and the share
     of replies that end with the end-of-turn token."""
     if not records:

@@ -147,8 +147,10 @@ class KLLimitCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         kl = (logs or {}).get("kl")
         if self.warning is None and kl is not None and kl > self.max_kl:
-            self.warning = (f"KL to the reference reached {kl:.4f} at step {state.global_step}, above --max_kl "
-                            f"{self.max_kl}: training stopped there. Raise --beta or lower --learning_rate.")  # fmt: skip
+            self.warning = (
+                f"KL to the reference reached {kl:.4f} at step {state.global_step}, above --max_kl "
+                f"{self.max_kl}: training stopped there. Raise --beta or lower --learning_rate."
+            )
             logger.warning(self.warning)
             control.should_training_stop = True
 
@@ -160,8 +162,9 @@ def check_config(script_args: GRPOScriptArguments, training_args: GRPOTrainingCo
     if training_args.loss_type not in LOSS_TYPES:
         raise ValueError(f"--loss_type: expected one of {', '.join(LOSS_TYPES)}, got {training_args.loss_type!r}")
     if training_args.use_vllm and importlib.util.find_spec("vllm") is None:
-        raise ValueError("--use_vllm true needs vLLM (`pip install vllm`, GPUs only); leave it false to generate "
-                         "with transformers")  # fmt: skip
+        raise ValueError(
+            "--use_vllm true needs vLLM (`pip install vllm`, GPUs only); leave it false to generate with transformers"
+        )
     if training_args.beta == 0 and training_args.max_kl is not None:
         raise ValueError("--max_kl needs --beta > 0: with beta 0 TRL keeps no reference and logs no KL")
     if script_args.reward_funcs and any(name not in REWARD_FUNCTIONS for name in script_args.reward_funcs):
@@ -175,8 +178,10 @@ def load_prompts(script_args: GRPOScriptArguments) -> datasets.Dataset:
     records = read_rl_records(script_args.dataset_name, script_args.dataset_train_split)
     with_tools = sum(1 for r in records if r.get("tools"))
     if with_tools and not script_args.use_tools:
-        logger.warning(f"{with_tools} of {len(records)} prompts list tools, but --use_tools is false: they are asked "
-                       "without the calculator")  # fmt: skip
+        logger.warning(
+            f"{with_tools} of {len(records)} prompts list tools, but --use_tools is false: they are asked "
+            "without the calculator"
+        )
     rows = [{**{k: v for k, v in r.items() if k != "tools"}, "prompt": as_messages(r["prompt"])} for r in records]
     return datasets.Dataset.from_list(rows)
 
@@ -187,21 +192,39 @@ def read_tool_probes(script_args: GRPOScriptArguments) -> list[dict]:
     probes = read_probes(script_args.tool_eval_dataset)[: script_args.tool_eval_samples]
     missing = [i + 1 for i, probe in enumerate(probes) if "prompt" not in probe or "answer" not in probe]
     if missing or not probes:
-        raise ValueError(f"--tool_eval_dataset {script_args.tool_eval_dataset}:{missing[0] if missing else 1}: "
-                         "tool questions need `prompt` and `answer`")  # fmt: skip
+        raise ValueError(
+            f"--tool_eval_dataset {script_args.tool_eval_dataset}:{missing[0] if missing else 1}: "
+            "tool questions need `prompt` and `answer`"
+        )
     return probes
 
 
-def heldout_metrics(model, tokenizer, script_args, reward_funcs, weights, chat_probes, tool_probes,
-                    max_tool_calling_iterations) -> dict:  # fmt: skip
+def heldout_metrics(
+    model, tokenizer, script_args, reward_funcs, weights, chat_probes, tool_probes, max_tool_calling_iterations
+) -> dict:
     """What the stage reports before and after: reward-scored greedy replies and the tool loop's numbers."""
     metrics = {}
     if chat_probes:
-        metrics.update(heldout_rl_metrics(model, tokenizer, chat_probes, reward_funcs, weights,
-                                          max_new_tokens=script_args.chat_eval_max_new_tokens))  # fmt: skip
+        metrics.update(
+            heldout_rl_metrics(
+                model,
+                tokenizer,
+                chat_probes,
+                reward_funcs,
+                weights,
+                max_new_tokens=script_args.chat_eval_max_new_tokens,
+            )
+        )
     if tool_probes:
-        metrics.update(heldout_tool_metrics(model, tokenizer, tool_probes, script_args.tool_eval_max_new_tokens,
-                                            max_iterations=max_tool_calling_iterations or 2))  # fmt: skip
+        metrics.update(
+            heldout_tool_metrics(
+                model,
+                tokenizer,
+                tool_probes,
+                script_args.tool_eval_max_new_tokens,
+                max_iterations=max_tool_calling_iterations or 2,
+            )
+        )
     return metrics
 
 
@@ -214,12 +237,15 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     chat_probes, tool_probes = read_heldout_records(script_args), read_tool_probes(script_args)
     turn_off_eval_without_data(training_args, None)  # held-out numbers come from the probe below
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
-    reward_funcs = build_reward_functions(script_args, model_args, tokenizer, training_args.device,
-                                          training_args.trust_remote_code)  # fmt: skip
-    logger.info(f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} prompts; rewards "
-                f"{[f.__name__ for f in reward_funcs]}; num_generations={training_args.num_generations}, "
-                f"beta={training_args.beta}, loss_type={training_args.loss_type}, "
-                f"tools={list(TOOLS) if script_args.use_tools else []}")  # fmt: skip
+    reward_funcs = build_reward_functions(
+        script_args, model_args, tokenizer, training_args.device, training_args.trust_remote_code
+    )
+    logger.info(
+        f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} prompts; rewards "
+        f"{[f.__name__ for f in reward_funcs]}; num_generations={training_args.num_generations}, "
+        f"beta={training_args.beta}, loss_type={training_args.loss_type}, "
+        f"tools={list(TOOLS) if script_args.use_tools else []}"
+    )
     trainer = GRPORecipeTrainer(
         model=model,
         reward_funcs=reward_funcs,
@@ -235,10 +261,15 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
     probe = None
     if chat_probes or tool_probes:
         measure = functools.partial(
-            heldout_metrics, tokenizer=tokenizer, script_args=script_args, reward_funcs=reward_funcs,
-            weights=training_args.reward_weights, chat_probes=chat_probes, tool_probes=tool_probes,
+            heldout_metrics,
+            tokenizer=tokenizer,
+            script_args=script_args,
+            reward_funcs=reward_funcs,
+            weights=training_args.reward_weights,
+            chat_probes=chat_probes,
+            tool_probes=tool_probes,
             max_tool_calling_iterations=training_args.max_tool_calling_iterations,
-        )  # fmt: skip
+        )
         probe = BeforeAfterCallback(measure, training_args.output_dir, "rl")
         trainer.add_callback(probe)
     return trainer, probe
@@ -279,12 +310,19 @@ def grpo(
     kls = logged(history, "kl")
     before = {**(probe.before if probe else {}), "kl": 0.0}  # the policy starts as the reference
     after = {**(probe.after if probe else {}), "kl": round(kls[-1], 6) if kls else None}
-    failures = {key.split("/")[1]: sum(logged(history, key)) for key in {k for h in history for k in h}
-                if key.startswith("rewards/") and key.endswith("/failures")}  # fmt: skip
+    failures = {
+        key.split("/")[1]: sum(logged(history, key))
+        for key in {k for h in history for k in h}
+        if key.startswith("rewards/") and key.endswith("/failures")
+    }
     kl_stop = next((c for c in trainer.callback_handler.callbacks if isinstance(c, KLLimitCallback)), None)
     merge_adapter(trainer)
-    finish_run(trainer, trainer.processing_class, train_output,
-               extra_eval={k: v for k, v in after.items() if not isinstance(v, (list, dict))})  # fmt: skip
+    finish_run(
+        trainer,
+        trainer.processing_class,
+        train_output,
+        extra_eval={k: v for k, v in after.items() if not isinstance(v, (list, dict))},
+    )
     result = {
         "before": before,
         "after": after,
@@ -295,7 +333,9 @@ def grpo(
         "train_prompts": len(trainer.train_dataset),
         "output_dir": training_args.output_dir,
     }
-    logger.info(f"Saved the GRPO model to {training_args.output_dir}: "
-                f"{ {k: v for k, v in result.items() if k not in ('before', 'after')} }")  # fmt: skip
+    logger.info(
+        f"Saved the GRPO model to {training_args.output_dir}: "
+        f"{ {k: v for k, v in result.items() if k not in ('before', 'after')} }"
+    )
     trainer.end()
     return result

@@ -259,11 +259,13 @@ class PolicyAndValue(nn.Module):
         self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     def forward(self, input_ids, attention_mask, position_ids):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=False).logits  # fmt: skip
+        logits = self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).logits
         backbone = getattr(self.critic, self.critic.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False).last_hidden_state  # fmt: skip
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         return logits, self.critic.score(hidden).squeeze(-1)
 
 
@@ -289,8 +291,18 @@ class Rollout:
 class PPOTrainer:
     """Runs PPO steps over prompt records; see the module docstring. `train()` returns the run's summary."""
 
-    def __init__(self, args: PPOConfig, policy, critic, reward_funcs, tokenizer, train_records: list[dict],
-                 ref_model=None, eval_records: list[dict] | None = None, eval_max_new_tokens: int = 96):  # fmt: skip
+    def __init__(
+        self,
+        args: PPOConfig,
+        policy,
+        critic,
+        reward_funcs,
+        tokenizer,
+        train_records: list[dict],
+        ref_model=None,
+        eval_records: list[dict] | None = None,
+        eval_max_new_tokens: int = 96,
+    ):
         self.args, self.tokenizer, self.reward_funcs = args, tokenizer, reward_funcs
         self.eval_records, self.eval_max_new_tokens = eval_records or [], eval_max_new_tokens
         self.accelerator = Accelerator(
@@ -302,12 +314,19 @@ class PPOTrainer:
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         self.records = train_records[rank::world]
         if len(self.records) < args.rollout_batch_size:
-            raise ValueError(f"{len(train_records)} prompts over {world} processes leave {len(self.records)} per "
-                             f"process, fewer than --rollout_batch_size {args.rollout_batch_size}")  # fmt: skip
+            raise ValueError(
+                f"{len(train_records)} prompts over {world} processes leave {len(self.records)} per "
+                f"process, fewer than --rollout_batch_size {args.rollout_batch_size}"
+            )
         self.steps_per_epoch = len(self.records) // args.rollout_batch_size
-        self.max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * self.steps_per_epoch)
-        updates_per_step = args.num_ppo_epochs * args.rollout_batch_size // (
-            args.per_device_train_batch_size * args.gradient_accumulation_steps)  # fmt: skip
+        self.max_steps = (
+            args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * self.steps_per_epoch)
+        )
+        updates_per_step = (
+            args.num_ppo_epochs
+            * args.rollout_batch_size
+            // (args.per_device_train_batch_size * args.gradient_accumulation_steps)
+        )
         self.total_updates = self.max_steps * updates_per_step
         for model in (policy, critic):
             disable_dropout_in_model(model)
@@ -319,18 +338,24 @@ class PPOTrainer:
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-        )  # fmt: skip
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+        )
         if self.accelerator.state.deepspeed_plugin is not None:
             if getattr(args, "hf_deepspeed_config", None) is None:  # `accelerate launch` with a DeepSpeed config
                 propagate_args_to_deepspeed(self.accelerator, args)
-            self.accelerator.state.deepspeed_plugin.hf_ds_config.trainer_config_finalize(args, policy,
-                                                                                          self.total_updates)
+            self.accelerator.state.deepspeed_plugin.hf_ds_config.trainer_config_finalize(
+                args, policy, self.total_updates
+            )
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         self.scheduler = get_scheduler(
-            args.lr_scheduler_type, self.optimizer, num_warmup_steps=args.get_warmup_steps(self.total_updates),
-            num_training_steps=self.total_updates, scheduler_specific_kwargs=args.lr_scheduler_kwargs,
-        )  # fmt: skip
+            args.lr_scheduler_type,
+            self.optimizer,
+            num_warmup_steps=args.get_warmup_steps(self.total_updates),
+            num_training_steps=self.total_updates,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        )
         self.ref_model = self._prepare_frozen(ref_model) if ref_model is not None else None
         self.global_step, self.log_history = 0, []
         self.generation_config = self._generation_config()
@@ -345,10 +370,20 @@ class PPOTrainer:
     def _generation_config(self) -> GenerationConfig:
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        options = {"do_sample": True, "temperature": self.args.temperature, "top_k": 0, "top_p": 1.0,
-                   **(self.args.generation_kwargs or {})}  # fmt: skip
-        return GenerationConfig(max_new_tokens=self.args.max_completion_length, eos_token_id=eos, pad_token_id=pad,
-                                cache_implementation=self.args.cache_implementation, **options)  # fmt: skip
+        options = {
+            "do_sample": True,
+            "temperature": self.args.temperature,
+            "top_k": 0,
+            "top_p": 1.0,
+            **(self.args.generation_kwargs or {}),
+        }
+        return GenerationConfig(
+            max_new_tokens=self.args.max_completion_length,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            cache_implementation=self.args.cache_implementation,
+            **options,
+        )
 
     @property
     def policy(self):
@@ -364,9 +399,12 @@ class PPOTrainer:
         return [self.records[i] for i in order[index * size : (index + 1) * size].tolist()]
 
     def prompt_ids(self, records: list[dict]) -> list[list[int]]:
-        return [self.tokenizer.apply_chat_template(as_messages(r["prompt"]), add_generation_prompt=True,
-                                                   tokenize=True, return_dict=True)["input_ids"]
-                for r in records]  # fmt: skip
+        return [
+            self.tokenizer.apply_chat_template(
+                as_messages(r["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+            for r in records
+        ]
 
     @torch.no_grad()
     def rollout(self, records: list[dict], seed: int) -> Rollout:
@@ -379,8 +417,9 @@ class PPOTrainer:
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
             was_training = unwrapped.training
             unwrapped.eval()
-            output = unwrapped.policy.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                               generation_config=self.generation_config)  # fmt: skip
+            output = unwrapped.policy.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=self.generation_config
+            )
             unwrapped.train(was_training)
         self.generate_seconds = time.perf_counter() - started
         prompt_width = input_ids.shape[1]
@@ -414,11 +453,13 @@ class PPOTrainer:
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
         if self.ref_model is None:
             with self.accelerator.unwrap_model(self.model).policy.disable_adapter():
-                logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                     use_cache=False).logits  # fmt: skip
+                logits = self.policy(
+                    input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+                ).logits
         else:
-            logits = self.ref_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                    use_cache=False).logits  # fmt: skip
+            logits = self.ref_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).logits
         start = rollout.prompt_width - 1
         return selective_log_softmax(logits[:, start:-1].float() / self.args.temperature, input_ids[:, start + 1 :])
 
@@ -465,8 +506,19 @@ class PPOTrainer:
         args = self.args
         micro = args.per_device_train_batch_size
         minibatch = micro * args.gradient_accumulation_steps
-        stats = {key: [] for key in ("loss", "policy_loss", "value_loss", "clipfrac", "value_clipfrac",
-                                     "approx_kl", "entropy", "grad_norm")}  # fmt: skip
+        stats = {
+            key: []
+            for key in (
+                "loss",
+                "policy_loss",
+                "value_loss",
+                "clipfrac",
+                "value_clipfrac",
+                "approx_kl",
+                "entropy",
+                "grad_norm",
+            )
+        }
         epochs_done = 0
         generator = torch.Generator().manual_seed(args.seed + self.global_step)
         for _ in range(args.num_ppo_epochs):
@@ -488,8 +540,9 @@ class PPOTrainer:
                         stats[key].append(value)
                     epoch_kl.append(step_stats["approx_kl"])
             epochs_done += 1
-            epoch_kl = self.accelerator.reduce(torch.tensor(sum(epoch_kl) / len(epoch_kl),
-                                                            device=self.accelerator.device), "mean").item()  # fmt: skip
+            epoch_kl = self.accelerator.reduce(
+                torch.tensor(sum(epoch_kl) / len(epoch_kl), device=self.accelerator.device), "mean"
+            ).item()
             if args.target_kl is not None and epoch_kl > args.target_kl:
                 break
         logs = {key: sum(values) / len(values) for key, values in stats.items() if values}
@@ -506,10 +559,12 @@ class PPOTrainer:
         args = self.args
         logprobs, values, logits = self.forward(self.model, rollout, rows)
         mask = rollout.mask[rows]
-        pg_loss, clipfrac, approx_kl = policy_loss(logprobs, rollout.logprobs[rows], rollout.advantages[rows], mask,
-                                                   args.cliprange)  # fmt: skip
-        vf_loss, vf_clipfrac = value_loss(values, rollout.values[rows], rollout.returns[rows], mask,
-                                          args.cliprange_value)  # fmt: skip
+        pg_loss, clipfrac, approx_kl = policy_loss(
+            logprobs, rollout.logprobs[rows], rollout.advantages[rows], mask, args.cliprange
+        )
+        vf_loss, vf_clipfrac = value_loss(
+            values, rollout.values[rows], rollout.returns[rows], mask, args.cliprange_value
+        )
         loss = pg_loss + args.vf_coef * vf_loss
         if not args.kl_in_reward:
             kl = kl_per_token(logprobs, rollout.ref_logprobs[rows], args.kl_estimator)
@@ -517,9 +572,15 @@ class PPOTrainer:
         self.accelerator.backward(loss)
         with torch.no_grad():
             entropy = masked_mean(entropy_from_logits(logits), mask)
-        return {"loss": loss.item(), "policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                "clipfrac": clipfrac.item(), "value_clipfrac": vf_clipfrac.item(), "approx_kl": approx_kl.item(),
-                "entropy": entropy.item()}  # fmt: skip
+        return {
+            "loss": loss.item(),
+            "policy_loss": pg_loss.item(),
+            "value_loss": vf_loss.item(),
+            "clipfrac": clipfrac.item(),
+            "value_clipfrac": vf_clipfrac.item(),
+            "approx_kl": approx_kl.item(),
+            "entropy": entropy.item(),
+        }
 
     # The loop
 
@@ -533,14 +594,16 @@ class PPOTrainer:
         rollout_seconds = time.perf_counter() - started
         logs.update(self.update(rollout))
         mask = rollout.mask
-        logs.update({
-            "kl": (kl * mask).sum(1).mean().item(),
-            "explained_variance": explained_variance(rollout.values, rollout.returns, mask),
-            "response_length": mask.sum(1).mean().item(),
-            "eos_rate": rollout.ended.float().mean().item(),
-            "score": rollout.scores.mean().item(),
-            "learning_rate": self.scheduler.get_last_lr()[0],
-        })  # fmt: skip
+        logs.update(
+            {
+                "kl": (kl * mask).sum(1).mean().item(),
+                "explained_variance": explained_variance(rollout.values, rollout.returns, mask),
+                "response_length": mask.sum(1).mean().item(),
+                "eos_rate": rollout.ended.float().mean().item(),
+                "score": rollout.scores.mean().item(),
+                "learning_rate": self.scheduler.get_last_lr()[0],
+            }
+        )
         logs = self.reduce_logs(logs)
         total = time.perf_counter() - started
         logs["generate_seconds"] = round(self.generate_seconds, 3)
@@ -563,8 +626,12 @@ class PPOTrainer:
         start_step = self.load_checkpoint(resume_from_checkpoint) if resume_from_checkpoint else 0
         self.restart_metrics()
         tokens, started = 0, time.perf_counter()
-        bar = tqdm(total=self.max_steps, initial=start_step, desc="PPO", disable=self.args.disable_tqdm
-                   or not self.accelerator.is_main_process)  # fmt: skip
+        bar = tqdm(
+            total=self.max_steps,
+            initial=start_step,
+            desc="PPO",
+            disable=self.args.disable_tqdm or not self.accelerator.is_main_process,
+        )
         with self.catch_interrupts():
             while self.global_step < self.max_steps:
                 logs = self.step()
@@ -586,9 +653,14 @@ class PPOTrainer:
         bar.close()
         seconds = time.perf_counter() - started
         losses = [h["loss"] for h in self.log_history if "loss" in h]
-        return {"steps": self.global_step, "tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
-                "train_loss": losses[-1] if losses else None, "train_runtime": round(seconds, 2),
-                "weights_sha256_per_process": self.weight_fingerprints()}  # fmt: skip
+        return {
+            "steps": self.global_step,
+            "tokens": tokens,
+            "tokens_per_second": round(tokens / seconds, 1),
+            "train_loss": losses[-1] if losses else None,
+            "train_runtime": round(seconds, 2),
+            "weights_sha256_per_process": self.weight_fingerprints(),
+        }
 
     def weight_fingerprints(self) -> list[str] | None:
         """SHA-256 of every process's actor and critic weights: data parallelism must leave them identical (a
@@ -601,8 +673,9 @@ class PPOTrainer:
             digest.update(param.detach().float().cpu().numpy().tobytes())
         fingerprints = gather_object([digest.hexdigest()])
         if len(set(fingerprints)) > 1:
-            raise RuntimeError(f"the processes ended PPO with different weights ({fingerprints}): a gradient was "
-                               "not all-reduced")  # fmt: skip
+            raise RuntimeError(
+                f"the processes ended PPO with different weights ({fingerprints}): a gradient was not all-reduced"
+            )
         return fingerprints
 
     # Logs, interrupts, checkpoints
@@ -654,8 +727,12 @@ class PPOTrainer:
         self.accelerator.save_state(str(staging / ACCELERATE_STATE))
         self.accelerator.wait_for_everyone()  # every process has written its part before the folder is renamed
         if self.accelerator.is_main_process:
-            state = {"global_step": self.global_step, "max_steps": self.max_steps, "log_history": self.log_history,
-                     "scheduler": self.scheduler.state_dict()}  # fmt: skip
+            state = {
+                "global_step": self.global_step,
+                "max_steps": self.max_steps,
+                "log_history": self.log_history,
+                "scheduler": self.scheduler.state_dict(),
+            }
             (staging / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
             publish_checkpoint(staging, run_dir / name)
             staging.parent.rmdir()
@@ -699,14 +776,21 @@ class PPOTrainer:
         if not self.eval_records:
             return {}
         with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
-            metrics = heldout_rl_metrics(unwrapped.policy, self.tokenizer, self.eval_records, self.reward_funcs,
-                                         self.args.reward_weights, self.eval_max_new_tokens)  # fmt: skip
+            metrics = heldout_rl_metrics(
+                unwrapped.policy,
+                self.tokenizer,
+                self.eval_records,
+                self.reward_funcs,
+                self.args.reward_weights,
+                self.eval_max_new_tokens,
+            )
         for func in self.reward_funcs:
             func.take_failures()
         kls = []
         for start in range(0, len(self.eval_records), self.args.rollout_batch_size):
-            rollout = self.rollout(self.eval_records[start : start + self.args.rollout_batch_size],
-                                   seed=self.args.seed + start)  # fmt: skip
+            rollout = self.rollout(
+                self.eval_records[start : start + self.args.rollout_batch_size], seed=self.args.seed + start
+            )
             self.fill_log_probs(rollout)
             kls += (kl_per_token(rollout.logprobs, rollout.ref_logprobs, "k1") * rollout.mask).sum(1).tolist()
         metrics["kl"] = mean(kls)
@@ -720,12 +804,21 @@ class PPOModelArguments(RLModelArguments):
 
 def fit_prompts(records: list[dict], tokenizer, max_prompt_length: int, name: str) -> list[dict]:
     """Drop prompts longer than `max_prompt_length` tokens, saying how many."""
-    kept = [r for r in records if len(tokenizer.apply_chat_template(
-        as_messages(r["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-        <= max_prompt_length]  # fmt: skip
+    kept = [
+        r
+        for r in records
+        if len(
+            tokenizer.apply_chat_template(
+                as_messages(r["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+        <= max_prompt_length
+    ]
     if len(kept) < len(records):
-        logger.warning(f"{name}: skipped {len(records) - len(kept)} of {len(records)} prompts longer than "
-                       f"--max_prompt_length {max_prompt_length}")  # fmt: skip
+        logger.warning(
+            f"{name}: skipped {len(records) - len(kept)} of {len(records)} prompts longer than "
+            f"--max_prompt_length {max_prompt_length}"
+        )
     if not kept:
         raise ValueError(f"{name}: every prompt is longer than --max_prompt_length {max_prompt_length}")
     return kept
@@ -742,14 +835,20 @@ def load_models(script_args: RLScriptArguments, training_args: PPOConfig, model_
         policy, ref_model = get_peft_model(policy, peft_config), None
     else:
         ref_model = load_causal_lm(model_args, tokenizer, trust)
-    critic_name = (training_args.critic_model_name_or_path or script_args.reward_model_name_or_path
-                   or model_args.model_name_or_path)  # fmt: skip
-    critic_args = RLModelArguments(model_name_or_path=critic_name, attn_implementation=model_args.attn_implementation,
-                                   dtype=model_args.dtype)  # fmt: skip
+    critic_name = (
+        training_args.critic_model_name_or_path
+        or script_args.reward_model_name_or_path
+        or model_args.model_name_or_path
+    )
+    critic_args = RLModelArguments(
+        model_name_or_path=critic_name, attn_implementation=model_args.attn_implementation, dtype=model_args.dtype
+    )
     critic = load_reward_model(critic_args, tokenizer, trust)
     reward_funcs = build_reward_functions(script_args, model_args, tokenizer, training_args.device, trust)
-    logger.info(f"actor {count_parameters(policy) / 1e6:.2f}M parameters ({'LoRA' if ref_model is None else 'full'}); "
-                f"critic from {critic_name}; rewards: {', '.join(f.__name__ for f in reward_funcs)}")  # fmt: skip
+    logger.info(
+        f"actor {count_parameters(policy) / 1e6:.2f}M parameters ({'LoRA' if ref_model is None else 'full'}); "
+        f"critic from {critic_name}; rewards: {', '.join(f.__name__ for f in reward_funcs)}"
+    )
     return policy, ref_model, critic, reward_funcs
 
 
@@ -777,8 +876,12 @@ def save_results(trainer: PPOTrainer, summary: dict, after: dict) -> None:
     plot_metrics(read_metrics(out / METRICS_FILE), out / PLOT_FILE)
 
 
-def ppo(script_args: RLScriptArguments, training_args: PPOConfig, model_args: PPOModelArguments,
-        callbacks: list | None = None) -> dict:  # fmt: skip
+def ppo(
+    script_args: RLScriptArguments,
+    training_args: PPOConfig,
+    model_args: PPOModelArguments,
+    callbacks: list | None = None,
+) -> dict:
     """Train the SFT policy with PPO and save a complete folder; return held-out `before`/`after` numbers (reward,
     accuracy, eot rate; `kl` to the reference after) and the run's summary. `callbacks` is accepted for the common
     stage signature; PPO has its own loop and takes none."""
@@ -788,19 +891,37 @@ def ppo(script_args: RLScriptArguments, training_args: PPOConfig, model_args: PP
     tokenizer = resolve_tokenizer(model_args)
     if script_args.dataset_name is None:
         raise ValueError("pass --dataset_name: the prompts to train on")
-    train_records = fit_prompts(read_rl_records(script_args.dataset_name, script_args.dataset_train_split), tokenizer,
-                                training_args.max_prompt_length, script_args.dataset_name)  # fmt: skip
+    train_records = fit_prompts(
+        read_rl_records(script_args.dataset_name, script_args.dataset_train_split),
+        tokenizer,
+        training_args.max_prompt_length,
+        script_args.dataset_name,
+    )
     eval_records = read_heldout_records(script_args)
     policy, ref_model, critic, reward_funcs = load_models(script_args, training_args, model_args, tokenizer)
-    trainer = PPOTrainer(training_args, policy, critic, reward_funcs, tokenizer, train_records, ref_model=ref_model,
-                         eval_records=eval_records, eval_max_new_tokens=script_args.chat_eval_max_new_tokens)  # fmt: skip
+    trainer = PPOTrainer(
+        training_args,
+        policy,
+        critic,
+        reward_funcs,
+        tokenizer,
+        train_records,
+        ref_model=ref_model,
+        eval_records=eval_records,
+        eval_max_new_tokens=script_args.chat_eval_max_new_tokens,
+    )
     before = heldout_before(trainer, resume is not None)
     summary = trainer.train(resume)
     after = trainer.heldout_metrics()
     trainer.save_policy(Path(training_args.output_dir), merge_adapter=True)
     save_results(trainer, summary, after)
-    result = {"before": before, "after": after, **summary, "prompts": len(train_records),
-              "output_dir": training_args.output_dir}  # fmt: skip
+    result = {
+        "before": before,
+        "after": after,
+        **summary,
+        "prompts": len(train_records),
+        "output_dir": training_args.output_dir,
+    }
     logger.info(f"Saved the PPO model to {training_args.output_dir}: {json.dumps(after, ensure_ascii=False)}")
     trainer.accelerator.end_training()
     return result

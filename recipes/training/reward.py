@@ -101,16 +101,18 @@ def pad_batch(sequences: list[list[int]], pad_token_id: int, padding_side: str =
 
 
 @torch.no_grad()
-def score_ids(model, sequences: list[list[int]], pad_token_id: int, padding_side: str = "right",
-              batch_size: int = 32) -> torch.Tensor:  # fmt: skip
+def score_ids(
+    model, sequences: list[list[int]], pad_token_id: int, padding_side: str = "right", batch_size: int = 32
+) -> torch.Tensor:
     """The reward of each token sequence, in float32 on the CPU."""
     was_training = model.training
     model.eval()
     scores = []
     for start in range(0, len(sequences), batch_size):
         input_ids, attention_mask = pad_batch(sequences[start : start + batch_size], pad_token_id, padding_side)
-        logits = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                       use_cache=False).logits  # fmt: skip
+        logits = model(
+            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), use_cache=False
+        ).logits
         scores.append(logits[:, 0].float().cpu())
     model.train(was_training)
     return torch.cat(scores)
@@ -118,8 +120,10 @@ def score_ids(model, sequences: list[list[int]], pad_token_id: int, padding_side
 
 def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
     """The reward of whole conversations, tokenized with the chat template as in training (PPO and GRPO use this)."""
-    sequences = [tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-                 for messages in conversations]  # fmt: skip
+    sequences = [
+        tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        for messages in conversations
+    ]
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return score_ids(model, sequences, pad_token_id, batch_size=batch_size).tolist()
 
@@ -149,8 +153,10 @@ def reward(
     train_dataset, eval_dataset, rejected = load_preference_datasets(script_args, training_args)
     turn_off_eval_without_data(training_args, eval_dataset)
     model = load_reward_model(model_args, tokenizer, training_args.trust_remote_code)
-    logger.info(f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} training pairs; "
-                f"{len(eval_dataset) if eval_dataset is not None else 0} held-out pairs")  # fmt: skip
+    logger.info(
+        f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} training pairs; "
+        f"{len(eval_dataset) if eval_dataset is not None else 0} held-out pairs"
+    )
 
     trainer = RewardStageTrainer(
         model=model,
@@ -166,8 +172,12 @@ def reward(
         warn_if_dropped("held-out", len(eval_dataset), trainer.eval_dataset, training_args.max_length)
     held_out = None
     if trainer.eval_dataset is not None:
-        measure = functools.partial(pairwise_metrics, pairs=trainer.eval_dataset, pad_token_id=tokenizer.pad_token_id,
-                                    batch_size=training_args.per_device_eval_batch_size)  # fmt: skip
+        measure = functools.partial(
+            pairwise_metrics,
+            pairs=trainer.eval_dataset,
+            pad_token_id=tokenizer.pad_token_id,
+            batch_size=training_args.per_device_eval_batch_size,
+        )
         held_out = BeforeAfterCallback(measure, training_args.output_dir, "reward")
         trainer.add_callback(held_out)
     train_output = trainer.train(resume_from_checkpoint=resume)

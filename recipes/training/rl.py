@@ -70,8 +70,9 @@ def read_rl_records(name: str, split: str = "train", limit: int | None = None) -
     if not any(ch in name for ch in "*?["):
         name = check_name_or_path(name, "dataset")
     if Path(name).exists() or any(ch in name for ch in "*?["):
-        records = [record for path in expand_inputs([name])
-                   for _, _, _, record in iter_records(path, validate=check_rl_record)]  # fmt: skip
+        records = [
+            record for path in expand_inputs([name]) for _, _, _, record in iter_records(path, validate=check_rl_record)
+        ]
     else:
         records = list(datasets.load_dataset(name, split=split))
         for row, record in enumerate(records):
@@ -110,7 +111,7 @@ class GuardedReward:
     def __call__(self, prompts=None, completions=None, **columns) -> list[float | None]:
         try:
             scores = self._checked(self.func(prompts=prompts, completions=completions, **columns), len(completions))
-        except Exception as err:  # noqa: BLE001 - a reward function's bug must not end the run; it is reported
+        except Exception as err:
             self._warn(f"raised {type(err).__name__}: {err}")
             scores = [self._one(prompts, completions, columns, i) for i in range(len(completions))]
         bad = [i for i, score in enumerate(scores) if score is None]
@@ -122,9 +123,10 @@ class GuardedReward:
     def _one(self, prompts, completions, columns, i) -> float | None:
         pick = {key: [value[i]] if isinstance(value, list) else value for key, value in columns.items()}
         try:
-            return self._checked(self.func(prompts=[prompts[i]] if prompts else prompts,
-                                           completions=[completions[i]], **pick), 1)[0]  # fmt: skip
-        except Exception:  # noqa: BLE001 - counted as a failure by the caller
+            return self._checked(
+                self.func(prompts=[prompts[i]] if prompts else prompts, completions=[completions[i]], **pick), 1
+            )[0]
+        except Exception:
             return None
 
     def _checked(self, scores, count: int) -> list[float | None]:
@@ -135,8 +137,10 @@ class GuardedReward:
 
     def _warn(self, message: str) -> None:
         if not self._warned:
-            logger.warning(f"reward function {self.__name__!r} {message}; such samples get no score from it "
-                           "(counted in the logs as rewards/<name>/failures)")  # fmt: skip
+            logger.warning(
+                f"reward function {self.__name__!r} {message}; such samples get no score from it "
+                "(counted in the logs as rewards/<name>/failures)"
+            )
             self._warned = True
 
     def take_failures(self) -> int:
@@ -156,21 +160,27 @@ class RewardModelReward:
     def __call__(self, prompts=None, completions=None, **columns) -> list[float]:
         from recipes.training.reward import score_conversations
 
-        conversations = [as_messages(p) + [{"role": "assistant", "content": completion_text(c)}]
-                         for p, c in zip(prompts, completions)]  # fmt: skip
+        conversations = [
+            as_messages(p) + [{"role": "assistant", "content": completion_text(c)}]
+            for p, c in zip(prompts, completions)
+        ]
         return score_conversations(self.model, self.tokenizer, conversations, self.batch_size)
 
 
-def build_reward_functions(script_args: RLScriptArguments, model_args, tokenizer, device=None,
-                           trust_remote_code: bool = False) -> list[GuardedReward]:  # fmt: skip
+def build_reward_functions(
+    script_args: RLScriptArguments, model_args, tokenizer, device=None, trust_remote_code: bool = False
+) -> list[GuardedReward]:
     """The named reward functions, then the reward model when one is given, each guarded."""
     names = script_args.reward_funcs
     funcs = [GuardedReward(f, name) for f, name in zip(get_reward_functions(names), names)]
     if script_args.reward_model_name_or_path:
         from recipes.training.reward import load_reward_model
 
-        args = RLModelArguments(model_name_or_path=script_args.reward_model_name_or_path,
-                                attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)  # fmt: skip
+        args = RLModelArguments(
+            model_name_or_path=script_args.reward_model_name_or_path,
+            attn_implementation=model_args.attn_implementation,
+            dtype=model_args.dtype,
+        )
         model = load_reward_model(args, tokenizer, trust_remote_code).eval().requires_grad_(False)
         if device is not None:
             model.to(device)
@@ -203,8 +213,9 @@ def mean(values) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
-def heldout_rl_metrics(model, tokenizer, records: list[dict], reward_funcs, weights=None, max_new_tokens: int = 96,
-                       num_samples: int = 3) -> dict:  # fmt: skip
+def heldout_rl_metrics(
+    model, tokenizer, records: list[dict], reward_funcs, weights=None, max_new_tokens: int = 96, num_samples: int = 3
+) -> dict:
     """Greedy replies to held-out prompts, scored by the stage's reward sources: mean `reward` (their weighted sum),
     each source's mean, exact-answer `accuracy` / `task_accuracy` when records carry answers, and `eot_rate`."""
     was_training = model.training
@@ -219,8 +230,10 @@ def heldout_rl_metrics(model, tokenizer, records: list[dict], reward_funcs, weig
         accuracy = reply_accuracy(records, replies)
         metrics.update({key: accuracy[key] for key in ("accuracy", "task_accuracy")})
     metrics["eot_rate"] = mean([float(ended) for _, ended in replies])
-    metrics["samples"] = [{"question": as_messages(r["prompt"])[-1]["content"], "reply": text}
-                          for r, text in list(zip(records, texts))[:num_samples]]  # fmt: skip
+    metrics["samples"] = [
+        {"question": as_messages(r["prompt"])[-1]["content"], "reply": text}
+        for r, text in list(zip(records, texts))[:num_samples]
+    ]
     return metrics
 
 

@@ -64,8 +64,9 @@ def rolling_requests(tokens: list[int], prefix_id: int, max_length: int, stride:
 
 
 @torch.no_grad()
-def score_requests(model, requests: list[tuple[list[int], int]], batch_size: int = 8, desc: str = "scoring"
-                   ) -> list[float]:  # fmt: skip
+def score_requests(
+    model, requests: list[tuple[list[int], int]], batch_size: int = 8, desc: str = "scoring"
+) -> list[float]:
     """Log-probability in nats of the scored tokens of each request. Batches run longest first and are padded on the
     right: in a causal model no real position sees the padding, so no attention mask is needed (nor passed, as in
     lm-eval)."""
@@ -87,8 +88,9 @@ def score_requests(model, requests: list[tuple[list[int], int]], batch_size: int
     return results
 
 
-def text_metrics(model, tokenizer, documents: list[str], max_length: int, stride: int | None = None,
-                 batch_size: int = 8) -> dict:  # fmt: skip
+def text_metrics(
+    model, tokenizer, documents: list[str], max_length: int, stride: int | None = None, batch_size: int = 8
+) -> dict:
     """Bits per byte, token perplexity and the counts behind them over a list of documents."""
     stride = stride or max_length
     prefix_id = prefix_token_id(tokenizer)
@@ -166,9 +168,16 @@ def _accuracies(hits: dict[str, list[bool]]) -> dict:
     return {name: sum(values) / len(values) for name, values in hits.items()}
 
 
-def multiple_choice_metrics(model, tokenizer, questions: list[Question], dev: list[Question] = (),
-                            num_fewshot: int = 0, style: str = "cloze", max_length: int = DEFAULT_MAX_LENGTH,
-                            batch_size: int = 8) -> dict:  # fmt: skip
+def multiple_choice_metrics(
+    model,
+    tokenizer,
+    questions: list[Question],
+    dev: list[Question] = (),
+    num_fewshot: int = 0,
+    style: str = "cloze",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_size: int = 8,
+) -> dict:
     """Accuracy overall (every question weighs the same) and per subject, raw and length-normalised, with the
     chance line (the mean of 1 / number of choices)."""
     if style not in MC_STYLES:

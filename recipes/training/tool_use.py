@@ -57,10 +57,16 @@ def _greedy_ids(model, tokenizer, prompts: list[str], max_new_tokens: int, batch
     results = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)  # fmt: skip
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+            batch = tokenizer(
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             width = batch["input_ids"].shape[1]
             for mask, prompt, row in zip(batch["attention_mask"], batch["input_ids"], output[:, width:].tolist()):
                 if tokenizer.eos_token_id in row:
@@ -71,8 +77,15 @@ def _greedy_ids(model, tokenizer, prompts: list[str], max_new_tokens: int, batch
     return results
 
 
-def tool_loop_transcripts(model, tokenizer, conversations: list[list[dict]], tools: dict | None = None,
-                          max_new_tokens: int = 64, max_iterations: int = 2, batch_size: int = 32) -> list[list[dict]]:  # fmt: skip
+def tool_loop_transcripts(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    tools: dict | None = None,
+    max_new_tokens: int = 64,
+    max_iterations: int = 2,
+    batch_size: int = 32,
+) -> list[list[dict]]:
     """The messages each conversation gains when the model answers greedily with `tools` at hand: assistant turns,
     each tool call followed by its tool message, at most `max_iterations` rounds of calls. The last message is
     always the model's (calls in it past the limit are not run). `max_new_tokens` bounds each assistant turn."""
@@ -86,8 +99,12 @@ def tool_loop_transcripts(model, tokenizer, conversations: list[list[dict]], too
     active = list(range(len(conversations)))
     try:
         for iteration in range(max_iterations + 1):
-            prompts = [tokenizer.apply_chat_template(conversations[i] + transcripts[i], tools=schemas, tokenize=False,
-                                                     add_generation_prompt=True) for i in active]  # fmt: skip
+            prompts = [
+                tokenizer.apply_chat_template(
+                    conversations[i] + transcripts[i], tools=schemas, tokenize=False, add_generation_prompt=True
+                )
+                for i in active
+            ]
             generated = _greedy_ids(model, tokenizer, prompts, max_new_tokens, batch_size)
             still_calling = []
             for i, (prefix, ids) in zip(active, generated):
@@ -105,8 +122,11 @@ def tool_loop_transcripts(model, tokenizer, conversations: list[list[dict]], too
 
 
 def calls_tool(transcript: list[dict], name: str = "calculator") -> bool:
-    return any(call.get("function", {}).get("name") == name
-               for message in transcript for call in message.get("tool_calls") or [])  # fmt: skip
+    return any(
+        call.get("function", {}).get("name") == name
+        for message in transcript
+        for call in message.get("tool_calls") or []
+    )
 
 
 def final_reply(transcript: list[dict]) -> str:
@@ -131,8 +151,9 @@ def tool_metrics(transcripts: list[list[dict]], answers: list[str], num_samples:
     }
 
 
-def heldout_tool_metrics(model, tokenizer, records: list[dict], max_new_tokens: int = 64, max_iterations: int = 2,
-                         num_samples: int = 3) -> dict:  # fmt: skip
+def heldout_tool_metrics(
+    model, tokenizer, records: list[dict], max_new_tokens: int = 64, max_iterations: int = 2, num_samples: int = 3
+) -> dict:
     """Tool-use numbers on held-out `rl` records (e.g. eval/rl_tools.jsonl), answered with the calculator."""
     from recipes.training.rl import as_messages
 
