@@ -20,7 +20,7 @@ test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 # The export extra compiles llama.cpp (not part of `install`, so CI never does); the unpacked sdist in .venv/src
-# holds llama.cpp's GGUF converter, which modeling_miniminds.convert to-gguf finds there.
+# holds llama.cpp's GGUF converter, which modeling_miniminds.export.convert to-gguf finds there.
 LLAMA_SDIST := $(VENV)/src
 EXPORT_STAMP := $(VENV)/.export-installed
 

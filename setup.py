@@ -1,12 +1,12 @@
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 extras = {
     "deepspeed": ["deepspeed>=0.16.0"],
     "track": ["wandb>=0.18", "swanlab>=0.4", "tensorboard>=2.17"],
     "gpu": ["flash-attn>=2.6"],
-    "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "psutil>=5.9", "openai>=1.40", "selenium>=4.20"],
+    "dev": ["ruff>=0.8", "pytest>=8.0", "pytest-timeout>=2.3", "psutil>=5.9", "openai>=1.40", "selenium>=4.20"],
     "serve": ["starlette>=0.40", "uvicorn>=0.30"],
     "eval": ["lm-eval>=0.4.5"],
     # GGUF export: llama.cpp built from source (CPU, about 9 minutes on 2 cores); its converter imports sentencepiece.
@@ -21,8 +21,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_miniminds", "data_process", "recipes", "recipes.training"],
-    package_data={"recipes": ["configs/*.yaml", "lm_eval_tasks/*.yaml"], "modeling_miniminds": ["static/*.html"]},
+    packages=find_packages(include=["modeling_miniminds*", "data_process*", "recipes*"]),
+    package_data={"recipes": ["configs/*.yaml", "lm_eval_tasks/*.yaml"], "modeling_miniminds.serving": ["static/*.html"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.24",
@@ -39,4 +39,12 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require=extras,
+    entry_points={
+        "console_scripts": [
+            "miniminds-chat=modeling_miniminds.serving.chat:main",
+            "miniminds-serve=modeling_miniminds.serving.serve:main",
+            "miniminds-convert=modeling_miniminds.export.convert:main",
+            "miniminds-merge-lora=modeling_miniminds.export.merge_lora:main",
+        ]
+    },
 )

@@ -1,4 +1,4 @@
-"""Decode speed of the project's generation path (`modeling_miniminds.generation`) against plain `model.generate`.
+"""Decode speed of the project's generation path (`modeling_miniminds.inference`) against plain `model.generate`.
 
 Three paths decode the same random-init weights from the same prompts: `generation.Generator` on a MiniMind prepared
 by `prepare_for_decoding`, transformers' `generate` on MiniMind (dynamic cache, no compile: "HF eager"), and
@@ -36,7 +36,7 @@ import torch
 from transformers import GenerationConfig
 
 from modeling_miniminds import MiniMindForCausalLM, get_config, to_qwen3
-from modeling_miniminds.generation import Generator, SamplingParams, load_for_decoding, prepare_for_decoding
+from modeling_miniminds.inference import Generator, SamplingParams, load_for_decoding, prepare_for_decoding
 
 
 def parse_args(argv=None):

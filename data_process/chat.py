@@ -37,7 +37,7 @@ from data_process.io import (
     rejected_path_for,
 )
 from data_process.loading import is_saved_dataset
-from modeling_miniminds.hub import check_name_or_path
+from modeling_miniminds.cli.paths import check_name_or_path
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 
 from data_process.io import data_error_in, expand_inputs, read_jsonl, record_text, validate_pretrain
-from modeling_miniminds.hub import check_name_or_path
+from modeling_miniminds.cli.paths import check_name_or_path
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, set_seed
 
 from data_process.io import JsonlTransform, add_io_arguments, build_parser, cli, print_rejected, validate_dpo
 from data_process.rewards import accuracy_reward, extract_answer
-from modeling_miniminds.hub import check_name_or_path, from_pretrained_or_explain
+from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain
 from modeling_miniminds.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ MiniMindForSequenceClassification.register_for_auto_class("AutoModelForSequenceC
 
 
 def __getattr__(name):
-    # Imported on first use, so `python -m modeling_miniminds.convert` runs its module only once.
+    # Imported on first use, so `python -m modeling_miniminds.export.convert` runs its module only once.
     if name in ("to_qwen3", "from_qwen3"):
-        from . import convert
+        from .export import convert
 
         return getattr(convert, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,9 +11,9 @@ python recipes/sft.py --config recipes/configs/sft_tiny.yaml --model_name_or_pat
 python recipes/sft.py --config recipes/configs/sft_64m.yaml --model_name_or_path runs/pretrain-64m \
     --dataset_name data/sft_mini_512.jsonl --output_dir runs/sft-64m
 
-# LoRA adapters on every linear layer; --merge_on_save true (or modeling_miniminds.merge_lora) writes a full model
+# LoRA adapters on every linear layer; --merge_on_save true (or modeling_miniminds.export.merge_lora) writes a full model
 python recipes/sft.py --config recipes/configs/sft_tiny.yaml ... --use_peft true --lora_r 8 --lora_alpha 16
-python -m modeling_miniminds.merge_lora runs/sft-lora runs/sft-lora-merged
+python -m modeling_miniminds.export.merge_lora runs/sft-lora runs/sft-lora-merged
 
 # Several GPUs: the same recipe flags after the script
 accelerate launch --config_file ds_configs/zero2.yaml recipes/sft.py --config recipes/configs/sft_64m.yaml ...

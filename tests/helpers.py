@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import torch
 
 from modeling_miniminds import MiniMindConfig, MiniMindForCausalLM, get_config
-from modeling_miniminds.generation import Delta
+from modeling_miniminds.inference import Delta
 
 VOCAB = 256
 
@@ -70,7 +70,7 @@ def running_server(generator, **options):
     """A ChatServer on a free 127.0.0.1 port for the duration of the block."""
     import uvicorn  # the serve extra: only the modules that serve need it, and they importorskip it first
 
-    from modeling_miniminds.serve import ChatServer, Limits
+    from modeling_miniminds.serving.serve import ChatServer, Limits
 
     limits = Limits(max_prompt_tokens=512, max_tokens=1500, max_body_bytes=64 * 1024)
     server = ChatServer(generator, "tiny", options.pop("limits", limits), **options)

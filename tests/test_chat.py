@@ -1,5 +1,5 @@
 """Terminal chat and reply parsing: thinking and tool calls split the same way streamed or whole, the chat keeps and
-resets its history, and `python -m modeling_miniminds.chat` answers one prompt or a piped conversation, on a
+resets its history, and `python -m modeling_miniminds.serving.chat` answers one prompt or a piped conversation, on a
 remote-code MiniMinds folder and on its Qwen3 export."""
 
 import io
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
-from modeling_miniminds.chat import Chat, ReplyStream, parse_reply
-from modeling_miniminds.chat import main as chat_main
-from modeling_miniminds.convert import main as convert_main
-from modeling_miniminds.generation import Delta, Generator, SamplingParams, load_for_decoding
+from modeling_miniminds.serving.chat import Chat, ReplyStream, parse_reply
+from modeling_miniminds.serving.chat import main as chat_main
+from modeling_miniminds.export.convert import main as convert_main
+from modeling_miniminds.inference import Delta, Generator, SamplingParams, load_for_decoding
 from modeling_miniminds.tokenizer import load_tokenizer
 
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0)
@@ -142,7 +142,7 @@ def test_qwen3_export_chats_like_the_minimind_folder(folders):
 
 def run_chat(args, stdin=""):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "modeling_miniminds.chat", *map(str, args), "--max_new_tokens", "6"]
+    command = [sys.executable, "-m", "modeling_miniminds.serving.chat", *map(str, args), "--max_new_tokens", "6"]
     return subprocess.run(command, input=stdin, capture_output=True, text=True, env=env, timeout=120)
 
 

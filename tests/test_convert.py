@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
-from modeling_miniminds.convert import from_qwen3, main, to_qwen3
+from modeling_miniminds.export.convert import from_qwen3, main, to_qwen3
 from modeling_miniminds.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_upstream_checkpoint_with_missing_or_extra_tensors_is_refused(tmp_path, 
 def test_cli_runs_as_a_module(tmp_path):
     saved_model(tmp_path / "mm")
     done = subprocess.run(
-        [sys.executable, "-m", "modeling_miniminds.convert", "to-qwen3", str(tmp_path / "mm"), str(tmp_path / "q")],
+        [sys.executable, "-m", "modeling_miniminds.export.convert", "to-qwen3", str(tmp_path / "mm"), str(tmp_path / "q")],
         capture_output=True,
         text=True,
         cwd=REPO,

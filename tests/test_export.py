@@ -17,16 +17,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from modeling_miniminds import MiniMindForCausalLM, get_config, gguf_export
-from modeling_miniminds.convert import main
-from modeling_miniminds.gguf_export import (
+from modeling_miniminds import MiniMindForCausalLM, get_config
+from modeling_miniminds.export import gguf as gguf_export
+from modeling_miniminds.export.convert import main
+from modeling_miniminds.export.gguf import (
     find_llama_cpp,
     llama_cpp_pre_tokenizer,
     portable_chat_template,
     run_converter,
     write_modelfile,
 )
-from modeling_miniminds.model_card import model_card
+from modeling_miniminds.export.model_card import model_card
 from modeling_miniminds.tokenizer import load_tokenizer
 
 UPSTREAM_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "upstream-minimind-tokenizer"

@@ -7,7 +7,7 @@ import torch
 from transformers import RepetitionPenaltyLogitsProcessor
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
-from modeling_miniminds.generation import (
+from modeling_miniminds.inference import (
     Generator,
     PackedLinear,
     PromptLookup,

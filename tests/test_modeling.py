@@ -18,7 +18,7 @@ from modeling_miniminds import (
     get_config,
     to_qwen3,
 )
-from modeling_miniminds.convert import from_qwen3
+from modeling_miniminds.export.convert import from_qwen3
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_miniminds.hub import check_name_or_path, is_hub_id
+from modeling_miniminds.cli.paths import check_name_or_path, is_hub_id
 from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.checkpoints import is_complete_checkpoint
 

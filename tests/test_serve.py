@@ -15,8 +15,8 @@ import torch
 from helpers import TIMEOUT, ScriptedGenerator, raw_request, running_server, wait_until
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
-from modeling_miniminds.generation import Generator, load_for_decoding
-from modeling_miniminds.serve import main as serve_main
+from modeling_miniminds.inference import Generator, load_for_decoding
+from modeling_miniminds.serving.serve import main as serve_main
 from modeling_miniminds.tokenizer import load_tokenizer
 
 openai = pytest.importorskip("openai", reason="the server tests use the official client: pip install openai")

@@ -26,7 +26,7 @@ from data_process.collators import PackedRowsCollator
 from data_process.io import read_jsonl
 from data_process.tools import CALCULATOR_TOOL, CalculatorError, calculator, evaluate_expression
 from modeling_miniminds import MiniMindForCausalLM, get_config
-from modeling_miniminds.merge_lora import main as merge_lora_main
+from modeling_miniminds.export.merge_lora import main as merge_lora_main
 from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.cli import RecipeParser

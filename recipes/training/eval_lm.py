@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 from data_process.io import atomic_write, read_jsonl
 from data_process.loading import iter_texts, load_text_dataset
 from data_process.mc import Question, read_questions
-from modeling_miniminds.hub import check_name_or_path, from_pretrained_or_explain
+from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain
 from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.training.cli import RecipeParser
 from recipes.training.evaluation import chat_accuracy

@@ -11,7 +11,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from modeling_miniminds.hub import check_name_or_path, from_pretrained_or_explain
+from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain
 from modeling_miniminds.tokenizer import load_tokenizer
 
 

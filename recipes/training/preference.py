@@ -30,7 +30,7 @@ from data_process.io import (
     validate_messages,
     validate_prompt,
 )
-from modeling_miniminds.hub import check_name_or_path
+from modeling_miniminds.cli.paths import check_name_or_path
 from recipes.training.args import ScriptArguments
 
 logger = logging.getLogger(__name__)

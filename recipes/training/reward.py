@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-from modeling_miniminds.hub import check_name_or_path, from_pretrained_or_explain
+from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain
 from recipes.training.args import ModelArguments, RewardStageConfig
 from recipes.training.models import (
     align_special_tokens,

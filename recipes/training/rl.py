@@ -17,7 +17,7 @@ import datasets
 
 from data_process.io import expand_inputs, iter_records, validate_prompt, validate_rl
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
-from modeling_miniminds.hub import check_name_or_path
+from modeling_miniminds.cli.paths import check_name_or_path
 from recipes.training.args import ModelArguments, ScriptArguments
 from recipes.training.evaluation import ChatEvalArguments, chat_replies, reply_accuracy
 

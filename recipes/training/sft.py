@@ -21,7 +21,7 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from data_process.chat import load_chat_dataset, read_system_prompts
 from data_process.collators import PackedRowsCollator
-from modeling_miniminds.merge_lora import merge_lora
+from modeling_miniminds.export.merge_lora import merge_lora
 from recipes.training.args import ModelArguments, ScriptArguments, SFTStageConfig
 from recipes.training.evaluation import ChatEvalArguments, chat_accuracy, read_chat_probes
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer

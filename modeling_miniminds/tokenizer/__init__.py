@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .hub import check_name_or_path, from_pretrained_or_explain
+from ..cli.paths import check_name_or_path, from_pretrained_or_explain
 
 logger = logging.getLogger(__name__)
 

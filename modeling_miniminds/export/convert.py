@@ -1,12 +1,12 @@
 """Conversion between MiniMind and the layouts other tools run: transformers' Qwen3 / Qwen3-MoE, GGUF (llama.cpp,
 Ollama) and upstream MiniMind `.pth` checkpoints; and the push of any of them to the Hub with a model card.
 
-    python -m modeling_miniminds.convert to-qwen3 runs/sft runs/sft-qwen3          # vLLM, SGLang, llama.cpp, ...
-    python -m modeling_miniminds.convert from-qwen3 runs/sft-qwen3 runs/sft-again
-    python -m modeling_miniminds.convert from-upstream full_sft_512.pth runs/upstream \
+    python -m modeling_miniminds.export.convert to-qwen3 runs/sft runs/sft-qwen3          # vLLM, SGLang, llama.cpp, ...
+    python -m modeling_miniminds.export.convert from-qwen3 runs/sft-qwen3 runs/sft-again
+    python -m modeling_miniminds.export.convert from-upstream full_sft_512.pth runs/upstream \
         --config minimind-26m --tokenizer ../minimind/model
-    python -m modeling_miniminds.convert to-gguf runs/sft runs/gguf/sft.gguf --outtype q8_0 --modelfile
-    python -m modeling_miniminds.convert push runs/sft you/minimind-sft             # or --push_to_hub on any of the above
+    python -m modeling_miniminds.export.convert to-gguf runs/sft runs/gguf/sft.gguf --outtype q8_0 --modelfile
+    python -m modeling_miniminds.export.convert push runs/sft you/minimind-sft             # or --push_to_hub on any of the above
 
 A dense MiniMind with q/k-norm is Qwen3 with the same state dict; a MoE without shared experts is Qwen3-MoE with the
 experts stacked. Every export is checked by equal logits on a fixed input before it is written; `to-gguf` runs
@@ -27,8 +27,8 @@ from transformers import (
     Qwen3MoeForCausalLM,
 )
 
-from .configuration_minimind import MiniMindConfig
-from .modeling_minimind import MiniMindForCausalLM
+from ..configuration_minimind import MiniMindConfig
+from ..modeling_minimind import MiniMindForCausalLM
 
 SHARED_FIELDS = (
     "vocab_size",
@@ -138,7 +138,7 @@ def check_same_logits(reference, converted, vocab_size: int) -> float:
 
 def copy_tokenizer(source: Path, output: Path) -> None:
     """The tokenizer files of `source`, if it has any, written unchanged next to the converted weights."""
-    from .tokenizer import load_tokenizer
+    from ..tokenizer import load_tokenizer
 
     if (source / "tokenizer.json").is_file() or (source / "tokenizer_config.json").is_file():
         load_tokenizer(source).save_pretrained(output)
@@ -178,7 +178,7 @@ def load_upstream_state_dict(checkpoint: Path) -> dict:
 
 def import_upstream(checkpoint: Path, output: Path, config: str, tokenizer_dir: Path | None) -> int:
     """Upstream MiniMind weights into a MiniMinds folder, every key accounted for (strict); returns the tensor count."""
-    from .presets import get_config
+    from ..presets import get_config
 
     model = MiniMindForCausalLM(get_config(config))
     state_dict = load_upstream_state_dict(checkpoint)
@@ -215,7 +215,7 @@ def add_push_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .gguf_export import LLAMA_CPP_ENV, OUTTYPES
+    from .gguf import LLAMA_CPP_ENV, OUTTYPES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
             count = import_upstream(args.checkpoint, args.output, args.config, args.tokenizer)
             print(f"wrote {args.output}: {count} tensors from {args.checkpoint}, all keys matched")
         elif args.command == "to-gguf":
-            from .gguf_export import export_gguf
+            from .gguf import export_gguf
 
             diff = export_gguf(args.source, args.output, args.outtype, args.llama_cpp, args.modelfile)
             size = args.output.stat().st_size / 2**20

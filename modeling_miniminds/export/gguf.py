@@ -1,7 +1,7 @@
 """GGUF export through llama.cpp's own converter, and an Ollama Modelfile for the result.
 
-    python -m modeling_miniminds.convert to-gguf runs/sft runs/sft.gguf --modelfile        # f16
-    python -m modeling_miniminds.convert to-gguf runs/sft runs/sft-q8.gguf --outtype q8_0
+    python -m modeling_miniminds.export.convert to-gguf runs/sft runs/sft.gguf --modelfile        # f16
+    python -m modeling_miniminds.export.convert to-gguf runs/sft runs/sft-q8.gguf --outtype q8_0
 
 The model goes through the `to-qwen3` export into a temporary folder (checked by equal logits), then through
 llama.cpp's `convert_hf_to_gguf.py`, run in a subprocess with its own `gguf-py`. llama.cpp names a BPE
@@ -183,11 +183,11 @@ def converter_main(argv=None) -> None:
 def run_converter(root: Path, model_dir: Path, output: Path, outtype: str) -> None:
     """llama.cpp's converter on a Qwen3 folder, with this tokenizer's pre-tokenizer registered; raises RuntimeError
     with the converter's last lines when it fails."""
-    from .tokenizer import load_tokenizer
+    from ..tokenizer import load_tokenizer
 
     name = llama_cpp_pre_tokenizer(model_dir / "tokenizer.json") if (model_dir / "tokenizer.json").is_file() else None
     chkhsh = tokenizer_hash(load_tokenizer(model_dir), read_check_text(root)) if name else "-"
-    command = [sys.executable, "-c", "from modeling_miniminds.gguf_export import converter_main; converter_main()"]
+    command = [sys.executable, "-c", "from modeling_miniminds.export.gguf import converter_main; converter_main()"]
     command += [str(root), chkhsh, name or "-", "--", str(model_dir), "--outfile", str(output), "--outtype", outtype]
     package_parent = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}

@@ -1,7 +1,7 @@
 """A README.md model card written from what a model folder holds, and the push of the folder to the Hub.
 
-    python -m modeling_miniminds.convert push runs/sft you/minimind-sft
-    python -m modeling_miniminds.convert to-gguf runs/sft out/sft.gguf --modelfile --push_to_hub you/minimind-sft-gguf
+    python -m modeling_miniminds.export.convert push runs/sft you/minimind-sft
+    python -m modeling_miniminds.export.convert to-gguf runs/sft out/sft.gguf --modelfile --push_to_hub you/minimind-sft-gguf
 
 The card lists the architecture and sizes from `config.json`, the parameter count from the safetensors headers (no
 weights loaded), the data and the stages run with their metrics when a `report.json` (from `recipes.demo`, in the

@@ -298,9 +298,9 @@ def load_for_decoding(
     """
     from transformers import AutoModelForCausalLM
 
-    from . import MiniMindConfig  # noqa: F401  (registers MiniMind with the Auto classes)
-    from .hub import check_name_or_path, from_pretrained_or_explain
-    from .tokenizer import load_tokenizer
+    from .. import MiniMindConfig  # noqa: F401  (registers MiniMind with the Auto classes)
+    from ..cli.paths import check_name_or_path, from_pretrained_or_explain
+    from ..tokenizer import load_tokenizer
 
     name = check_name_or_path(model_dir, what)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,7 +1,7 @@
 """An OpenAI-compatible server for a saved model, with a web chat page at `/` (pip install -e ".[serve]").
 
-    python -m modeling_miniminds.serve runs/sft --host 127.0.0.1 --port 8998
-    python -m modeling_miniminds.serve runs/sft --api_key "$KEY" --max_batch_size 16 --compile
+    python -m modeling_miniminds.serving.serve runs/sft --host 127.0.0.1 --port 8998
+    python -m modeling_miniminds.serving.serve runs/sft --api_key "$KEY" --max_batch_size 16 --compile
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8998/v1", api_key="unused")
@@ -38,7 +38,7 @@ from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .chat import ReplyStream, add_model_args, parse_reply
-from .generation import FINISH_CANCELLED, Delta, SamplingParams
+from ..inference import FINISH_CANCELLED, Delta, SamplingParams
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOP_STRINGS = 4

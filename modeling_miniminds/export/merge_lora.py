@@ -1,8 +1,8 @@
 """Merge a LoRA adapter into its base model and save a full model folder, which loads through `trust_remote_code`
 alone (weights, config with `auto_map`, modeling code, generation config, tokenizer).
 
-    python -m modeling_miniminds.merge_lora runs/sft-lora runs/sft-lora-merged
-    python -m modeling_miniminds.merge_lora runs/sft-lora runs/sft-lora       # in place: adapter -> runs/sft-lora/adapter
+    python -m modeling_miniminds.export.merge_lora runs/sft-lora runs/sft-lora-merged
+    python -m modeling_miniminds.export.merge_lora runs/sft-lora runs/sft-lora       # in place: adapter -> runs/sft-lora/adapter
 
 The base model is the one the adapter names (`base_model_name_or_path`) unless `--base_model` says otherwise. When
 the adapter folder carries a config and a generation config (the SFT recipe writes them, aligned with the
@@ -18,7 +18,7 @@ import torch
 from peft import PeftConfig, PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-from .tokenizer import load_tokenizer  # importing the package registers MiniMind's Auto classes
+from ..tokenizer import load_tokenizer  # importing the package registers MiniMind's Auto classes
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
 

@@ -1,9 +1,9 @@
 """Streaming terminal chat with a saved model (a MiniMinds folder or its Qwen3 export), and the parsing of replies
 into thinking, content and tool calls that the server shares.
 
-    python -m modeling_miniminds.chat runs/sft                                  # interactive; /reset, /exit
-    python -m modeling_miniminds.chat runs/sft --system "Answer briefly." --thinking --temperature 0.7
-    python -m modeling_miniminds.chat runs/sft-qwen3 --prompt "What is 2+3?"     # one reply, for scripts
+    python -m modeling_miniminds.serving.chat runs/sft                                  # interactive; /reset, /exit
+    python -m modeling_miniminds.serving.chat runs/sft --system "Answer briefly." --thinking --temperature 0.7
+    python -m modeling_miniminds.serving.chat runs/sft-qwen3 --prompt "What is 2+3?"     # one reply, for scripts
 
 A reply that opens with <think> streams its reasoning first (dimmed on a terminal); only the answer goes back into
 the history, as Qwen3-style templates expect. When the conversation outgrows the model's context, the oldest turns
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .generation import Generator, SamplingParams, load_for_decoding
+from ..inference import Generator, SamplingParams, load_for_decoding
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
