@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install lint format test test-all demo bench clean
 
 install: $(STAMP)
 
@@ -14,6 +14,15 @@ $(STAMP): setup.py
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev,deepspeed,eval,serve]"
 	touch $(STAMP)
+
+# ruff's lint and its formatter in check mode (settings in pyproject.toml); `make format` rewrites in place.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # One BLAS thread per process: the tests' tiny models run fastest that way, and the distributed tests start two.
 test: install

@@ -7,7 +7,7 @@ extras = {
     "track": ["wandb>=0.18", "swanlab>=0.4", "tensorboard>=2.17"],
     "gpu": ["flash-attn>=2.6"],
     "dev": ["ruff>=0.8", "pytest>=8.0", "pytest-timeout>=2.3", "psutil>=5.9", "openai>=1.40", "selenium>=4.20"],
-    "serve": ["starlette>=0.40", "uvicorn>=0.30"],
+    "serve": ["fastapi>=0.135", "pydantic>=2.6", "uvicorn>=0.30"],
     "eval": ["lm-eval>=0.4.5"],
     # GGUF export: llama.cpp built from source (CPU, about 9 minutes on 2 cores); its converter imports sentencepiece.
     "export": ["llama-cpp-python>=0.3.36", "sentencepiece>=0.2"],
@@ -22,7 +22,10 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_miniminds*", "data_process*", "recipes*"]),
-    package_data={"recipes": ["configs/*.yaml", "lm_eval_tasks/*.yaml"], "modeling_miniminds.serving": ["static/*.html"]},
+    package_data={
+        "recipes": ["configs/*.yaml", "lm_eval_tasks/*.yaml"],
+        "modeling_miniminds.serving": ["static/*.html"],
+    },
     install_requires=[
         "torch>=2.4",
         "transformers>=5.24",

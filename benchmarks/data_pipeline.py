@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from data_process.io import build_parser
+from modeling_miniminds.cli import FlagParser
 
 MB = 1_000_000
 DOCS_PER_LINE = 4
@@ -187,7 +187,7 @@ def print_table(stage, rows):
 
 
 def make_parser():
-    parser = build_parser(__doc__)
+    parser = FlagParser(description=__doc__)
     parser.add_argument("--mb", type=float, default=200, help="size of the generated JSONL corpus in MB")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="processes for the batched path")
     parser.add_argument("--block_size", type=int, default=512, help="tokens per packed block")

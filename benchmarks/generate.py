@@ -1,6 +1,6 @@
 """Decode speed of the project's generation path (`modeling_miniminds.inference`) against plain `model.generate`.
 
-Three paths decode the same random-init weights from the same prompts: `generation.Generator` on a MiniMind prepared
+Three paths decode the same random-init weights from the same prompts: `inference.Generator` on a MiniMind prepared
 by `prepare_for_decoding`, transformers' `generate` on MiniMind (dynamic cache, no compile: "HF eager"), and
 `generate` on the `Qwen3ForCausalLM` export (`convert.to_qwen3`). With `--compile`, the Generator with a static
 cache and a compiled one-token step is timed too. Rounds alternate the paths so that machine noise hits all alike; the
@@ -33,6 +33,8 @@ import statistics
 import time
 
 import torch
+from tokenizers import Tokenizer
+from tokenizers.models import BPE
 from transformers import GenerationConfig
 
 from modeling_miniminds import MiniMindForCausalLM, get_config, to_qwen3
@@ -60,12 +62,11 @@ def parse_args(argv=None):
 
 
 class _NoTokenizer:
-    """The Generator only decodes text for streaming; the benchmark counts tokens and needs none."""
+    """The Generator only decodes text for streaming; the benchmark counts tokens and needs none (an empty
+    vocabulary: every token streams as no text)."""
 
     eos_token_id, pad_token_id = None, 0
-
-    def decode(self, ids, **kwargs):
-        return ""
+    backend_tokenizer = Tokenizer(BPE())
 
 
 def hf_path(model, new_tokens: int):

@@ -30,13 +30,8 @@ from data_process.synth import build_corpus
 from modeling_miniminds.tokenizer import train_tokenizer
 from recipes.training.cli import RecipeParser
 from recipes.training.models import count_parameters
-from recipes.training.pretraining import (
-    PretrainConfig,
-    PretrainModelArguments,
-    PretrainScriptArguments,
-    build_model,
-    pretrain,
-)
+from recipes.training.packed_text import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, build_model
+from recipes.training.pretraining import pretrain
 
 
 def make_parser():

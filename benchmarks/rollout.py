@@ -1,11 +1,11 @@
-"""Rollout speed of the PPO trainer (`recipes.training.ppo`) and the share of a PPO step spent generating.
+"""Rollout speed of the PPO trainer (`recipes.training.ppo_trainer`) and the share of a PPO step spent generating.
 
 The same prompts (built-in held-out questions, chat template, left padding) are sampled with the same seed by:
-plain `model.generate` with the dynamic cache (the baseline), the PPO trainer's rollout with the dynamic cache, with
-the static cache, and with `--compile` the static cache plus `torch.compile` of the decoding step (transformers only
-compiles on CPU when asked). Rounds alternate the paths; the median is reported. Tokens/s counts reply tokens (up to
-and including <|im_end|>), prefill included: it is what a rollout costs. Then a few whole PPO steps on the same model
-give the share of a step spent in `generate`.
+`generate_completions` (transformers' `generate`, dynamic cache: the baseline), the PPO trainer's rollout with the
+dynamic cache, with the static cache, and with `--compile` the static cache plus `torch.compile` of the decoding
+step (transformers only compiles on CPU when asked). Rounds alternate the paths; the median is reported. Tokens/s
+counts reply tokens (up to and including <|im_end|>), prefill included: it is what a rollout costs. Then a few whole
+PPO steps on the same model give the share of a step spent in `generate`.
 
     python benchmarks/rollout.py                                    # minimind-26m, random weights, CPU
     python benchmarks/rollout.py --preset minimind-tiny --rounds 2 --steps 2
@@ -25,9 +25,11 @@ from data_process.loading import iter_texts
 from data_process.rewards import get_reward_functions
 from data_process.synth import build_corpus
 from modeling_miniminds import MiniMindForCausalLM, get_config
+from modeling_miniminds.inference import FINISH_STOP, generate_completions
 from modeling_miniminds.tokenizer import load_tokenizer, train_tokenizer
-from recipes.training.ppo import PPOConfig, PPOTrainer, reply_mask
-from recipes.training.reward import load_reward_model, pad_batch
+from recipes.training.ppo_config import PPOConfig
+from recipes.training.ppo_trainer import PPOTrainer
+from recipes.training.reward_model import load_reward_model
 from recipes.training.rl import GuardedReward, RLModelArguments, read_rl_records
 
 
@@ -76,7 +78,9 @@ def build_trainer(args, folder: Path, corpus: dict, workdir: Path) -> PPOTrainer
         GuardedReward(f, n) for f, n in zip(get_reward_functions(["accuracy", "format"]), ["accuracy", "format"])
     ]
     records = read_rl_records(corpus["rl"])
-    return PPOTrainer(config, policy, critic, rewards, tokenizer, records, ref_model=reference)
+    trainer = PPOTrainer(config, policy, critic, rewards, tokenizer, records, ref_model=reference)
+    trainer.create_optimizer_and_scheduler(num_training_steps=trainer.total_updates)
+    return trainer
 
 
 def timed_rollouts(trainer: PPOTrainer, records: list[dict], args) -> dict:
@@ -91,13 +95,18 @@ def timed_rollouts(trainer: PPOTrainer, records: list[dict], args) -> dict:
         paths["PPO rollout (static + compile)"] = "compile"
 
     def run(mode):
-        if mode is None:  # the baseline: plain generate on the same left-padded prompts
+        if mode is None:  # the baseline: the project's batch decoding on the same prompts, no rollout tensors
             config.cache_implementation, config.compile_config = "dynamic", None
-            input_ids, attention_mask = pad_batch(trainer.prompt_ids(records), config.pad_token_id, "left")
             torch.manual_seed(args.seed)
             with torch.inference_mode():
-                output = policy.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-            return reply_mask(output[:, input_ids.shape[1] :], config.eos_token_id)[0].sum().item()
+                completions = generate_completions(
+                    policy,
+                    trainer.processing_class,
+                    trainer.prompt_ids(records),
+                    args.new_tokens,
+                    generation_config=config,
+                )
+            return sum(len(c.token_ids) + (c.finish_reason == FINISH_STOP) for c in completions)
         config.cache_implementation = "dynamic" if mode == "dynamic" else "static"
         config.compile_config = CompileConfig(fullgraph=False, mode="default") if mode == "compile" else None
         if config.compile_config is not None:
@@ -138,8 +147,8 @@ def main(argv=None):
             print(f"{name:32} {rate:15,.0f} {rate / baseline:11.2f}x")
         shares, seconds = [], []
         for _ in range(args.steps):
-            logs = trainer.step()
-            trainer.global_step += 1
+            logs = trainer.ppo_step()
+            trainer.state.global_step += 1
             shares.append(logs["generate_share"])
             seconds.append(logs["rollout_seconds"] + logs["update_seconds"])
         print(

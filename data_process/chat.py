@@ -27,16 +27,10 @@ from pathlib import Path
 import datasets
 
 from data_process.convert import convert_record
-from data_process.io import (
-    DataError,
-    RejectedWriter,
-    data_error_in,
-    expand_inputs,
-    iter_lines,
-    parse_line,
-    rejected_path_for,
-)
+from data_process.jsonl import expand_inputs, iter_lines, parse_line
 from data_process.loading import is_saved_dataset
+from data_process.records import DataError, data_error_in
+from data_process.rejected import RejectedWriter, rejected_path_for
 from modeling_miniminds.cli.paths import check_name_or_path
 
 logger = logging.getLogger(__name__)
@@ -310,7 +304,7 @@ def _load_rows(name, split, skip_bad, system_prompts, ratio, seed):
             _jsonl_rows, gen_kwargs={"stamps": stamps, **options}, features=ROW_FEATURES, split="train"
         )
     except datasets.exceptions.DatasetGenerationError as err:
-        raise data_error_in(err) or err
+        raise (data_error_in(err) or err) from err
 
 
 def split_rejected(rows, rejected_path=None, write=True):

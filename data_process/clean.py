@@ -17,8 +17,12 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from data_process.io import JsonlTransform, add_io_arguments, build_parser, cli, dumps, print_rejected, record_text
+from data_process.jsonl import dumps
+from data_process.records import record_text
+from data_process.rejected import print_rejected
 from data_process.text import IS_CJK
+from data_process.transform import JsonlTransform, add_io_arguments
+from modeling_miniminds.cli import FlagParser, command_main
 
 INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200e\u200f\u2060\ufeff\u00ad"))
 HALF_TO_FULL = {",": "，", "!": "！", "?": "？", ":": "：", ";": "；", "(": "（", ")": "）"}
@@ -153,7 +157,7 @@ def clean_jsonl(inputs, output, config=None, fmt="auto", skip_bad=False, removed
 
 
 def make_parser():
-    parser = add_io_arguments(build_parser(__doc__))
+    parser = add_io_arguments(FlagParser(description=__doc__))
     defaults = CleanConfig()
     for name in ("nfkc", "strip_control", "whitespace", "punctuation"):
         parser.add_argument(f"--no_{name}", action="store_true", help=f"skip the {name} normalisation rule")
@@ -177,7 +181,7 @@ def print_report(report, output):
     print_rejected(report["rejected"], output)
 
 
-@cli
+@command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
     config = CleanConfig(

@@ -16,7 +16,10 @@ Every output record is validated against its project format before it is written
 
 import json
 
-from data_process.io import VALIDATORS, JsonlTransform, add_io_arguments, build_parser, cli, print_rejected
+from data_process.records import VALIDATORS
+from data_process.rejected import print_rejected
+from data_process.transform import JsonlTransform, add_io_arguments
+from modeling_miniminds.cli import FlagParser, command_main
 
 SHAREGPT_ROLES = {
     "human": "user",
@@ -225,7 +228,7 @@ def convert_jsonl(inputs, output, source="auto", target="auto", skip_bad=False):
 
 
 def make_parser():
-    parser = add_io_arguments(build_parser(__doc__), formats=False)
+    parser = add_io_arguments(FlagParser(description=__doc__), formats=False)
     parser.add_argument("--from", dest="source", default="auto", choices=("auto", *SOURCES), help="source format")
     parser.add_argument(
         "--to", dest="target", default="auto", choices=TARGETS, help="project format to produce (auto: natural one)"
@@ -233,7 +236,7 @@ def make_parser():
     return parser
 
 
-@cli
+@command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
     counts = convert_jsonl(args.input, args.output, args.source, args.target, args.skip_bad)

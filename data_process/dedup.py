@@ -25,8 +25,12 @@ from multiprocessing import Pool
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from data_process.io import JsonlTransform, add_io_arguments, build_parser, cli, dumps, print_rejected, record_text
+from data_process.jsonl import dumps
+from data_process.records import record_text
+from data_process.rejected import print_rejected
 from data_process.text import CJK
+from data_process.transform import JsonlTransform, add_io_arguments
+from modeling_miniminds.cli import FlagParser, command_main
 
 SPACES = re.compile(r"\s+")
 TOKEN = re.compile(rf"[{CJK}]|[^\W{CJK}]+")
@@ -120,7 +124,7 @@ class SignatureStore:
     def __init__(self, num_perm, dtype):
         self.row_bytes = num_perm * np.dtype(dtype).itemsize
         self.dtype = dtype
-        self.handle = tempfile.TemporaryFile(prefix="miniminds-minhash-")
+        self.handle = tempfile.TemporaryFile(prefix="miniminds-minhash-")  # noqa: SIM115 (open for the store's life)
         self.rows = 0
 
     def append(self, signature):
@@ -246,7 +250,7 @@ def dedup_jsonl(inputs, output, config=None, fmt="auto", skip_bad=False, duplica
 
 
 def make_parser():
-    parser = add_io_arguments(build_parser(__doc__))
+    parser = add_io_arguments(FlagParser(description=__doc__))
     defaults = DedupConfig()
     parser.add_argument(
         "--threshold",
@@ -269,7 +273,7 @@ def make_parser():
     return parser
 
 
-@cli
+@command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
     config = DedupConfig(

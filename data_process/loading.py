@@ -6,7 +6,8 @@ from pathlib import Path
 
 import datasets
 
-from data_process.io import data_error_in, expand_inputs, read_jsonl, record_text, validate_pretrain
+from data_process.jsonl import expand_inputs, read_jsonl
+from data_process.records import data_error_in, record_text, validate_pretrain
 from modeling_miniminds.cli.paths import check_name_or_path
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def _from_jsonl(files, text_column):
             split="train",
         )
     except datasets.exceptions.DatasetGenerationError as err:
-        raise data_error_in(err) or err
+        raise (data_error_in(err) or err) from err
 
 
 def _stamped_rows(stamps, text_column):
@@ -98,7 +99,7 @@ def _local_files(name):
 def load_text_dataset(name_or_path, split="train", text_column="text"):
     """Return a `datasets.Dataset` for pretraining.
 
-    Local JSONL goes through data_process.io validation (bad lines raise DataError naming file:line) and
+    Local JSONL goes through data_process.jsonl validation (bad lines raise DataError naming file:line) and
     keeps only `text_column`; parquet keeps its columns. A packed folder (from data_process.pack, with
     `input_ids`) is returned as is. Local files form one dataset whatever `split` says; `split` selects the
     split of a saved DatasetDict or a Hub dataset (Hub ids need network access).

@@ -19,9 +19,13 @@ from collections import Counter
 import torch
 from transformers import AutoModelForCausalLM, set_seed
 
-from data_process.io import JsonlTransform, add_io_arguments, build_parser, cli, print_rejected, validate_dpo
+from data_process.records import validate_dpo
+from data_process.rejected import print_rejected
 from data_process.rewards import accuracy_reward, extract_answer
+from data_process.transform import JsonlTransform, add_io_arguments
+from modeling_miniminds.cli import FlagParser, command_main
 from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain
+from modeling_miniminds.inference import chat_prompt_ids, generate_completions
 from modeling_miniminds.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -64,31 +68,14 @@ def answer_line(prompt: list[dict], answer: str) -> str:
     return f"{ANSWER_PREFIX[lang]}{answer}"
 
 
-@torch.no_grad()
 def sample_replies(
     model, tokenizer, prompts: list[list[dict]], num_samples: int, temperature: float, top_p: float, max_new_tokens: int
 ) -> list[list[tuple[str, bool]]]:
     """`num_samples` sampled replies per chat prompt, each with whether it ended its turn (emitted eos) in time."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    finally:
-        tokenizer.padding_side = padding_side
-    output = model.generate(
-        **batch,
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        num_return_sequences=num_samples,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    rows = [
-        (tokenizer.decode(row, skip_special_tokens=True).strip(), bool((row == tokenizer.eos_token_id).any()))
-        for row in output[:, batch["input_ids"].shape[1] :]
-    ]
+    repeated = [ids for ids in chat_prompt_ids(tokenizer, prompts) for _ in range(num_samples)]
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    replies = generate_completions(model, tokenizer, repeated, max_new_tokens, **sampling)
+    rows = [(reply.text.strip(), reply.finish_reason == "stop") for reply in replies]
     return [rows[i : i + num_samples] for i in range(0, len(rows), num_samples)]
 
 
@@ -168,7 +155,7 @@ def load_model(name: str):
 
 
 def make_parser():
-    parser = add_io_arguments(build_parser(__doc__), formats=False)
+    parser = add_io_arguments(FlagParser(description=__doc__), formats=False)
     parser.add_argument("--model", required=True, help="SFT model folder (or Hub id) to sample rejected replies from")
     parser.add_argument("--num_samples", type=int, default=4, help="sampled replies per prompt")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -179,7 +166,7 @@ def make_parser():
     return parser
 
 
-@cli
+@command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
     for flag in ("num_samples", "max_new_tokens", "batch_size"):

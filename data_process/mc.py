@@ -22,7 +22,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_process.io import DataError, build_parser, read_jsonl, write_jsonl
+from data_process.jsonl import read_jsonl, write_jsonl
+from data_process.records import DataError
+from modeling_miniminds.cli import FlagParser, command_main
 
 LETTERS = "ABCD"
 SPLIT_SUFFIX = re.compile(r"_(val|validation|dev|test|train)$")
@@ -213,7 +215,7 @@ def write_builtin_mc(out_dir, count: int = 400, per_subject: int = 5, seed: int 
 
 
 def make_parser():
-    parser = build_parser(__doc__)
+    parser = FlagParser(description=__doc__)
     parser.add_argument("--out", required=True, help="output folder (e.g. the eval/ folder of a built-in corpus)")
     parser.add_argument("--count", type=int, default=400, help="held-out questions to write")
     parser.add_argument("--per_subject", type=int, default=5, help="few-shot examples per subject in mc_dev.jsonl")
@@ -221,11 +223,13 @@ def make_parser():
     return parser
 
 
+@command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
     for name, path in write_builtin_mc(args.out, args.count, args.per_subject, args.seed).items():
         print(f"{name}: {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

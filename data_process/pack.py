@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_process.io import build_parser, cli, umask
+from data_process.jsonl import umask
 from data_process.loading import load_text_dataset
+from modeling_miniminds.cli import FlagParser, command_main
 from modeling_miniminds.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ def load_blocks(name, tokenizer, block_size: int, vocab_size: int, split="train"
 
 
 def make_parser():
-    parser = build_parser(__doc__)
+    parser = FlagParser(description=__doc__)
     parser.add_argument(
         "--input",
         nargs="+",
@@ -242,7 +243,7 @@ def make_parser():
     return parser
 
 
-@cli
+@command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
     tokenizer = load_tokenizer(args.tokenizer)

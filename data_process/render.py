@@ -13,7 +13,9 @@ tools and tool calls included. A record that is not a conversation stops the run
 import json
 
 from data_process.chat import to_chat_row
-from data_process.io import JsonlTransform, add_io_arguments, build_parser, cli, print_rejected
+from data_process.rejected import print_rejected
+from data_process.transform import JsonlTransform, add_io_arguments
+from modeling_miniminds.cli import FlagParser, command_main
 from modeling_miniminds.tokenizer import load_tokenizer
 
 
@@ -40,12 +42,12 @@ def render_jsonl(inputs, output, tokenizer, skip_bad=False) -> tuple[int, int]:
 
 
 def make_parser():
-    parser = add_io_arguments(build_parser(__doc__), formats=False)
+    parser = add_io_arguments(FlagParser(description=__doc__), formats=False)
     parser.add_argument("--tokenizer", required=True, help="tokenizer folder or Hub id whose chat template renders")
     return parser
 
 
-@cli
+@command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
     written, rejected = render_jsonl(args.input, args.output, load_tokenizer(args.tokenizer), args.skip_bad)

@@ -15,7 +15,9 @@ from contextlib import ExitStack
 import numpy as np
 from tqdm import tqdm
 
-from data_process.io import JsonlTransform, add_io_arguments, build_parser, cli, print_rejected
+from data_process.rejected import print_rejected
+from data_process.transform import JsonlTransform, add_io_arguments
+from modeling_miniminds.cli import FlagParser, command_main
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def sample_jsonl(
 
 
 def make_parser():
-    parser = add_io_arguments(build_parser(__doc__))
+    parser = add_io_arguments(FlagParser(description=__doc__))
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--n", type=int, help="number of records")
     size.add_argument("--fraction", type=float, help="fraction of records (0-1)")
@@ -83,7 +85,7 @@ def make_parser():
     return parser
 
 
-@cli
+@command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
     max_bytes = int(args.mb * MB) if args.mb is not None else args.bytes

@@ -1,5 +1,6 @@
 """Tools a MiniMinds model can call: the `calculator` definition (an OpenAI/HF function schema for the chat
-template's `tools=`) and a safe evaluator for the arithmetic it is asked to compute.
+template's `tools=`, made from the function's signature and docstring by transformers) and a safe evaluator for the
+arithmetic it is asked to compute.
 
 The evaluator parses with `ast` and walks the tree itself: only numbers (int or float), + - * / // % **,
 parentheses and a sign are accepted; names, calls, attributes, strings and everything else are refused. Nothing is
@@ -15,24 +16,13 @@ import math
 import operator
 import time
 
+from transformers.utils import get_json_schema
+
 MAX_EXPRESSION_CHARS = 200
 MAX_NODES = 100
 MAX_EXPONENT = 100
 MAX_MAGNITUDE = 1e30
 MAX_SECONDS = 0.05
-
-CALCULATOR_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression with + - * / // % ** and parentheses; returns the result.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string", "description": "The expression, e.g. 123 * (45 - 6)."}},
-            "required": ["expression"],
-        },
-    },
-}
 
 BINARY_OPERATORS = {
     ast.Add: operator.add,
@@ -124,9 +114,23 @@ def format_number(value: int | float) -> str:
 
 
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression and return the result as text.
+    """Evaluate an arithmetic expression with + - * / // % ** and parentheses; returns the result.
 
     Args:
         expression: The expression, e.g. 123 * (45 - 6).
     """
     return format_number(evaluate_expression(expression))
+
+
+def function_schema(function) -> dict:
+    """The OpenAI/HF tool schema of a documented, type-hinted function, as the chat template's `tools=` takes it.
+
+    transformers adds a `return` entry, which the OpenAI function format does not have; it is dropped so the
+    schema in the data stays the OpenAI one.
+    """
+    schema = get_json_schema(function)
+    schema["function"].pop("return", None)
+    return schema
+
+
+CALCULATOR_TOOL = function_schema(calculator)

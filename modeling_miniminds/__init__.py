@@ -24,11 +24,11 @@ MiniMindForSequenceClassification.register_for_auto_class("AutoModelForSequenceC
 
 
 def __getattr__(name):
-    # Imported on first use, so `python -m modeling_miniminds.export.convert` runs its module only once.
+    # Imported on first use, so importing the model does not import the export package.
     if name in ("to_qwen3", "from_qwen3"):
-        from .export import convert
+        from .export import qwen3
 
-        return getattr(convert, name)
+        return getattr(qwen3, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

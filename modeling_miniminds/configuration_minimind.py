@@ -5,6 +5,7 @@ This file imports only torch-free transformers pieces so that it can be copied n
 """
 
 import math
+from typing import ClassVar
 
 from transformers import PretrainedConfig
 
@@ -62,7 +63,7 @@ class MiniMindConfig(PretrainedConfig):
     """
 
     model_type = "minimind"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
     default_theta = 1_000_000.0
 
     def __init__(

@@ -9,6 +9,8 @@ remote code. Weights use upstream MiniMind's state-dict names, which are Qwen3's
 its sibling configuration file), so it can be copied next to saved weights and loaded with `trust_remote_code=True`.
 """
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -128,7 +130,7 @@ class MiniMindPreTrainedModel(PreTrainedModel):
     config: MiniMindConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["MiniMindDecoderLayer"]
+    _no_split_modules: ClassVar[list[str]] = ["MiniMindDecoderLayer"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -230,7 +232,7 @@ def step_padding_mask(attention_mask, num_tokens: int) -> torch.Tensor | None:
 
 
 class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: MiniMindConfig):
         super().__init__(config)

@@ -25,9 +25,9 @@ python recipes/distill.py --config recipes/configs/distill_tiny.yaml ... --resum
 ```
 """
 
-from recipes.training.cli import RecipeParser, recipe_main
-from recipes.training.distill import DistillConfig, DistillModelArguments, DistillScriptArguments, distill
-from recipes.training.pretraining import LORA_FLAGS
+from recipes.training.cli import recipe_main
+from recipes.training.distill import distill
+from recipes.training.distill import make_parser as stage_parser
 
 
 @recipe_main
@@ -36,8 +36,7 @@ def main(script_args, training_args, model_args):
 
 
 def make_parser():
-    arguments = (DistillScriptArguments, DistillConfig, DistillModelArguments)
-    return RecipeParser(arguments, description=__doc__, hidden_flags=LORA_FLAGS)
+    return stage_parser(description=__doc__)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ python recipes/dpo.py --config recipes/configs/dpo_64m.yaml ... --resume_from_ch
 ```
 """
 
-from recipes.training.cli import RecipeParser, recipe_main
-from recipes.training.dpo import DPOModelArguments, DPOScriptArguments, DPOTrainingConfig, dpo
+from recipes.training.cli import recipe_main
+from recipes.training.dpo import dpo
+from recipes.training.dpo import make_parser as stage_parser
 
 
 @recipe_main
@@ -36,7 +37,7 @@ def main(script_args, training_args, model_args):
 
 
 def make_parser():
-    return RecipeParser((DPOScriptArguments, DPOTrainingConfig, DPOModelArguments), description=__doc__)
+    return stage_parser(description=__doc__)
 
 
 if __name__ == "__main__":

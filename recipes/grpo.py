@@ -29,9 +29,9 @@ python recipes/grpo.py --config recipes/configs/grpo_64m.yaml ... --resume_from_
 ```
 """
 
-from recipes.training.cli import RecipeParser, recipe_main
-from recipes.training.grpo import GRPOScriptArguments, GRPOTrainingConfig, grpo
-from recipes.training.rl import RLModelArguments
+from recipes.training.cli import recipe_main
+from recipes.training.grpo import grpo
+from recipes.training.grpo import make_parser as stage_parser
 
 
 @recipe_main
@@ -40,7 +40,7 @@ def main(script_args, training_args, model_args):
 
 
 def make_parser():
-    return RecipeParser((GRPOScriptArguments, GRPOTrainingConfig, RLModelArguments), description=__doc__)
+    return stage_parser(description=__doc__)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 r"""PPO of an SFT model against reward functions and/or a trained reward model, with a critic and a frozen reference.
 
-PPO is written in this project (recipes/training/ppo.py) on accelerate, since TRL removed its PPOTrainer.
+PPO is written in this project, since TRL removed its PPOTrainer: a `transformers.Trainer` subclass with its own
+training loop (recipes/training/ppo_trainer.py), so checkpoints, resume, Ctrl-C and metrics are every stage's.
 
 ```bash
 # CPU demo on the built-in corpus, from the SFT model and the reward model (minimind-tiny, a few minutes)
@@ -29,9 +30,9 @@ python recipes/ppo.py --config recipes/configs/ppo_tiny.yaml ... --resume_from_c
 ```
 """
 
-from recipes.training.cli import RecipeParser, recipe_main
-from recipes.training.ppo import PPOConfig, PPOModelArguments, ppo
-from recipes.training.rl import RLScriptArguments
+from recipes.training.cli import recipe_main
+from recipes.training.ppo import make_parser as stage_parser
+from recipes.training.ppo import ppo
 
 
 @recipe_main
@@ -40,7 +41,7 @@ def main(script_args, training_args, model_args):
 
 
 def make_parser():
-    return RecipeParser((RLScriptArguments, PPOConfig, PPOModelArguments), description=__doc__)
+    return stage_parser(description=__doc__)
 
 
 if __name__ == "__main__":

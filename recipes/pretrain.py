@@ -22,14 +22,9 @@ python recipes/pretrain.py --config recipes/configs/pretrain_64m.yaml ... --resu
 ```
 """
 
-from recipes.training.cli import RecipeParser, recipe_main
-from recipes.training.pretraining import (
-    LORA_FLAGS,
-    PretrainConfig,
-    PretrainModelArguments,
-    PretrainScriptArguments,
-    pretrain,
-)
+from recipes.training.cli import recipe_main
+from recipes.training.pretraining import make_parser as stage_parser
+from recipes.training.pretraining import pretrain
 
 
 @recipe_main
@@ -38,8 +33,7 @@ def main(script_args, training_args, model_args):
 
 
 def make_parser():
-    arguments = (PretrainScriptArguments, PretrainConfig, PretrainModelArguments)
-    return RecipeParser(arguments, description=__doc__, hidden_flags=LORA_FLAGS)
+    return stage_parser(description=__doc__)
 
 
 if __name__ == "__main__":

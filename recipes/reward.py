@@ -23,9 +23,9 @@ python recipes/reward.py --config recipes/configs/reward_64m.yaml ... --resume_f
 ```
 """
 
-from recipes.training.cli import RecipeParser, recipe_main
-from recipes.training.preference import PreferenceScriptArguments
-from recipes.training.reward import RewardModelArguments, RewardTrainingConfig, reward
+from recipes.training.cli import recipe_main
+from recipes.training.reward import make_parser as stage_parser
+from recipes.training.reward import reward
 
 
 @recipe_main
@@ -34,7 +34,7 @@ def main(script_args, training_args, model_args):
 
 
 def make_parser():
-    return RecipeParser((PreferenceScriptArguments, RewardTrainingConfig, RewardModelArguments), description=__doc__)
+    return stage_parser(description=__doc__)
 
 
 if __name__ == "__main__":

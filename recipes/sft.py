@@ -25,8 +25,9 @@ python recipes/sft.py --config recipes/configs/sft_64m.yaml ... --resume_from_ch
 ```
 """
 
-from recipes.training.cli import RecipeParser, recipe_main
-from recipes.training.sft import SFTModelArguments, SFTRecipeConfig, SFTScriptArguments, sft
+from recipes.training.cli import recipe_main
+from recipes.training.sft import make_parser as stage_parser
+from recipes.training.sft import sft
 
 
 @recipe_main
@@ -35,7 +36,7 @@ def main(script_args, training_args, model_args):
 
 
 def make_parser():
-    return RecipeParser((SFTScriptArguments, SFTRecipeConfig, SFTModelArguments), description=__doc__)
+    return stage_parser(description=__doc__)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ tool tags follow as unsplittable added tokens; see `modeling_miniminds.tokenizer
 import logging
 from pathlib import Path
 
-from data_process.io import build_parser, cli
 from data_process.loading import iter_texts
 from data_process.text import compression_stats
+from modeling_miniminds.cli import FlagParser, command_main
 from modeling_miniminds.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def default_eval_file(dataset_name: list[str]) -> Path | None:
 
 
 def make_parser():
-    parser = build_parser(__doc__)
+    parser = FlagParser(description=__doc__)
     parser.add_argument("--dataset_name", nargs="+", required=True, help="JSONL/.txt files, folders or globs")
     parser.add_argument("--output_dir", required=True, help="folder to save the tokenizer to")
     parser.add_argument("--vocab_size", type=int, default=6400, help="vocabulary size including the 9 special tokens")
@@ -56,7 +56,7 @@ def make_parser():
     return parser
 
 
-@cli
+@command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
     tokenizer = train_tokenizer(

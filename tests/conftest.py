@@ -70,7 +70,7 @@ def train_tiny_sft(corpus, tokenizer_dir, out, steps: int):
     import torch
     from datasets import Dataset
 
-    from data_process.io import read_jsonl
+    from data_process.jsonl import read_jsonl
     from modeling_miniminds import MiniMindForCausalLM, get_config
     from modeling_miniminds.tokenizer import load_tokenizer
     from recipes.training.args import SFTStageConfig

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
-from modeling_miniminds.serving.chat import Chat, ReplyStream, parse_reply
-from modeling_miniminds.serving.chat import main as chat_main
 from modeling_miniminds.export.convert import main as convert_main
 from modeling_miniminds.inference import Delta, Generator, SamplingParams, load_for_decoding
-from modeling_miniminds.tokenizer import load_tokenizer
+from modeling_miniminds.serving.chat import Chat
+from modeling_miniminds.serving.chat import main as chat_main
+from modeling_miniminds.tokenizer import ReplyStream, load_tokenizer, parse_reply
 
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0)
 TOOL_JSON = '{"name": "get_weather", "arguments": {"city": "Paris"}}'

@@ -1,7 +1,8 @@
-"""Export and import: Qwen3 / Qwen3-MoE folders any Qwen3-aware tool runs, and upstream MiniMind `.pth` checkpoints.
+"""Export and import: Qwen3 / Qwen3-MoE folders any Qwen3-aware tool runs, upstream MiniMind `.pth` checkpoints, and
+the LoRA merge every stage and `merge_lora` share.
 
 Each conversion must compute the same logits; a layout that does not map (shared experts, missing or extra tensors)
-is refused by name.
+is refused by name, and a mistyped command or flag by one `error:` line naming the nearest real one.
 """
 
 import json
@@ -11,10 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
-from modeling_miniminds.export.convert import from_qwen3, main, to_qwen3
+from modeling_miniminds.export.convert import main
+from modeling_miniminds.export.merge_lora import fold_adapter
+from modeling_miniminds.export.merge_lora import main as merge_lora_main
+from modeling_miniminds.export.qwen3 import from_qwen3, to_qwen3
 from modeling_miniminds.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,10 +140,54 @@ def test_upstream_checkpoint_with_missing_or_extra_tensors_is_refused(tmp_path, 
 def test_cli_runs_as_a_module(tmp_path):
     saved_model(tmp_path / "mm")
     done = subprocess.run(
-        [sys.executable, "-m", "modeling_miniminds.export.convert", "to-qwen3", str(tmp_path / "mm"), str(tmp_path / "q")],
+        [
+            sys.executable,
+            "-m",
+            "modeling_miniminds.export.convert",
+            "to-qwen3",
+            str(tmp_path / "mm"),
+            str(tmp_path / "q"),
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "RuntimeWarning" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command, argv, expected",
+    [
+        (main, ["to-qwne3", "mm", "out"], "unknown command 'to-qwne3'; did you mean to-qwen3?"),
+        (main, ["to-gguf", "mm", "out.gguf", "--outype", "q8_0"], "arguments --outype q8_0; did you mean --outtype?"),
+        (main, ["push", "mm", "me/x", "--pivate"], "unrecognized argument --pivate; did you mean --private?"),
+        (merge_lora_main, ["ad", "out", "--base-modle", "x"], "arguments --base-modle x; did you mean --base_model?"),
+    ],
+)
+def test_a_typo_is_one_error_line_naming_the_nearest_command_or_flag(command, argv, expected, capsys):
+    with pytest.raises(SystemExit) as raised:
+        command(argv)
+    assert raised.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].endswith(expected), errors
+
+
+def test_merge_lora_refuses_a_folder_without_adapter_in_one_line(tmp_path, capsys):
+    assert merge_lora_main([str(tmp_path), str(tmp_path / "merged")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path}: no adapter_config.json, not a LoRA adapter folder"
+    assert not (tmp_path / "merged").exists()
+
+
+def test_fold_adapter_merges_a_peft_model_and_returns_any_other_unchanged():
+    """The project's one `merge_and_unload`: the folded model is a plain MiniMind computing what base + adapter did."""
+    torch.manual_seed(0)
+    base = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=256))
+    assert fold_adapter(base) is base
+    without_adapter = logits(base)
+    adapted = get_peft_model(base, LoraConfig(target_modules="all-linear", init_lora_weights=False))
+    with_adapter = logits(adapted)
+    assert not torch.allclose(with_adapter, without_adapter, atol=1e-3)  # the adapter changes the model
+    folded = fold_adapter(adapted)
+    assert type(folded) is MiniMindForCausalLM
+    torch.testing.assert_close(logits(folded), with_adapter, rtol=1e-5, atol=1e-5)

@@ -1,11 +1,12 @@
 """convert maps each common format to the project formats and rejects bad records with file:line."""
 
 import json
+import re
 
 import pytest
 
 from data_process.convert import convert_jsonl, convert_record, main
-from data_process.io import DataError
+from data_process.records import DataError
 
 USER_ASSISTANT = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "Hello"}]
 
@@ -72,7 +73,7 @@ def test_prompt_answer_to_rl_and_sharegpt_function_call():
         {"from": "observation", "value": "4"},
         {"from": "gpt", "value": "4"},
     ]
-    fmt, converted = convert_record({"conversations": turns})
+    _fmt, converted = convert_record({"conversations": turns})
     assert converted["conversations"][1]["tool_calls"][0]["function"] == {"name": "add", "arguments": {"a": 2, "b": 2}}
     assert [m["role"] for m in converted["conversations"]] == ["user", "assistant", "tool", "assistant"]
 
@@ -111,7 +112,7 @@ def test_file_errors_name_file_line_and_skip_bad_keeps_going(tmp_path):
 def test_one_output_holds_one_format(tmp_path):
     source = tmp_path / "mixed.jsonl"
     source.write_text('{"text": "t"}\n{"question": "q", "answer": "a"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match="mixed.jsonl:2: converts to sft but earlier records gave pretrain"):
+    with pytest.raises(DataError, match=re.escape("mixed.jsonl:2: converts to sft but earlier records gave pretrain")):
         convert_jsonl([source], tmp_path / "out.jsonl")
 
 

@@ -8,7 +8,28 @@ import pytest
 from data_process import dedup, text
 from data_process.dedup import DedupConfig, dedup_jsonl, main
 
-WORDS = ["river", "mountain", "quiet", "library", "orange", "planet", "window", "garden", "music", "teacher", "thunder", "lantern", "bridge", "silver", "forest", "engine", "harbor", "pencil", "candle", "meadow"]
+WORDS = [
+    "river",
+    "mountain",
+    "quiet",
+    "library",
+    "orange",
+    "planet",
+    "window",
+    "garden",
+    "music",
+    "teacher",
+    "thunder",
+    "lantern",
+    "bridge",
+    "silver",
+    "forest",
+    "engine",
+    "harbor",
+    "pencil",
+    "candle",
+    "meadow",
+]
 ZH = "春夏秋冬山水花鸟风云雨雪日月星辰江河湖海天地人和东南西北古今中外上下左右"
 
 
@@ -38,7 +59,7 @@ def planted(tmp_path):
 
 @pytest.mark.parametrize("num_proc", [1, 2])
 def test_planted_duplicates_removed_distinct_kept(tmp_path, num_proc):
-    path, rows = planted(tmp_path)
+    path, _rows = planted(tmp_path)
     output, dups = tmp_path / "out.jsonl", tmp_path / "dups.jsonl"
     counts = dedup_jsonl([path], output, DedupConfig(num_proc=num_proc, batch_size=8), duplicates_path=dups)
     assert counts == {"input": 44, "kept": 40, "exact": 1, "near": 3, "rejected": 0}
@@ -70,11 +91,11 @@ def test_duplicates_across_files(tmp_path):
 
 
 def test_bad_parameters_name_the_parameter(tmp_path):
-    with pytest.raises(ValueError, match="threshold must be between 0 and 1 \\(exclusive\\), got 1.5"):
+    with pytest.raises(ValueError, match=r"threshold must be between 0 and 1 \(exclusive\), got 1.5"):
         DedupConfig(threshold=1.5)
     with pytest.raises(ValueError, match="num_perm must be at least 16, got 4"):
         DedupConfig(num_perm=4)
-    with pytest.raises(ValueError, match="threshold=0.99 with num_perm=128: .*bands"):
+    with pytest.raises(ValueError, match=r"threshold=0.99 with num_perm=128: .*bands"):
         dedup_jsonl([], tmp_path / "out.jsonl", DedupConfig(threshold=0.99))
 
 

@@ -9,18 +9,11 @@ import sys
 import pytest
 
 from data_process import clean, convert, dedup, sample
-from data_process.io import (
-    DataError,
-    JsonlTransform,
-    add_io_arguments,
-    build_parser,
-    expand_inputs,
-    read_jsonl,
-    record_text,
-    rejected_path_for,
-    setup_logging,
-    write_jsonl,
-)
+from data_process.jsonl import expand_inputs, read_jsonl, write_jsonl
+from data_process.records import DataError, record_text
+from data_process.rejected import rejected_path_for
+from data_process.transform import JsonlTransform, add_io_arguments
+from modeling_miniminds.cli import FlagParser, setup_logging
 
 
 def write_lines(path, lines, encoding="utf-8"):
@@ -97,7 +90,7 @@ def test_expand_inputs_folder_glob_and_missing(tmp_path):
         (tmp_path / name).write_text('{"text": "x"}\n', encoding="utf-8")
     assert [p.name for p in expand_inputs(tmp_path)] == ["a.jsonl", "b.jsonl"]
     assert [p.name for p in expand_inputs(str(tmp_path / "?.jsonl"))] == ["a.jsonl", "b.jsonl"]
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
         expand_inputs(tmp_path / "nope.jsonl")
     assert rejected_path_for("out/clean.jsonl").name == "clean.rejected.jsonl"
 
@@ -156,7 +149,7 @@ def test_transform_copies_bytes_writes_records_and_rejects(tmp_path):
 
 
 def spelling_parser():
-    parser = add_io_arguments(build_parser("test tool"))
+    parser = add_io_arguments(FlagParser(description="test tool"))
     parser.add_argument("--min_chars", type=int, default=1)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--num_proc", type=int)

@@ -1,12 +1,13 @@
 """load_text_dataset: local JSONL/parquet files, folders, globs, packed folders, and clear errors."""
 
 import json
+import re
 
 import datasets
 import pytest
 
-from data_process.io import DataError
 from data_process.loading import load_text_dataset
+from data_process.records import DataError
 
 
 def count_lines(path):
@@ -49,20 +50,20 @@ def test_parquet_and_saved_dataset(tmp_path):
 
 
 def test_clear_errors_name_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+    with pytest.raises(FileNotFoundError, match=re.escape("missing.jsonl")):
         load_text_dataset(tmp_path / "missing.jsonl")
     with pytest.raises(FileNotFoundError, match=r"no files match .*\*\.parquet"):
         load_text_dataset(str(tmp_path / "*.parquet"))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="empty.jsonl is empty"):
+    with pytest.raises(ValueError, match=re.escape("empty.jsonl is empty")):
         load_text_dataset(empty)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "typo"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'text': missing"):
         load_text_dataset(bad)
     datasets.Dataset.from_dict({"body": ["x"]}).to_parquet(str(tmp_path / "wrong.parquet"))
-    with pytest.raises(ValueError, match="wrong.parquet: no column 'text'"):
+    with pytest.raises(ValueError, match=re.escape("wrong.parquet: no column 'text'")):
         load_text_dataset(tmp_path / "wrong.parquet")
 
 
@@ -81,5 +82,7 @@ def test_missing_path_fails_at_once_naming_the_nearest(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "pretrain.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
-    with pytest.raises(FileNotFoundError, match="dataset data/pretrian.jsonl: no such file or folder; did you mean"):
+    with pytest.raises(
+        FileNotFoundError, match=re.escape("dataset data/pretrian.jsonl: no such file or folder; did you mean")
+    ):
         load_text_dataset("data/pretrian.jsonl")

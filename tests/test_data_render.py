@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from data_process.io import DataError
+from data_process.records import DataError
 from data_process.render import main, render_jsonl, render_record
 from modeling_miniminds.tokenizer import load_tokenizer
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from data_process.io import read_jsonl
+from data_process.jsonl import read_jsonl
 from data_process.rewards import accuracy_reward, extract_answer, format_reward
 from data_process.synth import (
     HELDOUT_ROWS,
@@ -16,10 +16,10 @@ from data_process.synth import (
     SIZES,
     TABLES,
     build_corpus,
-    main,
     sample_item,
     split_keys,
 )
+from data_process.synth.__main__ import main
 from data_process.tools import CALCULATOR_TOOL, calculator
 
 TRAINING_KINDS = ("pretrain", "sft", "dpo", "rl")

@@ -19,7 +19,8 @@ from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.cli import RecipeParser
 from recipes.training.distill import DistillConfig, DistillTrainer, kl_to_teacher
 from recipes.training.distill import distill as main
-from recipes.training.pretraining import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, pretrain
+from recipes.training.packed_text import PretrainConfig, PretrainModelArguments, PretrainScriptArguments
+from recipes.training.pretraining import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN_RECIPE = REPO / "recipes" / "configs" / "pretrain_tiny.yaml"
@@ -72,7 +73,7 @@ def teacher(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
         str(save_config(root / "config", **TEACHER_SHAPE)),
     ]
     result = pretrain(*parser.parse_args_and_config(argv))
-    return root / "model", result["eval_loss"]
+    return root / "model", result["after"]["eval_loss"]
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +167,9 @@ def test_student_learns_more_from_the_teacher_than_alone(
     assert alone["before"] == distilled["before"]  # the same initial student
     assert teacher_loss < alone["after"]["eval_loss"] - 0.3  # the teacher knows more than the student learns alone
     assert distilled["after"]["eval_loss"] < alone["after"]["eval_loss"] - 0.02  # measured: 0.044 lower
-    assert distilled["global_step"] == alone["global_step"] == STUDENT_STEPS
-    assert distilled["num_tokens"] == alone["num_tokens"] <= STUDENT_STEPS * 16 * 128  # an epoch ends on 13 blocks
+    assert distilled["steps"] == alone["steps"] == STUDENT_STEPS
+    assert distilled["tokens"] == alone["tokens"] <= STUDENT_STEPS * 16 * 128  # an epoch ends on 13 blocks
+    assert distilled["tokens"] % 128 == 0  # whole blocks
 
     logged = [r for r in read_metrics(out / METRICS_FILE) if "loss" in r]
     assert logged and all(r["kl_loss"] > 0 and r["ce_loss"] > 0 for r in logged)

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from data_process.io import DataError, write_jsonl
+from data_process.jsonl import write_jsonl
 from data_process.loading import iter_texts
 from data_process.mc import Question, builtin_questions, question_record, read_questions, write_builtin_mc
+from data_process.records import DataError
 from recipes.training.eval_lm import load_model, read_documents
 from recipes.training.scoring import (
     choice_request,

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.export import gguf as gguf_export
+from modeling_miniminds.export import model_card as model_card_module
 from modeling_miniminds.export.convert import main
 from modeling_miniminds.export.gguf import (
     find_llama_cpp,
@@ -222,6 +223,12 @@ def demo_like_run(tmp_path, tiny_tokenizer_dir) -> tuple[Path, MiniMindForCausal
 def test_model_card_lists_architecture_sizes_data_stages_and_loading(tiny_tokenizer_dir, tmp_path):
     folder, model = demo_like_run(tmp_path, tiny_tokenizer_dir)
     card = model_card(folder, "me/minimind-sft")
+    assert card.data.to_dict() == {
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["miniminds", "minimind"],
+    }
+    card = str(card)
     parameters = sum(p.numel() for p in model.parameters())  # tied embeddings counted once, as saved
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert "`MiniMindForCausalLM` (model_type `minimind`)" in card
@@ -233,8 +240,9 @@ def test_model_card_lists_architecture_sizes_data_stages_and_loading(tiny_tokeni
     assert "- train_loss: 3.25" in card
     assert 'AutoModelForCausalLM.from_pretrained("me/minimind-sft", trust_remote_code=True)' in card
 
-    bare = model_card(tmp_path / "demo" / "sft", "me/x", data="my own corpus")
+    bare = str(model_card(tmp_path / "demo" / "sft", "me/x", data="my own corpus"))
     assert "## Data\n\nmy own corpus\n" in bare
+    assert bare.startswith("---\n") and bare.endswith("```\n")  # front matter, and the file ends with one newline
 
 
 class RecordingApi:
@@ -252,10 +260,8 @@ class RecordingApi:
 
 
 def test_push_uploads_the_folder_then_the_card_without_network(tiny_tokenizer_dir, tmp_path, monkeypatch, capsys):
-    import huggingface_hub
-
     RecordingApi.calls = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    monkeypatch.setattr(model_card_module, "HfApi", RecordingApi)
     folder, _ = demo_like_run(tmp_path, tiny_tokenizer_dir)
     assert main(["push", str(folder), "me/minimind-sft", "--private"]) == 0
     assert "pushed" in capsys.readouterr().out
@@ -281,7 +287,12 @@ def test_push_uploads_the_folder_then_the_card_without_network(tiny_tokenizer_di
     assert RecordingApi.calls[1][2]["folder_path"] == str(gguf.parent)
     assert RecordingApi.calls[1][2]["allow_patterns"] == ["sft.gguf", "Modelfile"]
     card = RecordingApi.calls[-1][2]["path_or_fileobj"].decode()
-    assert "library_name: gguf" in card and "`MiniMindForCausalLM`" in card and "ollama create sft-gguf" in card
+    assert (
+        "library_name: gguf" in card
+        and "- gguf\n" in card
+        and "`MiniMindForCausalLM`" in card
+        and "ollama create sft-gguf" in card
+    )
 
 
 # -- the real converter and llama.cpp (slow) ----------------------------------------------------------------------
@@ -350,19 +361,27 @@ def test_f16_gguf_greedy_ids_equal_transformers(exported):
 
 
 @pytest.mark.slow
-def test_q8_0_gguf_is_smaller_and_generates(exported):
+def test_q8_0_gguf_is_smaller_and_replies_as_f16(exported):
+    """q8_0 must lose size, not the model: the same greedy ids and the same chat reply as the f16 file. The tiny
+    model's weights are drawn with initializer_range 0.1, so its top logits stand further apart than q8_0's rounding
+    moves them (f16 holds the weights exactly); a quantizer that scrambles blocks changes the ids at once."""
     llama_cpp, tmp = exported
     f16, q8 = (os.path.getsize(tmp / "out" / f"mm-{outtype}.gguf") for outtype in ("f16", "q8_0"))
     assert q8 < f16
-    llama = llama_cpp.Llama(
-        model_path=str(tmp / "out" / "mm-q8_0.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False
-    )
     prompt = load_tokenizer(tmp / "mm")(PROMPT)["input_ids"]
-    assert len(llama_greedy(llama, prompt, eos=set())) == NEW_TOKENS
-    # llama-cpp-python renders the chat template stored in the file (its Jinja has no `{% generation %}`)
-    reply = llama.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
-    assert reply["choices"][0]["message"]["role"] == "assistant"
-    llama.close()
+    replies = {}
+    for outtype in ("f16", "q8_0"):
+        llama = llama_cpp.Llama(
+            model_path=str(tmp / "out" / f"mm-{outtype}.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False
+        )
+        ids = llama_greedy(llama, prompt, eos=set())
+        # llama-cpp-python renders the chat template stored in the file (its Jinja has no `{% generation %}`)
+        reply = llama.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+        replies[outtype] = (ids, reply["choices"][0]["message"])
+        llama.close()
+    assert len(replies["f16"][0]) == NEW_TOKENS
+    assert replies["f16"][1]["role"] == "assistant"
+    assert replies["q8_0"] == replies["f16"]
 
 
 @pytest.mark.slow

@@ -15,6 +15,8 @@ from modeling_miniminds.inference import (
     StopStrings,
     TextStream,
     apply_repetition_penalty,
+    generate_completions,
+    pad_batch,
     prepare_for_decoding,
 )
 from modeling_miniminds.tokenizer import load_tokenizer
@@ -72,6 +74,29 @@ def test_batched_greedy_equals_model_generate_row_by_row(model, tokenizer, promp
     for completion, ids in zip(completions, expected):
         assert completion.finish_reason == ("length" if len(ids) == GREEDY.max_new_tokens else "stop")
         assert completion.text == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_pad_batch_pads_either_side_and_masks_only_the_padding():
+    input_ids, attention_mask = pad_batch([[5, 6, 7], [8]], pad_token_id=0, padding_side="left")
+    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8]] and attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    input_ids, attention_mask = pad_batch([[5, 6, 7], [8]], pad_token_id=0)
+    assert input_ids.tolist() == [[5, 6, 7], [8, 0, 0]] and attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_generate_completions_is_greedy_per_row_in_any_batch_and_stops_before_eos(model, tokenizer, prompts):
+    """Probes and tools decode left-padded batches through `generate`; no row may change with its neighbours."""
+    expected = [hf_greedy(model, p, GREEDY.max_new_tokens, tokenizer.eos_token_id) for p in prompts]
+    for batch_size in (1, 2, None):
+        completions = generate_completions(model, tokenizer, prompts, GREEDY.max_new_tokens, batch_size)
+        assert [c.token_ids for c in completions] == expected
+    torch.manual_seed(0)  # random weights repeat one greedy token; a sample has a first new token to stop at
+    ids = generate_completions(model, tokenizer, prompts[:1], 12, do_sample=True, top_k=0)[0].token_ids
+    end = next(i for i in range(1, len(ids)) if ids[i] not in ids[:i])
+    torch.manual_seed(0)
+    stopped = generate_completions(model, tokenizer, prompts[:1], 12, do_sample=True, top_k=0, eos_token_id=ids[end])[0]
+    assert (stopped.token_ids, stopped.finish_reason) == (ids[:end], "stop")
+    assert stopped.text == tokenizer.decode(ids[:end], skip_special_tokens=True)
+    assert stopped.prompt_tokens == len(prompts[0])
 
 
 def test_prepare_for_decoding_keeps_values_and_greedy_output(tokenizer, prompts):

@@ -15,7 +15,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.utils import get_json_schema
 
-from data_process.io import read_jsonl
+from data_process.jsonl import read_jsonl
 from data_process.rewards import REWARD_FUNCTIONS
 from data_process.tools import CALCULATOR_TOOL
 from modeling_miniminds.tokenizer import RESPONSE_TEMPLATE, load_tokenizer
@@ -24,8 +24,9 @@ from recipes.training.args import RewardStageConfig
 from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.checkpoints import is_complete_checkpoint
 from recipes.training.grpo import grpo
+from recipes.training.lifecycle import BEFORE_FILE
 from recipes.training.models import save_final_model
-from recipes.training.reward import load_reward_model
+from recipes.training.reward_model import load_reward_model
 from recipes.training.rl import RLModelArguments
 from recipes.training.tool_use import calculator, run_tool_call, tool_loop_transcripts, tool_metrics
 from recipes.training.trainer import RewardStageTrainer
@@ -102,7 +103,7 @@ def test_grpo_raises_held_out_reward_while_kl_stays_small(trained, sft_folder):
 
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved["eval_reward"] == after["reward"] and saved["eval_kl"] == after["kl"]
-    assert json.loads((out / "rl_before.json").read_text())["reward"] == before["reward"]
+    assert json.loads((out / BEFORE_FILE).read_text())["reward"] == before["reward"]
     assert logged(out, "kl") and logged(out, "rewards/format/mean")
     assert is_complete_checkpoint(out / f"checkpoint-{STEPS}")
     assert not torch.equal(up_proj(out), up_proj(sft_folder))
@@ -115,7 +116,7 @@ def test_resume_continues_from_the_checkpoint(trained, sft_folder, tiny_corpus, 
     state) and reports the starting model's `before`."""
     result, out = trained
     shutil.copytree(out / f"checkpoint-{STEPS}", tmp_path / f"checkpoint-{STEPS}")
-    shutil.copy(out / "rl_before.json", tmp_path / "rl_before.json")
+    shutil.copy(out / BEFORE_FILE, tmp_path / BEFORE_FILE)
     flags = [
         "--reward_funcs",
         "format",

@@ -11,8 +11,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from data_process.io import read_jsonl, validate_dpo
+from data_process.jsonl import read_jsonl
 from data_process.make_pairs import answer_line, choose_pair, load_model, main, make_pairs
+from data_process.records import validate_dpo
 from data_process.rewards import accuracy_reward, extract_answer
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.tokenizer import load_tokenizer

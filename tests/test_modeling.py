@@ -18,7 +18,7 @@ from modeling_miniminds import (
     get_config,
     to_qwen3,
 )
-from modeling_miniminds.export.convert import from_qwen3
+from modeling_miniminds.export.qwen3 import from_qwen3
 
 
 @functools.cache
@@ -180,16 +180,20 @@ def test_left_padded_batch_generation_equals_one_by_one():
 
 
 def test_gradient_checkpointing_gives_same_gradients():
+    """Checkpointing recomputes each layer in backward (so it is really on) and gives the same gradients."""
     ids = random_ids(2, 20)
 
-    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+    def gradients(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
         model = build(tiny_moe_config()).train()
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        calls = []  # a pre-hook: torch's recompute stops once the last saved tensor is back, before forward hooks run
+        model.model.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
         model(ids, labels=ids).loss.backward()
-        return {name: p.grad.clone() for name, p in model.named_parameters()}
+        return {name: p.grad.clone() for name, p in model.named_parameters()}, len(calls)
 
-    plain, checkpointed = gradients(False), gradients(True)
+    (plain, plain_calls), (checkpointed, checkpointed_calls) = gradients(False), gradients(True)
+    assert (plain_calls, checkpointed_calls) == (1, 2)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
 

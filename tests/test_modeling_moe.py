@@ -64,12 +64,16 @@ def test_moe_returns_router_logits_and_adds_balance_loss():
         assert param.grad is not None, name
 
 
-def test_router_logits_off_gives_the_lm_loss_alone():
-    model = build(tiny_moe_config(output_router_logits=False))
-    ids = random_ids(2, 10)
+def assert_lm_loss_alone(model, ids: torch.Tensor) -> None:
     out = model(ids, labels=ids)
     assert out.router_logits is None and out.aux_loss is None
     torch.testing.assert_close(out.loss, model.loss_function(logits=out.logits, labels=ids, vocab_size=VOCAB))
+
+
+def test_router_logits_off_gives_the_lm_loss_alone():
+    model = build(tiny_moe_config(output_router_logits=False))
+    ids = random_ids(2, 10)
+    assert_lm_loss_alone(model, ids)
     assert model(ids, output_router_logits=True).aux_loss is not None  # the argument overrides the config
 
 
@@ -77,28 +81,45 @@ def test_dense_model_with_router_logits_on():
     """Router logits are None, not (), for a dense model, so Mixtral's balance loss (as TRL calls it) is 0."""
     model = build(tiny_config(output_router_logits=True))
     ids = random_ids(2, 10)
-    out = model(ids, labels=ids)
-    assert out.router_logits is None and out.aux_loss is None
-    torch.testing.assert_close(out.loss, model.loss_function(logits=out.logits, labels=ids, vocab_size=VOCAB))
+    assert_lm_loss_alone(model, ids)
     backbone = model.model(ids, output_router_logits=True)
     assert backbone.router_logits is None
     assert load_balancing_loss_func(backbone.router_logits, 4, 1, None) == 0
 
 
 def test_moe_decodes_with_router_logits_on():
-    """Qwen3-MoE fails here: a cached decoding step sees only its new tokens but a mask over the whole sequence."""
+    """Qwen3-MoE fails here: a cached decoding step sees only its new tokens but a mask over the whole sequence.
+    Asking for router logits must change nothing in what is decoded, cached or not."""
     model = build(tiny_moe_config())
     ids = random_ids(2, 8)
     mask = torch.ones_like(ids)
     mask[0, :2] = 0  # left padding in the prompt
     mask[1, -1] = 0  # a padded row in the decoding step
-    generated = model.generate(
-        ids[:, :6], attention_mask=mask[:, :6], max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0
-    )
-    assert generated.shape == (2, 10)
+
+    def greedy(**options):
+        return model.generate(
+            ids[:, :6],
+            attention_mask=mask[:, :6],
+            max_new_tokens=4,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **options,
+        )
+
+    plain = greedy(output_router_logits=False)
+    assert plain.sequences.shape == (2, 10)
+    for options in ({"output_router_logits": True}, {"output_router_logits": True, "use_cache": False}):
+        decoded = greedy(**options)
+        assert torch.equal(decoded.sequences, plain.sequences), options
+        torch.testing.assert_close(torch.stack(decoded.logits), torch.stack(plain.logits), atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         prefill = model(ids[:, :6], attention_mask=mask[:, :6], use_cache=True)
         step = model(ids[:, 6:], attention_mask=mask, cache=prefill.cache)
+        whole = model(ids, attention_mask=mask)
+    torch.testing.assert_close(step.logits, whole.logits[:, 6:], atol=1e-5, rtol=1e-5)
     real_tokens = tuple(logits[mask[:, 6:].reshape(-1).bool()] for logits in step.router_logits)
     torch.testing.assert_close(step.aux_loss, switch_balance_loss(real_tokens, top_k=2))
 

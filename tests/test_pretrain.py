@@ -1,5 +1,6 @@
 """Pretraining recipe: learning, exact resume, atomic checkpoints, errors before training, schedules, MoE aux loss."""
 
+import itertools
 import json
 import math
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from data_process.collators import PackedBlockCollator
 from modeling_miniminds import MiniMindForCausalLM, get_config
@@ -24,7 +25,7 @@ from recipes.training.checkpoints import (
     resolve_resume_checkpoint,
 )
 from recipes.training.cli import RecipeParser
-from recipes.training.pretraining import (
+from recipes.training.packed_text import (
     PretrainConfig,
     PretrainModelArguments,
     PretrainScriptArguments,
@@ -84,13 +85,24 @@ def test_tiny_model_learns_and_saves_a_complete_model(tmp_path, tiny_corpus, tin
     out = tmp_path / "run"
     result = main(*parse(out, tiny_corpus, tiny_tokenizer_dir, "--max_steps", "60", "--eval_steps", "30"))
 
-    assert result["eval_loss_first"] > 5.0  # about ln(512) for an untrained 512-token model
-    assert result["eval_loss"] < 0.6 * result["eval_loss_first"]
-    assert result["perplexity"] == pytest.approx(math.exp(result["eval_loss"]))
-    assert result["global_step"] == 60 and 50 * 16 * 128 < result["num_tokens"] <= 60 * 16 * 128
-    assert result["tokens_per_second"] > 0 and result["train_runtime"] > 0
+    before, after = result["before"], result["after"]
+    assert before["eval_loss"] > 5.0  # about ln(512) for an untrained 512-token model
+    assert after["eval_loss"] < 0.6 * before["eval_loss"]
+    assert after["perplexity"] == pytest.approx(math.exp(after["eval_loss"]))
+    assert result["steps"] == 60
+    # 60 steps of 16 blocks of 128 tokens, less the short last batch of each epoch
+    assert result["tokens"] % 128 == 0 and 50 * 16 * 128 < result["tokens"] <= 60 * 16 * 128
+    assert result["tokens_per_second"] >= result["tokens"] / result["seconds"]  # eval time left out
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    assert result["num_parameters"] == result["trainable_parameters"] == saved.num_parameters()
+    assert result["output_dir"] == str(out)
 
     records = read_metrics(out / METRICS_FILE)
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert (before["eval_loss"], after["eval_loss"]) == (evals[0], evals[-1])  # the logged start and end
+    assert result["train_loss"] == [r["loss"] for r in records if "loss" in r][-1]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert result["tokens"] == state["num_input_tokens_seen"]
     assert [r["step"] for r in records if "loss" in r] == list(range(5, 61, 5))
     assert all(r["tokens_per_second"] > 0 for r in records if "loss" in r)
     assert [r["step"] for r in records if "eval_loss" in r] == [0, 30, 60]
@@ -184,7 +196,8 @@ KILL_DURING_SECOND_CHECKPOINT = """
 import os, signal, sys
 from transformers import Trainer
 from recipes.training.cli import RecipeParser
-from recipes.training.pretraining import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, pretrain
+from recipes.training.packed_text import PretrainConfig, PretrainModelArguments, PretrainScriptArguments
+from recipes.training.pretraining import pretrain
 
 write_rng_state = Trainer._save_rng_state
 
@@ -234,7 +247,7 @@ def test_kill_during_checkpoint_leaves_previous_checkpoint_usable(tmp_path, tiny
     assert (out / f"{STAGING_PREFIX}4" / "checkpoint-4" / "model.safetensors").is_file()  # the torn write
 
     result = main(*make_parser().parse_args_and_config(args + ["--resume_from_checkpoint", "auto"]))
-    assert result["global_step"] == 6
+    assert result["steps"] == 6
     assert not list(out.glob(STAGING_PREFIX + "*"))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
     assert sorted(train_losses(out)) == list(range(1, 7))
@@ -420,7 +433,7 @@ def learning_rates(trainer, steps):
 def test_cosine_with_min_lr_schedule(tmp_path):
     rates = learning_rates(tiny_trainer(tmp_path, learning_rate=1e-3, warmup_steps=10, min_lr_rate=0.1), 100)
     assert rates[0] == 0.0 and rates[10] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert rates[-1] == pytest.approx(1e-4)
 
 
@@ -430,7 +443,7 @@ def test_warmup_stable_decay_schedule(tmp_path):
     )
     rates = learning_rates(trainer, 100)
     assert rates[10:80] == pytest.approx([1e-3] * 70)  # stable: 100 steps - 10 warmup - 20 decay
-    assert all(a >= b for a, b in zip(rates[80:], rates[81:])) and rates[90] < rates[80]
+    assert all(a >= b for a, b in itertools.pairwise(rates[80:])) and rates[90] < rates[80]
     assert rates[-1] == pytest.approx(1e-4)
 
 
@@ -489,7 +502,7 @@ def test_moe_aux_loss_is_logged(tmp_path, tiny_corpus, tiny_tokenizer_dir, tiny_
     )
     aux = [r["aux_loss"] for r in read_metrics(out / METRICS_FILE) if "loss" in r]
     assert len(aux) == 2 and all(value > 0 for value in aux)
-    assert math.isfinite(result["eval_loss"])
+    assert math.isfinite(result["after"]["eval_loss"])
     assert json.loads((out / "config.json").read_text())["use_moe"] is True
 
 
@@ -564,4 +577,6 @@ def test_train_loss_is_reported_when_no_step_was_logged(tmp_path, tiny_corpus, t
             eval_file=False,
         )
     )
-    assert result["train_loss"] == result["train_loss_first"] > 5.0  # about ln(512) after two steps
+    assert not [r for r in read_metrics(tmp_path / "run" / METRICS_FILE) if "loss" in r]
+    train_results = json.loads((tmp_path / "run" / "train_results.json").read_text())
+    assert result["train_loss"] == train_results["train_loss"] > 5.0  # the mean loss, about ln(512) after two steps

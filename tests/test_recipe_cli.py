@@ -6,6 +6,7 @@ keys and bad data lines printed long tracebacks, `--help` ran to 651 lines witho
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_hub_ids_are_only_owner_slash_name(tmp_path, monkeypatch):
     assert not is_hub_id("runs/pretrain-tiy")  # its first part is a local folder
     assert not is_hub_id("data/pretrain.jsonl") and not is_hub_id("model") and not is_hub_id("a/b/c")
     assert check_name_or_path("jingyaogong/MiniMind2", "model") == "jingyaogong/MiniMind2"
-    with pytest.raises(FileNotFoundError, match="model ./nope: no such file or folder"):
+    with pytest.raises(FileNotFoundError, match=re.escape("model ./nope: no such file or folder")):
         check_name_or_path("./nope", "model")
 
 

@@ -14,14 +14,15 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from data_process.io import read_jsonl
+from data_process.jsonl import read_jsonl
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.reward import make_parser
 from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.checkpoints import is_complete_checkpoint
 from recipes.training.preference import canonical_pair
-from recipes.training.reward import reward, score_conversations, score_ids
+from recipes.training.reward import reward
+from recipes.training.reward_model import score_conversations, score_ids
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 30

@@ -16,12 +16,11 @@ from helpers import TIMEOUT, ScriptedGenerator, raw_request, running_server, wai
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.inference import Generator, load_for_decoding
-from modeling_miniminds.serving.serve import main as serve_main
 from modeling_miniminds.tokenizer import load_tokenizer
 
 openai = pytest.importorskip("openai", reason="the server tests use the official client: pip install openai")
 pytest.importorskip("uvicorn", reason="the server needs its extra: pip install -e '.[serve]'")
-pytest.importorskip("starlette", reason="the server needs its extra: pip install -e '.[serve]'")
+pytest.importorskip("fastapi", reason="the server needs its extra: pip install -e '.[serve]'")
 
 WEATHER_TOOL = {
     "type": "function",
@@ -166,6 +165,17 @@ def test_tools_reach_the_template_and_tool_calls_and_thinking_come_back(scripted
     assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
 
 
+def test_text_parts_are_joined_and_unknown_openai_fields_ignored(scripted):
+    parts = [{"type": "text", "text": "sunny "}, {"type": "text", "text": "Paris?"}]
+    response = client_for(scripted).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": parts}], frequency_penalty=0.5, user="someone"
+    )
+    assert response.choices[0].finish_reason == "tool_calls"
+    assert "<|im_start|>user\nsunny Paris?<|im_end|>" in scripted.server.tokenizer.decode(
+        scripted.server.worker.generator.prompts[-1]
+    )
+
+
 def test_streamed_tool_calls_and_thinking(scripted):
     chunks = list(chat(client_for(scripted), tools=[WEATHER_TOOL], stream=True))
     deltas = [c.choices[0].delta for c in chunks]
@@ -229,6 +239,14 @@ BAD_REQUESTS = [
     ("messages not a list", {"messages": "hello"}, 400, "messages", "invalid_type"),
     ("bad role", {"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role", "invalid_value"),
     ("content not text", {"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", "invalid_type"),
+    (
+        "image part",
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        400,
+        "messages[0].content",
+        "invalid_type",
+    ),
+    ("top_p zero", {"top_p": 0}, 400, "top_p", "invalid_value"),
     ("temperature a string", {"temperature": "hot"}, 400, "temperature", "invalid_type"),
     ("temperature too high", {"temperature": 9}, 400, "temperature", "invalid_value"),
     ("max_tokens a string", {"max_tokens": "10"}, 400, "max_tokens", "invalid_type"),
@@ -287,5 +305,7 @@ def test_api_key_is_required_when_set(tokenizer):
 
 
 def test_missing_model_folder_is_one_line_error(tmp_path, capsys):
+    from modeling_miniminds.serving.serve import main as serve_main  # after the importorskip of the serve extra
+
     assert serve_main([str(tmp_path / "no-such-model")]) == 1
     assert capsys.readouterr().err == f"error: model {tmp_path / 'no-such-model'}: no such file or folder\n"

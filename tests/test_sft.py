@@ -23,14 +23,15 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from data_process.chat import check_turn_order, load_chat_dataset, read_system_prompts, to_chat_row
 from data_process.collators import PackedRowsCollator
-from data_process.io import read_jsonl
+from data_process.jsonl import read_jsonl
 from data_process.tools import CALCULATOR_TOOL, CalculatorError, calculator, evaluate_expression
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.export.merge_lora import main as merge_lora_main
 from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.cli import RecipeParser
-from recipes.training.pretraining import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, pretrain
+from recipes.training.packed_text import PretrainConfig, PretrainModelArguments, PretrainScriptArguments
+from recipes.training.pretraining import pretrain
 from recipes.training.sft import (
     SFTModelArguments,
     SFTRecipeConfig,
@@ -217,14 +218,19 @@ def test_sft_raises_heldout_accuracy_and_end_of_turn_rate(pretrained_base, tiny_
         )
     )
     before, after = result["before"], result["after"]
-    assert set(before) == set(after) == {"loss", "accuracy", "task_accuracy", "eot_rate"}
-    assert after["loss"] < 0.7 * before["loss"]
+    assert set(before) == set(after)
+    assert {"eval_loss", "perplexity", "accuracy", "task_accuracy", "eot_rate", "per_family", "samples"} == set(after)
+    assert after["eval_loss"] < 0.7 * before["eval_loss"]
     assert after["accuracy"] > before["accuracy"] or after["task_accuracy"] > before["task_accuracy"]
     assert after["eot_rate"] >= max(0.7, before["eot_rate"] + 0.3)
-    assert result["steps"] > 0 and result["tokens"] > 0 and result["train_loss"] < before["loss"]
+    assert result["train_loss"] < before["eval_loss"]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert (result["steps"], result["tokens"]) == (state["global_step"], state["num_input_tokens_seen"]) != (0, 0)
+    evals = [h["eval_loss"] for h in state["log_history"] if "eval_loss" in h]
+    assert (before["eval_loss"], after["eval_loss"]) == (evals[0], evals[-1])  # the start and final evaluations
 
     metrics = json.loads((out / "eval_results.json").read_text())
-    assert metrics["eval_loss"] == pytest.approx(after["loss"])
+    assert metrics["eval_loss"] == pytest.approx(after["eval_loss"])
     for key in ("accuracy", "task_accuracy", "eot_rate"):
         assert metrics[f"eval_{key}"] == after[key]
     assert json.loads((out / "all_results.json").read_text())["eval_eot_rate"] == after["eot_rate"]

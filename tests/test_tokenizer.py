@@ -1,5 +1,7 @@
 """Tokenizer: exact round trips, fixed special ids, the chat template and its assistant mask, the recipe's CLI."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,15 @@ from transformers import AutoTokenizer
 
 from data_process.loading import iter_texts
 from data_process.text import compression_stats
-from modeling_miniminds.tokenizer import CHAT_TEMPLATE, TAG_TOKENS, load_tokenizer, train_tokenizer
+from modeling_miniminds.tokenizer import (
+    CHAT_TEMPLATE,
+    EOS,
+    OLLAMA_TEMPLATE,
+    TAG_TOKENS,
+    load_tokenizer,
+    parse_reply,
+    train_tokenizer,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = REPO.parent / "shared" / "upstream-minimind-tokenizer"
@@ -169,3 +179,189 @@ def test_upstream_minimind_tokenizer_loads_unchanged():
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
     rendered = tokenizer.apply_chat_template(CHAT[:3], tokenize=False)
     assert rendered.startswith("<|im_start|>system\n你是助手。<|im_end|>\n<|im_start|>user\n")
+
+
+# -- one chat format: the Jinja template, the Ollama template and the reply parsers agree --------------------------
+
+GO_ACTION = re.compile(r"\{\{(-)?\s*(.*?)\s*(-)?\}\}", re.DOTALL)
+GO_TOKEN = re.compile(r'"[^"]*"|\S+')
+
+
+def go_parse(template: str) -> list:
+    """The subset of Go's text/template that OLLAMA_TEMPLATE uses, as a tree: text, {{ expr }}, {{ $x := expr }},
+    if / else if / else / end, range [$i, $x :=] expr / end; `{{-` and `-}}` trim the whitespace beside them."""
+    parts, position = [], 0
+    for match in GO_ACTION.finditer(template):
+        text = template[position : match.start()]
+        if match.group(1):
+            text = text.rstrip()
+        if parts and parts[-1][0] == "trim_next":
+            parts.pop()
+            text = text.lstrip()
+        parts.append(("text", text))
+        parts.append(("action", match.group(2)))
+        if match.group(3):
+            parts.append(("trim_next", None))
+        position = match.end()
+    text = template[position:]
+    parts.append(("text", text.lstrip() if parts and parts[-1][0] == "trim_next" else text))
+    parts = [part for part in parts if part[0] != "trim_next"]
+
+    def block(items):
+        nodes = []
+        while items:
+            kind, value = items.pop(0)
+            if kind == "text":
+                nodes.append(("text", value))
+            elif value == "end" or value == "else" or value.startswith("else if "):
+                items.insert(0, (kind, value))
+                return nodes
+            elif value.startswith("if "):
+                branches, otherwise = [(value[3:], block(items))], []
+                while (closing := items.pop(0)[1]) != "end":
+                    if closing == "else":
+                        otherwise = block(items)
+                    else:
+                        branches.append((closing[8:], block(items)))
+                nodes.append(("if", branches, otherwise))
+            elif value.startswith("range "):
+                names, _, expression = value[6:].rpartition(":=")
+                names = [name.strip() for name in names.split(",") if name.strip()]
+                nodes.append(("range", names, expression.strip(), block(items)))
+                assert items.pop(0)[1] == "end"
+            elif ":=" in value:
+                name, expression = value.split(":=")
+                nodes.append(("assign", name.strip(), expression.strip()))
+            else:
+                nodes.append(("print", value))
+        return nodes
+
+    return block(parts)
+
+
+def go_render(template: str, data: dict) -> str:
+    """Render with Ollama's data: field lookups on dicts, Go truthiness, and the functions eq, ne, or, json.
+    Go's `json` writes no spaces after separators, Python's `tojson` does: both are printed as `tojson` prints
+    them, so the comparison checks the layout around the JSON."""
+
+    def operand(token, dot, scope):
+        if token.startswith('"'):
+            return token[1:-1]
+        root, *fields = token.split(".")
+        value = dot if root == "" else data if root == "$" else scope[root]
+        for name in filter(None, fields):
+            value = value[name]
+        return value
+
+    functions = {
+        "eq": lambda a, b: a == b,
+        "ne": lambda a, b: a != b,
+        "or": lambda *values: next((v for v in values if v), values[-1]),
+        "json": lambda value: json.dumps(value, ensure_ascii=False),
+    }
+
+    def evaluate(expression, dot, scope):
+        name, *arguments = GO_TOKEN.findall(expression)
+        if name in functions:
+            return functions[name](*(operand(a, dot, scope) for a in arguments))
+        return operand(name, dot, scope)
+
+    def run(nodes, dot, scope, out):
+        for node in nodes:
+            if node[0] == "text":
+                out.append(node[1])
+            elif node[0] == "print":
+                out.append(str(evaluate(node[1], dot, scope)))
+            elif node[0] == "assign":
+                scope[node[1]] = evaluate(node[2], dot, scope)
+            elif node[0] == "if":
+                taken = next((body for condition, body in node[1] if evaluate(condition, dot, scope)), node[2])
+                run(taken, dot, scope, out)
+            else:
+                _, names, expression, body = node
+                for index, item in enumerate(evaluate(expression, dot, scope) or []):
+                    inner = dict(scope)
+                    if len(names) == 2:
+                        inner[names[0]], inner[names[1]] = index, item
+                    run(body, item, inner, out)
+
+    out = []
+    run(go_parse(template), data, {}, out)
+    return "".join(out)
+
+
+def ollama_data(messages: list[dict], tools: list[dict] | None) -> dict:
+    """What Ollama hands its template for a chat request: the first system message as .System, every message
+    with Go's field names, the tools as sent."""
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+    return {
+        "System": system,
+        "Tools": tools or [],
+        "Messages": [
+            {
+                "Role": m["role"],
+                "Content": m.get("content") or "",
+                "Thinking": m.get("reasoning_content") or "",
+                "ToolCalls": [
+                    {"Function": {"Name": c["function"]["name"], "Arguments": c["function"]["arguments"]}}
+                    for c in m.get("tool_calls") or []
+                ],
+            }
+            for m in messages
+        ],
+    }
+
+
+ADD_TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+WEATHER_TOOL = {"type": "function", "function": {"name": "weather", "description": "Weather in a city"}}
+CALL_ADD = {"type": "function", "function": {"name": "add", "arguments": {"a": 3, "b": 5}}}
+CALL_WEATHER = {"type": "function", "function": {"name": "weather", "arguments": {"city": "巴黎"}}}
+CONVERSATIONS = {
+    "one user turn": ([{"role": "user", "content": "hi"}], None),
+    "system and turns": (CHAT, None),
+    "tools, calls, tool turns, thinking": (
+        [
+            {"role": "system", "content": "你是助手。"},
+            {"role": "user", "content": "3+5? And the weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [CALL_ADD, CALL_WEATHER]},
+            {"role": "tool", "content": "8"},
+            {"role": "tool", "content": "rain"},
+            {"role": "assistant", "content": "Let me look again.", "tool_calls": [CALL_WEATHER, CALL_ADD]},
+            {"role": "tool", "content": "sunny"},
+            {"role": "tool", "content": "8"},
+            {"role": "assistant", "content": "答案：8, sunny", "reasoning_content": "工具返回 8"},
+            {"role": "user", "content": "thanks"},
+        ],
+        [ADD_TOOL, WEATHER_TOOL],
+    ),
+    "tools without a system prompt": (
+        [{"role": "user", "content": "3+5?"}, {"role": "assistant", "content": "8", "reasoning_content": "3+5"}],
+        [ADD_TOOL],
+    ),
+}
+
+
+@pytest.mark.parametrize("messages, tools", CONVERSATIONS.values(), ids=CONVERSATIONS.keys())
+def test_ollama_template_renders_what_the_chat_template_renders(tokenizer, messages, tools):
+    jinja = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    assert go_render(OLLAMA_TEMPLATE, ollama_data(messages, tools)) == jinja
+
+
+@pytest.mark.parametrize("messages, tools", CONVERSATIONS.values(), ids=CONVERSATIONS.keys())
+def test_every_rendered_reply_parses_back_the_same_by_both_parsers(tokenizer, messages, tools):
+    """The response template (read by TRL's tool loop) and `parse_reply` (training, chat, server) read each
+    assistant turn the chat template writes back into the message it came from."""
+    loaded = load_tokenizer(tokenizer.name_or_path)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = loaded.apply_chat_template(messages[:i], tools=tools, tokenize=False, add_generation_prompt=True)
+        whole = loaded.apply_chat_template(messages[: i + 1], tools=tools, tokenize=False)
+        generated = whole[len(prefix) :].removesuffix("\n")
+        expected = {"content": "", **message}
+        assert {"content": "", **loaded.parse_response(generated, prefix=prefix)} == expected
+        reply = parse_reply(generated.removesuffix(EOS)).message()
+        assert [call.pop("id").startswith("call_") for call in reply.get("tool_calls", [])] == [True] * len(
+            message.get("tool_calls", [])
+        )
+        assert reply == message

@@ -17,7 +17,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from data_process.collators import PackedBlockCollator
-from data_process.io import read_jsonl
+from data_process.jsonl import read_jsonl
 from data_process.rewards import accuracy_reward
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.tokenizer import load_tokenizer
@@ -25,7 +25,7 @@ from recipes.training.args import DPOStageConfig, GRPOStageConfig, RewardStageCo
 from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.checkpoints import STAGING_PREFIX, is_complete_checkpoint
 from recipes.training.models import save_final_model
-from recipes.training.pretraining import PretrainConfig, PretrainTrainer
+from recipes.training.packed_text import PretrainConfig, PretrainTrainer
 from recipes.training.trainer import DPOStageTrainer, GRPOStageTrainer, RewardStageTrainer, SFTStageTrainer
 
 STEPS = 2

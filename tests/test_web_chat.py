@@ -11,7 +11,7 @@ from helpers import ScriptedGenerator, raw_request, running_server, wait_until
 from modeling_miniminds.tokenizer import load_tokenizer
 
 pytest.importorskip("uvicorn", reason="the server needs its extra: pip install -e '.[serve]'")
-pytest.importorskip("starlette", reason="the server needs its extra: pip install -e '.[serve]'")
+pytest.importorskip("fastapi", reason="the server needs its extra: pip install -e '.[serve]'")
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 BROWSER_FLAGS = [

@@ -4,10 +4,11 @@ A value is a Hub id only when it has the `owner/name` shape and its first part i
 that does not exist on disk is a missing path (`runs/pretrain-tiy` is a typo, not a repository of user `runs`).
 """
 
-import difflib
 import os
 import re
 from pathlib import Path
+
+from .suggest import nearest
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".txt", ".yaml", ".yml", ".safetensors", ".bin", ".pth", ".arrow")
@@ -25,9 +26,10 @@ def _nearest(path: Path) -> str:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         return ""
-    names = [p.name for p in parent.iterdir()]
-    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
-    return f"; did you mean {parent / close[0] if str(path.parent) not in ('', '.') else close[0]}?" if close else ""
+    close = nearest(path.name, [p.name for p in parent.iterdir()], cutoff=0.75)
+    if close is None:
+        return ""
+    return f"; did you mean {parent / close if str(path.parent) not in ('', '.') else close}?"
 
 
 def check_name_or_path(value, what: str) -> str:

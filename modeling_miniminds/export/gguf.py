@@ -23,6 +23,10 @@ import tempfile
 from hashlib import sha256
 from pathlib import Path
 
+from ..tokenizer import load_tokenizer
+from ..tokenizer.chat_format import OLLAMA_TEMPLATE
+from .qwen3 import export_qwen3
+
 CONVERTER = "convert_hf_to_gguf.py"
 OUTTYPES = ("f16", "q8_0")
 LLAMA_CPP_ENV = "LLAMA_CPP_DIR"
@@ -37,22 +41,6 @@ BYTE_LEVEL_PRE = "gpt-2"
 # `{% if true %}` keeps the same whitespace control and renders the same text.
 GENERATION_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
-# Ollama's Go template for the ChatML layout of modeling_miniminds.tokenizer.CHAT_TEMPLATE (system, user,
-# assistant and tool turns, then the generation prompt).
-OLLAMA_TEMPLATE = """\
-{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}
-{{- range .Messages }}
-{{- if eq .Role "tool" }}<|im_start|>tool
-<tool_response>
-{{ .Content }}
-</tool_response><|im_end|>
-{{ else if ne .Role "system" }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}
-{{- end }}<|im_start|>assistant
-"""
 
 
 def converter_root(folder: Path) -> Path | None:
@@ -183,8 +171,6 @@ def converter_main(argv=None) -> None:
 def run_converter(root: Path, model_dir: Path, output: Path, outtype: str) -> None:
     """llama.cpp's converter on a Qwen3 folder, with this tokenizer's pre-tokenizer registered; raises RuntimeError
     with the converter's last lines when it fails."""
-    from ..tokenizer import load_tokenizer
-
     name = llama_cpp_pre_tokenizer(model_dir / "tokenizer.json") if (model_dir / "tokenizer.json").is_file() else None
     chkhsh = tokenizer_hash(load_tokenizer(model_dir), read_check_text(root)) if name else "-"
     command = [sys.executable, "-c", "from modeling_miniminds.export.gguf import converter_main; converter_main()"]
@@ -212,8 +198,6 @@ def write_modelfile(gguf: Path, stops=STOP_TOKENS) -> Path:
 
 def export_gguf(source: Path, output: Path, outtype: str = "f16", llama_cpp=None, modelfile: bool = False) -> float:
     """MiniMind folder -> GGUF file (and a Modelfile); returns the Qwen3 step's max |logit diff|."""
-    from .convert import export_qwen3
-
     if outtype not in OUTTYPES:
         raise ValueError(f"--outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     root = find_llama_cpp(llama_cpp)  # before any work, so a missing converter costs nothing

@@ -6,21 +6,27 @@ alone (weights, config with `auto_map`, modeling code, generation config, tokeni
 
 The base model is the one the adapter names (`base_model_name_or_path`) unless `--base_model` says otherwise. When
 the adapter folder carries a config and a generation config (the SFT recipe writes them, aligned with the
-tokenizer's end-of-turn token), those win over the base's. Weights are merged in float32.
+tokenizer's end-of-turn token), those win over the base's. Weights are merged in float32. The merge itself is
+`fold_adapter`, which the training stages also call on their in-memory model before they save.
 """
 
-import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 from peft import PeftConfig, PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
+from ..cli import FlagParser, command_main
 from ..tokenizer import load_tokenizer  # importing the package registers MiniMind's Auto classes
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md")
+
+
+def fold_adapter(model):
+    """A peft `PeftModel` with its adapter folded into the weights, as a plain transformers model; any other model
+    comes back unchanged. The project's one `merge_and_unload`: training stages and this command merge alike."""
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
 def load_merged(adapter_dir, base_model=None, trust_remote_code=False):
@@ -37,7 +43,7 @@ def load_merged(adapter_dir, base_model=None, trust_remote_code=False):
     )
     if (adapter_dir / "generation_config.json").is_file():
         base.generation_config = GenerationConfig.from_pretrained(adapter_dir)
-    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload(), base_model
+    return fold_adapter(PeftModel.from_pretrained(base, adapter_dir)), base_model
 
 
 def merge_lora(adapter_dir, output_dir, base_model=None, trust_remote_code=False) -> Path:
@@ -58,18 +64,19 @@ def merge_lora(adapter_dir, output_dir, base_model=None, trust_remote_code=False
     return output_dir
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser() -> FlagParser:
+    parser = FlagParser(description=__doc__)
     parser.add_argument("adapter_dir", help="folder of a LoRA adapter (a `--use_peft` SFT run's output_dir)")
     parser.add_argument("output_dir", help="where to write the merged model (may be the adapter folder)")
-    parser.add_argument("--base_model", default=None, help="base model folder or Hub id (default: the adapter's)")
+    parser.add_argument("--base_model", default=None, help="base model folder or Hub id; None: the adapter's")
     parser.add_argument("--trust_remote_code", action="store_true", help="run modeling code shipped in the folders")
-    args = parser.parse_args(argv)
-    try:
-        merged = merge_lora(args.adapter_dir, args.output_dir, args.base_model, args.trust_remote_code)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return parser
+
+
+@command_main
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    merged = merge_lora(args.adapter_dir, args.output_dir, args.base_model, args.trust_remote_code)
     print(f"merged {args.adapter_dir} into {merged}")
     return 0
 

@@ -9,13 +9,41 @@ folder or the one above) or an `all_results.json` (from any recipe) is found, an
 """
 
 import json
+import math
 from pathlib import Path
 
+from huggingface_hub import HfApi, ModelCard, ModelCardData
 from safetensors import safe_open
 
 CARD = "README.md"
 # Trainer checkpoints and hidden files stay local; the folder's own README is replaced by the generated card.
 IGNORE = ["checkpoint-*/", ".*", CARD]
+# `card_data` is the YAML front matter ModelCardData writes; the rest is filled from the folder's files.
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A small language model trained with MiniMinds (HuggingFace-native MiniMind training){{ converted }}.
+
+| field | value |
+| --- | --- |
+{% for field, value in rows -%}
+| {{ field }} | {{ value }} |
+{% endfor %}
+## Data
+
+{{ data }}
+
+## Training
+
+{{ training }}
+## Use
+
+{{ usage }}
+
+"""
 
 
 def count_parameters(folder: Path) -> int | None:
@@ -27,11 +55,7 @@ def count_parameters(folder: Path) -> int | None:
     for path in files:
         with safe_open(path, framework="pt") as weights:
             for key in weights.keys():  # noqa: SIM118 (safe_open is no dict)
-                shape = weights.get_slice(key).get_shape()
-                count = 1
-                for dim in shape:
-                    count *= dim
-                total += count
+                total += math.prod(weights.get_slice(key).get_shape())
     return total
 
 
@@ -149,12 +173,11 @@ def usage_lines(repo_id: str, config: dict, gguf_files: list[Path]) -> list[str]
     ]
 
 
-def model_card(folder: Path, repo_id: str, gguf_files=(), data: str | None = None) -> str:
-    """The README.md text for `folder` (a model folder; for a GGUF push, the MiniMind folder it came from)."""
+def model_card(folder: Path, repo_id: str, gguf_files=(), data: str | None = None) -> ModelCard:
+    """The card for `folder` (a model folder; for a GGUF push, the MiniMind folder it came from)."""
     folder = Path(folder)
     config = read_json(folder / "config.json")
     report = find_report(folder)
-    results = read_json(folder / "all_results.json")
     gguf_files = [Path(path) for path in gguf_files]
     rows = architecture_rows(config, count_parameters(folder))
     weights = sorted(folder.glob("*.safetensors"))
@@ -162,43 +185,26 @@ def model_card(folder: Path, repo_id: str, gguf_files=(), data: str | None = Non
         size = sum(path.stat().st_size for path in weights)
         rows.append(("weights", f"{', '.join(p.name for p in weights)}: {human(size, 'B')} ({config.get('dtype')})"))
     rows += [("gguf", f"{path.name}: {human(path.stat().st_size, 'B')}") for path in gguf_files]
-    converted = ", converted to GGUF for llama.cpp and Ollama" if gguf_files else ""
-    tags = ["miniminds", str(config.get("model_type")), *(["gguf"] if gguf_files else [])]
-    lines = [
-        "---",
-        f"library_name: {'gguf' if gguf_files else 'transformers'}",
-        "pipeline_tag: text-generation",
-        "tags:",
-        *[f"- {tag}" for tag in tags],
-        "---",
-        "",
-        f"# {repo_id.split('/')[-1]}",
-        "",
-        f"A small language model trained with MiniMinds (HuggingFace-native MiniMind training){converted}.",
-        "",
-        "| field | value |",
-        "| --- | --- |",
-        *[f"| {field} | {value} |" for field, value in rows],
-        "",
-        "## Data",
-        "",
-        data or describe_data(report),
-        "",
-        "## Training",
-        "",
-        *training_lines(report, results),
-        "## Use",
-        "",
-        *usage_lines(repo_id, config, gguf_files),
-        "",
-    ]
-    return "\n".join(lines)
+    metadata = ModelCardData(
+        library_name="gguf" if gguf_files else "transformers",
+        pipeline_tag="text-generation",
+        tags=["miniminds", str(config.get("model_type")), *(["gguf"] if gguf_files else [])],
+    )
+    return ModelCard.from_template(
+        metadata,
+        template_str=TEMPLATE,
+        title=repo_id.split("/")[-1],
+        converted=", converted to GGUF for llama.cpp and Ollama" if gguf_files else "",
+        rows=rows,
+        data=data or describe_data(report),
+        training="\n".join(training_lines(report, read_json(folder / "all_results.json"))),
+        usage="\n".join(usage_lines(repo_id, config, gguf_files)),
+    )
 
 
-def push_to_hub(folder: Path, repo_id: str, card: str, allow_patterns=None, private: bool = False) -> str:
-    """Create (or reuse) the model repository, upload the folder, then the card as README.md; returns the URL."""
-    from huggingface_hub import HfApi
-
+def push_to_hub(folder: Path, repo_id: str, card: ModelCard, allow_patterns=None, private: bool = False) -> str:
+    """Create (or reuse) the model repository, upload the folder, then the card as README.md; returns the URL. The
+    card goes up through the same `HfApi` as the folder (not `ModelCard.push_to_hub`), so one client does the push."""
     api = HfApi()
     url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(
@@ -209,6 +215,6 @@ def push_to_hub(folder: Path, repo_id: str, card: str, allow_patterns=None, priv
         commit_message=f"Upload {Path(folder).name} with MiniMinds",
     )
     api.upload_file(
-        repo_id=repo_id, path_or_fileobj=card.encode("utf-8"), path_in_repo=CARD, commit_message="Add model card"
+        repo_id=repo_id, path_or_fileobj=str(card).encode("utf-8"), path_in_repo=CARD, commit_message="Add model card"
     )
     return str(url)

@@ -7,60 +7,36 @@
     client = OpenAI(base_url="http://127.0.0.1:8998/v1", api_key="unused")
     client.chat.completions.create(model="sft", messages=[{"role": "user", "content": "hi"}], stream=True)
 
-`transformers serve` cannot load a custom architecture, so MiniMinds serves itself: Starlette routes and streams
-(its StreamingResponse cancels the body when the client disconnects) and uvicorn speaks HTTP. Requests are checked
-by hand so that every error is OpenAI's `{"error": {message, type, param, code}}` with a 4xx status. One worker
-thread owns the model: it takes up to `--max_batch_size` queued requests, decodes them as one batch with
-`generation.Generator`, and streams each its own text; requests that arrive meanwhile wait for the next batch, and a
-request whose client went away is dropped from its batch at the next token. Thinking and tool calls come back as
-`reasoning_content` and `tool_calls` (parsed by `chat.ReplyStream`). Extensions to the OpenAI request: `top_k`,
-`repetition_penalty`, and `chat_template_kwargs` with `enable_thinking` (as in vLLM).
+`transformers serve` cannot load a custom architecture, so MiniMinds serves itself: FastAPI routes, pydantic checks
+the request (`schemas`), FastAPI's `EventSourceResponse` streams (it stops the body when the client disconnects)
+and uvicorn speaks HTTP. Every refusal is OpenAI's `{"error": {message, type, param, code}}` with a 4xx status. One
+worker thread owns the model (`worker.BatchWorker`). Thinking and tool calls come back as `reasoning_content` and
+`tool_calls` (parsed by `tokenizer.replies`). Extensions to the OpenAI request: `top_k`, `repetition_penalty`, and
+`chat_template_kwargs` with `enable_thinking` (as in vLLM).
 """
 
-import argparse
 import asyncio
 import contextlib
 import copy
+import hmac
 import json
-import queue
-import sys
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from starlette.applications import Starlette
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
-from starlette.routing import Route
 
-from .chat import ReplyStream, add_model_args, parse_reply
-from ..inference import FINISH_CANCELLED, Delta, SamplingParams
-
-ROLES = ("system", "user", "assistant", "tool")
-MAX_STOP_STRINGS = 4
-
-
-class RequestError(Exception):
-    """A request the server refuses: HTTP status and the OpenAI error fields."""
-
-    def __init__(
-        self,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        status: int = 400,
-        kind: str = "invalid_request_error",
-    ):
-        super().__init__(message)
-        self.status, self.param, self.code, self.kind = status, param, code, kind
-
-    def response(self) -> JSONResponse:
-        body = {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
+from ..cli import FlagParser, command_main
+from ..inference import SamplingParams
+from ..tokenizer.replies import ReplyStream, parse_reply
+from .options import add_model_args, build_generator
+from .schemas import ChatRequest, RequestError, parse_request
+from .worker import BatchWorker, Job
 
 
 @dataclass
@@ -72,199 +48,13 @@ class Limits:
     max_queue: int = 256
 
 
-@dataclass
-class Job:
-    """One request between the event loop and the worker: deltas flow back through `deltas`."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    deltas: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def put(self, item):
-        self.loop.call_soon_threadsafe(self.deltas.put_nowait, item)
-
-
-class BatchWorker:
-    """The only thread that touches the model: decodes queued jobs in batches of up to `max_batch_size`."""
-
-    def __init__(self, generator, max_batch_size: int = 8):
-        self.generator, self.max_batch_size = generator, max_batch_size
-        self.jobs: queue.Queue[Job | None] = queue.Queue()
-        self.stats = {"batches": 0, "largest_batch": 0, "cancelled": 0, "running": 0}
-        self.thread = threading.Thread(target=self.run, name="miniminds-decoder", daemon=True)
-
-    def start(self):
-        self.thread.start()
-
-    def stop(self):
-        self.jobs.put(None)
-        self.thread.join(timeout=30)
-
-    def submit(self, job: Job):
-        self.jobs.put(job)
-
-    def next_batch(self) -> list[Job] | None:
-        """Block for one job, then take whatever else is already queued (None when told to stop)."""
-        first = self.jobs.get()
-        if first is None:
-            return None
-        batch = [first]
-        while len(batch) < self.max_batch_size:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                self.jobs.put(None)
-                break
-            batch.append(job)
-        return batch
-
-    def run(self):
-        while (batch := self.next_batch()) is not None:
-            for job in batch:
-                if job.cancelled.is_set():
-                    self.stats["cancelled"] += 1
-                    job.put(Delta(0, "", FINISH_CANCELLED))
-            batch = [job for job in batch if not job.cancelled.is_set()]
-            if batch:
-                self.decode(batch)
-
-    def decode(self, batch: list[Job]):
-        self.stats["batches"] += 1
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
-        self.stats["running"] = len(batch)
-        try:
-            stream = self.generator.stream(
-                [job.prompt_ids for job in batch],
-                [job.params for job in batch],
-                cancelled=lambda i: batch[i].cancelled.is_set(),
-            )
-            for deltas in stream:
-                for delta in deltas:
-                    if delta.finish_reason == FINISH_CANCELLED:
-                        self.stats["cancelled"] += 1
-                    batch[delta.index].put(delta)
-        except Exception as err:  # the batch fails, the server does not: each request gets the error
-            for job in batch:
-                job.put(err)
-        finally:
-            self.stats["running"] = 0
-
-
-def _type_error(param: str, expected: str, value) -> RequestError:
-    return RequestError(f"{param} must be {expected}, got {json.dumps(value)[:80]}", param, "invalid_type")
-
-
-def _number(body: dict, name: str, low: float, high: float, integer: bool = False, default=None):
-    value = body.get(name)
-    if value is None:
-        return default
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise _type_error(name, "an integer" if integer else "a number", value)
-    if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low} and {high}, got {value}", name, "invalid_value")
-    return value
-
-
-def _text(content, param: str) -> str:
-    """Message content: a string, or a list of text parts (images and audio are refused)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise RequestError(
-                    f"{param}[{i}] must be a text part {{'type': 'text', 'text': ...}}", f"{param}[{i}]", "invalid_type"
-                )
-            texts.append(part["text"])
-        return "".join(texts)
-    raise _type_error(param, "a string or a list of text parts", content)
-
-
-def _names_a_function(entry) -> bool:
-    """A tool or tool call: `{"function": {"name": str, ...}, ...}`."""
-    return (
-        isinstance(entry, dict)
-        and isinstance(entry.get("function"), dict)
-        and isinstance(entry["function"].get("name"), str)
-    )
-
-
-def check_messages(messages) -> list[dict]:
-    """The messages as the chat template reads them, or a RequestError naming the first bad field."""
-    if not isinstance(messages, list):
-        raise _type_error("messages", "a list", messages)
-    if not messages:
-        raise RequestError("messages must hold at least one message", "messages", "invalid_value")
-    checked = []
-    for i, message in enumerate(messages):
-        param = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _type_error(param, "an object", message)
-        role = message.get("role")
-        if role not in ROLES:
-            raise RequestError(
-                f"{param}.role must be one of {list(ROLES)}, got {role!r}", f"{param}.role", "invalid_value"
-            )
-        tool_calls = message.get("tool_calls") if role == "assistant" else None
-        content = message.get("content")
-        if content is None and tool_calls:
-            content = ""
-        entry = {"role": role, "content": _text(content, f"{param}.content")}
-        if tool_calls is not None:
-            if not isinstance(tool_calls, list) or not all(map(_names_a_function, tool_calls)):
-                raise _type_error(f"{param}.tool_calls", "a list of {'function': {'name', 'arguments'}}", tool_calls)
-            entry["tool_calls"] = tool_calls
-        checked.append(entry)
-    return checked
-
-
-def check_tools(body: dict) -> list[dict] | None:
-    tools = body.get("tools")
-    if tools is None or body.get("tool_choice") == "none":
-        return None
-    if not isinstance(tools, list) or not all(
-        _names_a_function(t) and t.get("type", "function") == "function" for t in tools
-    ):
-        raise _type_error("tools", "a list of {'type': 'function', 'function': {'name', ...}}", tools)
-    return [tool["function"] for tool in tools] or None
-
-
-def check_stop(body: dict) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise _type_error("stop", "a string or a list of strings", stop)
-    if len(stops) > MAX_STOP_STRINGS:
-        raise RequestError(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(stops)}", "stop", "invalid_value")
-    return stops
-
-
-def check_template_kwargs(body: dict) -> dict:
-    """Only `enable_thinking`: other names would reach `apply_chat_template` itself (tokenize, return_tensors...)."""
-    kwargs = body.get("chat_template_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise _type_error("chat_template_kwargs", "an object", kwargs)
-    if set(kwargs) - {"enable_thinking"}:
-        raise RequestError(
-            f"chat_template_kwargs takes only enable_thinking, got {sorted(kwargs)}",
-            "chat_template_kwargs",
-            "invalid_value",
-        )
-    if "enable_thinking" in kwargs and not isinstance(kwargs["enable_thinking"], bool):
-        raise _type_error("chat_template_kwargs.enable_thinking", "a boolean", kwargs["enable_thinking"])
-    return kwargs
+def sse(data) -> bytes:
+    """One server-sent event; OpenAI clients read `data: <json>` events and a final `data: [DONE]`."""
+    return format_sse_event(data_str=data if isinstance(data, str) else json.dumps(data, ensure_ascii=False))
 
 
 class ChatServer:
-    """Request checking, prompt rendering and OpenAI response shapes around a BatchWorker."""
+    """Routes, prompt rendering and OpenAI response shapes around a BatchWorker."""
 
     def __init__(self, generator, model_name: str, limits: Limits, api_key: str | None = None, max_batch_size: int = 8):
         self.model_name, self.limits, self.api_key = model_name, limits, api_key
@@ -274,14 +64,15 @@ class ChatServer:
         self.worker = BatchWorker(generator, max_batch_size)
         self.created = int(time.time())
 
-    def app(self) -> Starlette:
-        routes = [
-            Route("/", self.page),
-            Route("/v1/models", self.models),
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-        ]
+    def app(self) -> FastAPI:
         handlers = {HTTPException: self.http_error, Exception: self.internal_error}
-        return Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan)
+        app = FastAPI(
+            lifespan=self.lifespan, exception_handlers=handlers, openapi_url=None, docs_url=None, redoc_url=None
+        )
+        app.add_api_route("/", self.page, methods=["GET"], response_class=HTMLResponse)
+        app.add_api_route("/v1/models", self.models, methods=["GET"])
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        return app
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -290,15 +81,15 @@ class ChatServer:
         yield
         self.worker.stop()
 
-    async def http_error(self, request, exc: HTTPException):
+    async def http_error(self, request: Request, exc: HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return RequestError(message, None, code, exc.status_code).response()
 
-    async def internal_error(self, request, exc: Exception):
+    async def internal_error(self, request: Request, exc: Exception):
         return RequestError(f"internal error: {type(exc).__name__}", None, None, 500, "server_error").response()
 
-    async def page(self, request: Request):
+    async def page(self):
         return HTMLResponse(resources.files(__package__).joinpath("static/chat.html").read_text(encoding="utf-8"))
 
     async def models(self, request: Request):
@@ -308,70 +99,49 @@ class ChatServer:
         return JSONResponse({"object": "list", "data": [model]})
 
     def check_auth(self, request: Request) -> RequestError | None:
-        if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
+        """The API key, compared in constant time so its bytes cannot be guessed one by one from response times."""
+        sent = request.headers.get("authorization", "").encode()
+        if self.api_key and not hmac.compare_digest(sent, f"Bearer {self.api_key}".encode()):
             return RequestError(
                 "missing or wrong API key (send 'Authorization: Bearer <key>')", None, "invalid_api_key", 401
             )
         return None
 
-    async def read_json(self, request: Request) -> dict:
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 once it passes the limit (whatever Content-Length claims)."""
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+        limit = self.limits.max_body_bytes
+        too_large = f"request body exceeds the limit of {limit} bytes"
+        if declared and declared.isdigit() and int(declared) > limit:
             raise RequestError(
-                f"request body of {declared} bytes exceeds the limit of {self.limits.max_body_bytes}",
-                None,
-                "body_too_large",
-                413,
+                f"request body of {declared} bytes exceeds the limit of {limit}", None, "body_too_large", 413
             )
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > self.limits.max_body_bytes:
-                raise RequestError(
-                    f"request body exceeds the limit of {self.limits.max_body_bytes} bytes", None, "body_too_large", 413
-                )
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-            raise RequestError(f"the body is not valid JSON: {err}", None, "invalid_json") from err
-        if not isinstance(data, dict):
-            raise _type_error("body", "a JSON object", data)
-        return data
+            if len(body) > limit:
+                raise RequestError(too_large, None, "body_too_large", 413)
+        return bytes(body)
 
-    def build_job(self, body: dict) -> tuple[Job, dict]:
-        """The job for a checked request, and the response options (stream, include_usage)."""
-        model = body.get("model")
-        if not isinstance(model, str):
-            raise _type_error("model", "a string", model)
-        if model != self.model_name:
+    def build_job(self, request: ChatRequest) -> Job:
+        """The job for a valid request: checks what depends on this server (model, limits, context, queue)."""
+        if request.model != self.model_name:
             raise RequestError(
-                f"model {model!r} is not served here; this server has {self.model_name!r}",
+                f"model {request.model!r} is not served here; this server has {self.model_name!r}",
                 "model",
                 "model_not_found",
                 404,
             )
-        messages = check_messages(body.get("messages"))
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise _type_error("stream", "a boolean", stream)
-        stream_options = body.get("stream_options") or {}
-        if not isinstance(stream_options, dict):
-            raise _type_error("stream_options", "an object", stream_options)
-        if _number(body, "n", 1, 1 << 31, integer=True, default=1) != 1:
-            raise RequestError("n must be 1 (one choice per request)", "n", "invalid_value")
-        max_tokens_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        max_tokens = _number(body, max_tokens_name, 1, self.limits.max_tokens, integer=True)
-        params = dict(
-            temperature=_number(body, "temperature", 0, 2, default=1.0),
-            top_p=_number(body, "top_p", 0, 1, default=1.0),
-            top_k=_number(body, "top_k", 0, 1 << 31, integer=True, default=0),
-            repetition_penalty=_number(body, "repetition_penalty", 0.01, 100, default=1.0),
-            seed=_number(body, "seed", -(1 << 63), (1 << 63) - 1, integer=True),
-            stop=check_stop(body),
-        )
-        if params["top_p"] == 0:
-            raise RequestError("top_p must be greater than 0", "top_p", "invalid_value")
-        prompt_ids = self.render(messages, check_tools(body), check_template_kwargs(body))
+        max_tokens_name = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+        max_tokens = getattr(request, max_tokens_name)
+        if max_tokens is not None and max_tokens > self.limits.max_tokens:
+            raise RequestError(
+                f"{max_tokens_name} must be between 1 and {self.limits.max_tokens}, got {max_tokens}",
+                max_tokens_name,
+                "invalid_value",
+            )
+        messages = [message.for_template() for message in request.messages]
+        prompt_ids = self.render(messages, request.template_tools(), request.template_kwargs())
         room = (self.max_length or 1 << 62) - len(prompt_ids)
         if max_tokens is not None and max_tokens > room:
             raise RequestError(
@@ -380,11 +150,18 @@ class ChatServer:
                 max_tokens_name,
                 "context_length_exceeded",
             )
-        params["max_new_tokens"] = max_tokens or min(self.limits.default_max_tokens, room)
         if self.worker.jobs.qsize() >= self.limits.max_queue:
             raise RequestError("too many queued requests, retry later", None, "server_busy", 429, "rate_limit_error")
-        job = Job(prompt_ids, SamplingParams(**params), asyncio.get_running_loop())
-        return job, {"stream": stream, "include_usage": bool(stream_options.get("include_usage"))}
+        params = SamplingParams(
+            max_new_tokens=max_tokens or min(self.limits.default_max_tokens, room),
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=request.top_k or 0,
+            repetition_penalty=1.0 if request.repetition_penalty is None else request.repetition_penalty,
+            seed=request.seed,
+            stop=request.stop or [],
+        )
+        return Job(prompt_ids, params, asyncio.get_running_loop())
 
     def render(self, messages, tools, template_kwargs) -> list[int]:
         try:
@@ -406,14 +183,16 @@ class ChatServer:
         try:
             if error := self.check_auth(request):
                 raise error
-            job, options = self.build_job(await self.read_json(request))
+            body = parse_request(await self.read_body(request))
+            job = self.build_job(body)
         except RequestError as err:
             return err.response()
         self.worker.submit(job)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if options["stream"]:
-            chunks = self.stream_chunks(job, completion_id, created, options["include_usage"])
-            return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = self.stream_events(job, completion_id, created, include_usage)
+            return EventSourceResponse(events, headers={"Cache-Control": "no-cache"})
         return await self.complete(request, job, completion_id, created)
 
     async def deltas(self, job: Job):
@@ -453,38 +232,38 @@ class ChatServer:
 
     @staticmethod
     async def cancel_on_disconnect(request: Request, job: Job):
-        """Frees the job's slot when a non-streaming client goes away (streams are cancelled by Starlette)."""
+        """Frees the job's slot when a non-streaming client goes away (streams are cancelled by the response)."""
         while (await request.receive())["type"] != "http.disconnect":
             pass
         job.cancelled.set()
 
-    async def stream_chunks(self, job: Job, completion_id: str, created: int, include_usage: bool):
+    async def stream_events(self, job: Job, completion_id: str, created: int, include_usage: bool):
         head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
 
-        def chunk(delta: dict, finish_reason=None, **extra) -> str:
+        def chunk(delta: dict, finish_reason=None) -> bytes:
             choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-            return f"data: {json.dumps({**head, 'choices': [choice], **extra}, ensure_ascii=False)}\n\n"
+            return sse({**head, "choices": [choice]})
 
         yield chunk({"role": "assistant", "content": ""})
         parser, calls, finish, tokens = ReplyStream(), [], None, 0
         try:
             async for delta in self.deltas(job):
                 finish, tokens = delta.finish_reason, delta.completion_tokens
-                events = parser.feed(delta.text) + (parser.finish() if finish else [])
-                for kind, value in events:
+                for kind, value in parser.feed(delta.text) + (parser.finish() if finish else []):
                     if kind == "tool_call":
                         yield chunk({"tool_calls": [{"index": len(calls), **value}]})
                         calls.append(value)
                     else:
                         yield chunk({"reasoning_content" if kind == "reasoning" else "content": value})
         except Exception as err:
-            error = {"message": f"generation failed: {err}", "type": "server_error", "param": None, "code": None}
-            yield f"data: {json.dumps({'error': error})}\n\n"
+            yield sse(
+                {"error": {"message": f"generation failed: {err}", "type": "server_error", "param": None, "code": None}}
+            )
         else:
             yield chunk({}, self.finish_reason(finish, calls))
             if include_usage:
-                yield f"data: {json.dumps({**head, 'choices': [], 'usage': self.usage(job, tokens)})}\n\n"
-        yield "data: [DONE]\n\n"
+                yield sse({**head, "choices": [], "usage": self.usage(job, tokens)})
+        yield sse("[DONE]")
 
     @staticmethod
     def finish_reason(finish: str | None, tool_calls) -> str:
@@ -501,19 +280,19 @@ class ChatServer:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = FlagParser(description=__doc__)
     parser.add_argument("model_dir", help="saved model folder (MiniMinds or a Qwen3 export) with its tokenizer")
-    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
-    parser.add_argument("--port", type=int, default=8998)
-    parser.add_argument("--model_name", default=None, help="the `model` clients send (default: the folder name)")
-    parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8998, help="the port to listen on")
+    parser.add_argument("--model_name", default=None, help="the `model` clients send; None: the folder name")
+    parser.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY'; None: no key")
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max_batch_size", type=int, default=8, help="requests decoded together (default: 8)")
-    limits.add_argument("--max_prompt_tokens", type=int, default=None, help="default: the model's context - 1")
-    limits.add_argument("--max_tokens", type=int, default=2048, help="largest max_tokens accepted (default: 2048)")
-    limits.add_argument("--default_max_tokens", type=int, default=512, help="when a request sets none (default: 512)")
-    limits.add_argument("--max_body_bytes", type=int, default=1 << 20, help="request body limit (default: 1 MiB)")
-    limits.add_argument("--max_queue", type=int, default=256, help="queued requests before 429 (default: 256)")
+    limits.add_argument("--max_batch_size", type=int, default=8, help="requests decoded together")
+    limits.add_argument("--max_prompt_tokens", type=int, default=None, help="None: the model's context - 1")
+    limits.add_argument("--max_tokens", type=int, default=2048, help="largest max_tokens accepted")
+    limits.add_argument("--default_max_tokens", type=int, default=512, help="max_tokens when a request sets none")
+    limits.add_argument("--max_body_bytes", type=int, default=1 << 20, help="request body limit in bytes")
+    limits.add_argument("--max_queue", type=int, default=256, help="queued requests before 429")
     add_model_args(parser)
     return parser.parse_args(argv)
 
@@ -531,17 +310,12 @@ def build_server(generator, args) -> ChatServer:
     return ChatServer(generator, name, limits, args.api_key, args.max_batch_size)
 
 
+@command_main
 def main(argv=None) -> int:
     import uvicorn
 
-    from .chat import build_generator
-
     args = parse_args(argv)
-    try:
-        server = build_server(build_generator(args), args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    server = build_server(build_generator(args), args)
     print(f"serving {server.model_name!r} on http://{args.host}:{args.port} (web chat at /)", flush=True)
     uvicorn.run(server.app(), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -2,10 +2,8 @@
 nearest valid name, and user mistakes reported as one `error:` line instead of a traceback."""
 
 import dataclasses
-import difflib
 import functools
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import trl
 import yaml
 
-from data_process.io import HelpFormatter, setup_logging
+from modeling_miniminds.cli import USER_ERRORS, HelpFormatter, command_main, did_you_mean, nearest, setup_logging
 from recipes.training.trainer import TrainingInterrupted
 
 logger = logging.getLogger(__name__)
@@ -60,7 +58,6 @@ RARE_FLAGS = {
     "dataset_streaming",
     "ignore_bias_buffers",
 }
-USER_ERRORS = (ValueError, OSError)
 
 
 def _own_fields(cls) -> list[str]:
@@ -106,13 +103,13 @@ class RecipeParser(trl.TrlParser):
         raise SystemExit(2)
 
     def _suggest(self, flag: str) -> str:
-        close = difflib.get_close_matches(flag.lstrip("-").replace("-", "_"), self.valid_flags, n=1, cutoff=0.6)
-        return f"; did you mean --{close[0]}?" if close else "; --help lists the flags"
+        close = nearest(flag.lstrip("-").replace("-", "_"), self.valid_flags)
+        return f"; did you mean --{close}?" if close else "; --help lists the flags"
 
     def _help_groups(self) -> list[tuple[str, list[str]]]:
         recipe = [f.name for cls in (self.script_cls, self.model_cls) for f in dataclasses.fields(cls)]
         recipe = [name for name in recipe if name not in RARE_FLAGS | self.hidden_flags]
-        training = _own_fields(self.config_cls) + [name for name in COMMON_TRAINING_FLAGS]
+        training = _own_fields(self.config_cls) + list(COMMON_TRAINING_FLAGS)
         training = [name for name in dict.fromkeys(training) if name not in recipe]
         return [("recipe flags", recipe), ("training flags", training)]
 
@@ -146,7 +143,7 @@ class RecipeParser(trl.TrlParser):
             raise ValueError(f"--config {path}: expected a mapping of flag names to values")
         for key in values:
             if key != "env" and key not in self.valid_flags:
-                raise ValueError(f"{path}: unknown key '{key}'{self._suggest(key).replace('--', '')}")
+                raise ValueError(f"{path}: unknown key '{key}'{did_you_mean(key, self.valid_flags)}")
 
     def parse_args_and_config(self, args=None, **kwargs):
         """The stage's dataclasses; a mistake on the command line or in the YAML file exits with one `error:`
@@ -186,24 +183,19 @@ def resume_command() -> str:
 
 
 def recipe_main(main):
-    """Run a stage's `main` for the command line: a user's mistake (bad path, bad data line, unknown flag or YAML
-    key) prints one `error:` line and exits 1; Ctrl-C prints where the checkpoint is and how to resume (exit 130).
-    `MINIMINDS_DEBUG=1` shows the full traceback instead."""
+    """Run a stage's `main` for the command line through `command_main`: a user's mistake (bad path, bad data line,
+    unknown flag or YAML key) prints one `error:` line and exits 1 (`MINIMINDS_DEBUG=1` shows the traceback);
+    Ctrl-C prints where the checkpoint is and how to resume (exit 130). Ranks other than the first log warnings only."""
 
+    @command_main(exit=True)
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
-        quiet = any(getattr(arg, "should_log", True) is False for arg in args)  # ranks other than the first
+        quiet = any(getattr(arg, "should_log", True) is False for arg in args)
         setup_logging(logging.WARNING if quiet else logging.INFO)
-        debug = os.environ.get("MINIMINDS_DEBUG", "0") not in ("", "0")
         try:
             return main(*args, **kwargs)
         except TrainingInterrupted as err:
             print(f"{err}\nresume with: {resume_command()}", file=sys.stderr)
             raise SystemExit(130) from None
-        except USER_ERRORS as err:
-            if debug:
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(1) from None
 
     return wrapper

@@ -16,8 +16,11 @@ import torch.nn.functional as F
 from trl.models import prepare_deepspeed
 
 from modeling_miniminds.tokenizer import load_tokenizer
+from recipes.training.cli import RecipeParser
+from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
 from recipes.training.models import count_parameters, load_causal_lm
-from recipes.training.pretraining import (
+from recipes.training.packed_text import (
+    LORA_FLAGS,
     PretrainConfig,
     PretrainModelArguments,
     PretrainScriptArguments,
@@ -25,9 +28,7 @@ from recipes.training.pretraining import (
     build_model,
     load_datasets,
     packed_blocks_trainer,
-    summarize,
 )
-from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
 
 logger = logging.getLogger(__name__)
 
@@ -184,21 +185,15 @@ def load_teacher(model_args: DistillModelArguments, student, tokenizer, trust_re
     return teacher
 
 
-def before_and_after(trainer) -> tuple[float | None, float | None]:
-    """Held-out CE of the student before its first step (None without `eval_on_start`) and at the end."""
-    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-    before = next((h["eval_loss"] for h in evals if h["step"] == 0), None)
-    return before, evals[-1]["eval_loss"] if evals else None
-
-
 def distill(
     script_args: DistillScriptArguments,
     training_args: DistillConfig,
     model_args: DistillModelArguments,
     callbacks: list | None = None,
+    probes: list[Probe] | None = None,
 ) -> dict:
     """Distil the teacher into the student on packed text and save a complete student folder; return the run's
-    summary numbers, with the student's held-out CE `before` and `after` training."""
+    result (see `lifecycle`), with the student's held-out CE and perplexity before and after training."""
     if model_args.use_peft:
         raise ValueError("--use_peft: distillation trains every weight of the student; LoRA is not supported here")
     resume = start_run(training_args)
@@ -213,6 +208,7 @@ def distill(
         f"of {script_args.block_size} tokens; {len(eval_dataset) if eval_dataset is not None else 0} eval blocks"
     )
 
+    held_out = HeldOutProbes(probes or [], training_args.output_dir)
     trainer = packed_blocks_trainer(
         DistillTrainer,
         student,
@@ -221,15 +217,18 @@ def distill(
         training_args,
         train_dataset,
         eval_dataset,
-        resume,
-        callbacks,
+        [*(callbacks or []), held_out],
         teacher=teacher,
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
-    finish_run(trainer, tokenizer, train_output)
-    before, after = before_and_after(trainer)
-    result = summarize(trainer, train_output.metrics)
-    result.update(before={"eval_loss": before}, after={"eval_loss": after})
+    result = finish_run(trainer, train_output, held_out, logged=LM_EVAL)
     logger.info(f"Saved the student to {training_args.output_dir}: {result}")
     trainer.end()
     return result
+
+
+def make_parser(description: str | None = None) -> RecipeParser:
+    """The stage's command line: its script and the demo parse through this one parser."""
+    return RecipeParser(
+        (DistillScriptArguments, DistillConfig, DistillModelArguments), description=description, hidden_flags=LORA_FLAGS
+    )

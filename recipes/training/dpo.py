@@ -7,7 +7,6 @@ run naming the step and batch; a loss stuck at log 2 = 0.693 (the value while ch
 policy and reference) is reported with its likely cause; bad pairs fail at their `file:line` before any model loads.
 """
 
-import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -15,18 +14,13 @@ from dataclasses import dataclass, field
 from transformers import TrainerCallback
 
 from recipes.training.args import DPOStageConfig, ModelArguments
-from recipes.training.evaluation import ChatEvalArguments, chat_accuracy, read_chat_probes
+from recipes.training.cli import RecipeParser
+from recipes.training.evaluation import ChatEvalArguments, read_chat_probes
+from recipes.training.lifecycle import HeldOutProbes, Logged, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
-from recipes.training.preference import (
-    BeforeAfterCallback,
-    PreferenceScriptArguments,
-    load_preference_datasets,
-    lora_config,
-    merge_adapter,
-    run_summary,
-    warn_if_dropped,
-)
-from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
+from recipes.training.preference import PreferenceScriptArguments, load_preference_datasets, warn_if_dropped
+from recipes.training.probes import chat_probe
 from recipes.training.trainer import DPOStageTrainer
 
 logger = logging.getLogger(__name__)
@@ -35,8 +29,12 @@ LOG_2 = math.log(2)
 STUCK_TOLERANCE = 1e-3
 # Losses that equal log 2 when the policy's preference equals the reference's.
 LOG_2_AT_START = ("sigmoid", "sigmoid_norm", "robust")
-# TRL's eval metric names and the names MiniMinds reports them under.
-PREFERENCE_METRICS = {"eval_rewards/accuracies": "preference_accuracy", "eval_rewards/margins": "margin"}
+# TRL's held-out preference numbers under MiniMinds names. Without a start evaluation they are 0 by definition: the
+# policy starts as the reference, so every implicit reward is 0.
+PREFERENCE_METRICS = (
+    Logged("eval_rewards/accuracies", "preference_accuracy", at_start=0.0, digits=4),
+    Logged("eval_rewards/margins", "margin", at_start=0.0, digits=4),
+)
 TASK_METRICS = ("accuracy", "task_accuracy", "eot_rate")
 # A held-out task number falling by more than this during DPO is reported: DPO must not quietly wreck the policy.
 TASK_DROP_WARNING = 0.1
@@ -194,28 +192,6 @@ class StuckLossCallback(TrainerCallback):
         )
 
 
-def task_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -> dict:
-    """Held-out task accuracy of greedy chat replies (see `evaluation.chat_accuracy`)."""
-    scores = chat_accuracy(model, tokenizer, records, max_new_tokens=max_new_tokens)
-    return {key: scores[key] for key in TASK_METRICS}
-
-
-def preference_metrics(log_history: list[dict], step: int | None = None) -> dict:
-    """TRL's held-out preference numbers at `step` (default: the last evaluation) under MiniMinds names."""
-    evals = [h for h in log_history if "eval_rewards/accuracies" in h and (step is None or h["step"] == step)]
-    if not evals:
-        return {}
-    return {name: round(evals[-1][key], 4) for key, name in PREFERENCE_METRICS.items()}
-
-
-def start_preference(log_history: list[dict], eval_dataset) -> dict:
-    """The preference numbers before the first step: measured when `eval_on_start` ran, else what they are by
-    definition, since the policy starts as the reference and every implicit reward is 0."""
-    if eval_dataset is None:
-        return {}
-    return preference_metrics(log_history, step=0) or {"preference_accuracy": 0.0, "margin": 0.0}
-
-
 def task_regression(before: dict, after: dict) -> str | None:
     """A warning naming each held-out task number that fell by more than TASK_DROP_WARNING, or None."""
     drops = [
@@ -231,16 +207,9 @@ def task_regression(before: dict, after: dict) -> str | None:
     )
 
 
-def evaluate_last_step(trainer) -> None:
-    """Evaluate the final model unless the last training step just did."""
-    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-    if trainer.eval_dataset is not None and (not evals or evals[-1]["step"] != trainer.state.global_step):
-        trainer.evaluate()
-
-
-def build_trainer(script_args, training_args, model_args, callbacks=None):
-    """The trainer (data checked, policy loaded, guards attached), the held-out chat probe (None without
-    --chat_eval_dataset) and the number of bad pairs set aside."""
+def build_trainer(script_args, training_args, model_args, callbacks=None, probes=None):
+    """The trainer (data checked, policy loaded, guards attached), its held-out probes and the number of bad pairs
+    set aside."""
     tokenizer = resolve_tokenizer(model_args)
     train_dataset, eval_dataset, rejected = load_preference_datasets(script_args, training_args)
     turn_off_eval_without_data(training_args, eval_dataset)
@@ -250,6 +219,8 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         f"{len(eval_dataset) if eval_dataset is not None else 0} held-out pairs; beta={training_args.beta}, "
         f"loss_type={training_args.loss_type}"
     )
+    chat = chat_probe(tokenizer, read_chat_probes(script_args), script_args.chat_eval_max_new_tokens)
+    held_out = HeldOutProbes([*chat, *(probes or [])], training_args.output_dir)
     trainer = DPORecipeTrainer(
         model=model,
         args=training_args,
@@ -257,7 +228,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=lora_config(model_args, "CAUSAL_LM"),
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), held_out],
     )
     warn_if_dropped("training", len(train_dataset), trainer.train_dataset, training_args.max_length)
     if eval_dataset is not None:
@@ -272,14 +243,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         )
     if training_args.stuck_loss_steps and set(training_args.loss_type) <= set(LOG_2_AT_START):
         trainer.add_callback(StuckLossCallback(training_args.stuck_loss_steps, identical, len(trainer.train_dataset)))
-    probes, chat_probe = read_chat_probes(script_args), None
-    if probes:
-        measure = functools.partial(
-            task_metrics, tokenizer=tokenizer, records=probes, max_new_tokens=script_args.chat_eval_max_new_tokens
-        )
-        chat_probe = BeforeAfterCallback(measure, training_args.output_dir, "chat")
-        trainer.add_callback(chat_probe)
-    return trainer, chat_probe, rejected
+    return trainer, held_out, rejected
 
 
 def dpo(
@@ -287,36 +251,30 @@ def dpo(
     training_args: DPOTrainingConfig,
     model_args: DPOModelArguments,
     callbacks: list | None = None,
+    probes: list[Probe] | None = None,
 ) -> dict:
-    """Train the policy with DPO and save a complete folder; return held-out `before`/`after` numbers (preference
-    accuracy and margin, task accuracy) and the run's summary."""
+    """Train the policy with DPO and save a complete folder; return the run's result (see `lifecycle`) with
+    held-out preference accuracy and margin, and task accuracy, before and after."""
     resume = start_run(training_args)
-    trainer, chat_probe, rejected = build_trainer(script_args, training_args, model_args, callbacks)
-    if resume:
-        training_args.eval_on_start = False  # the start evaluation is already in the restored log history
+    trainer, held_out, rejected = build_trainer(script_args, training_args, model_args, callbacks, probes)
     train_output = trainer.train(resume_from_checkpoint=resume)
-    trainer.raise_if_interrupted()
-    evaluate_last_step(trainer)  # while the reference is still there: an adapter is merged next
-    history = trainer.state.log_history
-    before = {**start_preference(history, trainer.eval_dataset), **(chat_probe.before if chat_probe else {})}
-    after = {**preference_metrics(history), **(chat_probe.after if chat_probe else {})}
+    result = finish_run(trainer, train_output, held_out, logged=PREFERENCE_METRICS, merge_lora=True)
     stuck = next((c for c in trainer.callback_handler.callbacks if isinstance(c, StuckLossCallback)), None)
-    regression = task_regression(before, after)
+    regression = task_regression(result["before"], result["after"])
     if regression:
         logger.warning(regression)
-    merge_adapter(trainer)
-    finish_run(trainer, trainer.processing_class, train_output, extra_eval=after)
-    result = {
-        "before": before,
-        "after": after,
-        **run_summary(trainer, train_output),
-        "train_pairs": len(trainer.train_dataset),
-        "eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
-        "rejected": rejected,
-        "stuck_loss_warning": stuck.warning if stuck else None,
-        "task_regression_warning": regression,
-        "output_dir": training_args.output_dir,
-    }
+    result.update(
+        train_pairs=len(trainer.train_dataset),
+        eval_pairs=len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        rejected=rejected,
+        stuck_loss_warning=stuck.warning if stuck else None,
+        task_regression_warning=regression,
+    )
     logger.info(f"Saved the DPO model to {training_args.output_dir}: {result}")
     trainer.end()
     return result
+
+
+def make_parser(description: str | None = None) -> RecipeParser:
+    """The stage's command line: its script and the demo parse through this one parser."""
+    return RecipeParser((DPOScriptArguments, DPOTrainingConfig, DPOModelArguments), description=description)

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM
 
-from data_process.io import atomic_write, read_jsonl
+from data_process.jsonl import atomic_write, read_jsonl
 from data_process.loading import iter_texts, load_text_dataset
 from data_process.mc import Question, read_questions
 from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain

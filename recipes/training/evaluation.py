@@ -12,7 +12,8 @@ countries, ... that no training file names) cannot be known, so `task_accuracy` 
 model can generalise to (arithmetic, comparison, counting, units, dates) and `accuracy` over all.
 
 This module imports only torch and transformers (and the project's data_process for chat scoring), so it can score a
-saved folder in a Python where MiniMinds' model package is not importable, loaded through `trust_remote_code` alone.
+saved folder in a Python where MiniMinds' model package is not importable, loaded through `trust_remote_code` alone;
+chat probes, which run during training only, decode through `modeling_miniminds.inference`.
 """
 
 import json
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
 # The families of data_process.synth whose held-out items a model can get right without having seen them.
 GENERALISABLE_FAMILIES = ("add", "sub", "mul", "compare", "count", "unit", "next_day")
@@ -72,6 +72,7 @@ def answer_matches(completion: str, answer: str) -> bool:
 @torch.no_grad()
 def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
     """Greedy continuations of plain-text prompts, batched with left padding (generation is per row exact)."""
+    # Not modeling_miniminds.inference.generate_completions: score_folder runs this where MiniMinds cannot be imported.
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     completions = []
     try:
@@ -92,35 +93,15 @@ def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     return completions
 
 
-@torch.no_grad()
 def chat_replies(
     model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 32, **template_kwargs
 ) -> list[tuple[str, bool]]:
     """Greedy assistant replies to chat prompts and whether each ended its turn (emitted the eos token) in time."""
-    prompts = [
-        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
-        for messages in conversations
-    ]
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    replies = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(
-                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(model.device)
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            for row in output[:, batch["input_ids"].shape[1] :]:
-                ended = bool((row == tokenizer.eos_token_id).any())
-                replies.append((tokenizer.decode(row, skip_special_tokens=True), ended))
-    finally:
-        tokenizer.padding_side = padding_side
-    return replies
+    from modeling_miniminds.inference import chat_prompt_ids, generate_completions  # training only: see the docstring
+
+    prompts = chat_prompt_ids(tokenizer, conversations, **template_kwargs)
+    completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
+    return [(completion.text, completion.finish_reason == "stop") for completion in completions]
 
 
 def chat_accuracy(
@@ -202,19 +183,3 @@ def score_folder(model_dir, probe_files: dict[str, str | Path]) -> dict:
     for name, path in probe_files.items():
         result[name] = completion_accuracy(model, tokenizer, read_probes(path))
     return result
-
-
-class CompletionProbeCallback(TrainerCallback):
-    """Scores probes on the model as training starts and as it ends: a stage's `before` and `after`."""
-
-    def __init__(self, tokenizer, probes: list[dict]):
-        self.tokenizer, self.probes = tokenizer, probes
-        self.before = self.after = None
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step == 0 and state.is_world_process_zero:
-            self.before = completion_accuracy(model, self.tokenizer, self.probes)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero:
-            self.after = completion_accuracy(model, self.tokenizer, self.probes)

@@ -23,9 +23,11 @@ from transformers import TrainerCallback
 
 from data_process.rewards import REWARD_FUNCTIONS
 from recipes.training.args import GRPOStageConfig
+from recipes.training.cli import RecipeParser
 from recipes.training.evaluation import read_probes
+from recipes.training.lifecycle import HeldOutProbes, Logged, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
-from recipes.training.preference import BeforeAfterCallback, lora_config, merge_adapter
 from recipes.training.rl import (
     GuardedReward,
     RLModelArguments,
@@ -36,12 +38,13 @@ from recipes.training.rl import (
     read_heldout_records,
     read_rl_records,
 )
-from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
 from recipes.training.tool_use import TOOLS, heldout_tool_metrics
 from recipes.training.trainer import GRPOStageTrainer
 
 logger = logging.getLogger(__name__)
 
+# The KL to the frozen reference: 0 before training, since the policy starts as the reference.
+KL = Logged("kl", "kl", at_start=0.0, digits=6)
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 
@@ -128,7 +131,11 @@ class GRPOTrainingConfig(GRPOStageConfig):
 
 
 class GRPORecipeTrainer(GRPOStageTrainer):
-    """GRPOStageTrainer that logs, per reward source, how many samples it failed to score since the last log."""
+    """GRPOStageTrainer that logs, per reward source, how many samples it failed to score since the last log, and
+    counts its tokens as TRL logs them (prompts plus replies: GRPO batches hold no `input_ids`)."""
+
+    def trained_tokens(self) -> int:
+        return int(next((h["num_tokens"] for h in reversed(self.state.log_history) if "num_tokens" in h), 0))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -228,9 +235,9 @@ def heldout_metrics(
     return metrics
 
 
-def build_trainer(script_args, training_args, model_args, callbacks=None):
-    """The trainer (prompts read and checked, policy and reward sources loaded) and the held-out probe (None without
-    --chat_eval_dataset and --tool_eval_dataset)."""
+def build_trainer(script_args, training_args, model_args, callbacks=None, probes=None):
+    """The trainer (prompts read and checked, policy and reward sources loaded) and its held-out probes (the `rl`
+    probe with --chat_eval_dataset or --tool_eval_dataset)."""
     check_config(script_args, training_args)
     tokenizer = resolve_tokenizer(model_args)
     train_dataset = load_prompts(script_args)
@@ -246,19 +253,7 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
         f"beta={training_args.beta}, loss_type={training_args.loss_type}, "
         f"tools={list(TOOLS) if script_args.use_tools else []}"
     )
-    trainer = GRPORecipeTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(model_args, "CAUSAL_LM"),
-        callbacks=callbacks,
-        tools=list(TOOLS.values()) if script_args.use_tools else None,
-    )
-    if training_args.max_kl is not None:
-        trainer.add_callback(KLLimitCallback(training_args.max_kl))
-    probe = None
+    held_out = HeldOutProbes(probes or [], training_args.output_dir)
     if chat_probes or tool_probes:
         measure = functools.partial(
             heldout_metrics,
@@ -270,28 +265,20 @@ def build_trainer(script_args, training_args, model_args, callbacks=None):
             tool_probes=tool_probes,
             max_tool_calling_iterations=training_args.max_tool_calling_iterations,
         )
-        probe = BeforeAfterCallback(measure, training_args.output_dir, "rl")
-        trainer.add_callback(probe)
-    return trainer, probe
-
-
-def logged(history: list[dict], key: str) -> list[float]:
-    return [h[key] for h in history if h.get(key) is not None]
-
-
-def run_numbers(trainer, train_output) -> dict:
-    """Optimizer steps, prompt plus reply tokens (TRL's `num_tokens`), tokens/s over the whole run (generation
-    included: in RL it is most of the time) and the last logged loss."""
-    history = trainer.state.log_history
-    tokens = (logged(history, "num_tokens") or [0])[-1]
-    runtime = train_output.metrics.get("train_runtime") or 0
-    losses = logged(history, "loss")
-    return {
-        "steps": trainer.state.global_step,
-        "tokens": int(tokens),
-        "tokens_per_second": round(tokens / runtime, 1) if runtime else 0.0,
-        "train_loss": losses[-1] if losses else train_output.metrics.get("train_loss"),
-    }
+        held_out.probes.insert(0, Probe("rl", measure))
+    trainer = GRPORecipeTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(model_args, "CAUSAL_LM"),
+        callbacks=[*(callbacks or []), held_out],
+        tools=list(TOOLS.values()) if script_args.use_tools else None,
+    )
+    if training_args.max_kl is not None:
+        trainer.add_callback(KLLimitCallback(training_args.max_kl))
+    return trainer, held_out
 
 
 def grpo(
@@ -299,43 +286,37 @@ def grpo(
     training_args: GRPOTrainingConfig,
     model_args: RLModelArguments,
     callbacks: list | None = None,
+    probes: list[Probe] | None = None,
 ) -> dict:
-    """Train the policy with GRPO and save a complete folder; return held-out `before`/`after` numbers (reward,
-    per-source rewards, accuracy, eot_rate, tool_call_rate, tool_accuracy; `kl` after) and the run's summary."""
+    """Train the policy with GRPO and save a complete folder; return the run's result (see `lifecycle`) with
+    held-out reward, per-source rewards, accuracy, eot_rate, tool_call_rate, tool_accuracy and `kl` before and
+    after."""
     resume = start_run(training_args)
-    trainer, probe = build_trainer(script_args, training_args, model_args, callbacks)
+    trainer, held_out = build_trainer(script_args, training_args, model_args, callbacks, probes)
     train_output = trainer.train(resume_from_checkpoint=resume)
-    trainer.raise_if_interrupted()
+    result = finish_run(trainer, train_output, held_out, logged=(KL,), merge_lora=True)
     history = trainer.state.log_history
-    kls = logged(history, "kl")
-    before = {**(probe.before if probe else {}), "kl": 0.0}  # the policy starts as the reference
-    after = {**(probe.after if probe else {}), "kl": round(kls[-1], 6) if kls else None}
+    kls = [h["kl"] for h in history if h.get("kl") is not None]
     failures = {
-        key.split("/")[1]: sum(logged(history, key))
+        key.split("/")[1]: sum(h[key] for h in history if h.get(key) is not None)
         for key in {k for h in history for k in h}
         if key.startswith("rewards/") and key.endswith("/failures")
     }
     kl_stop = next((c for c in trainer.callback_handler.callbacks if isinstance(c, KLLimitCallback)), None)
-    merge_adapter(trainer)
-    finish_run(
-        trainer,
-        trainer.processing_class,
-        train_output,
-        extra_eval={k: v for k, v in after.items() if not isinstance(v, (list, dict))},
+    result.update(
+        kl_max=round(max(kls), 6) if kls else None,
+        reward_failures=failures,
+        kl_limit_warning=kl_stop.warning if kl_stop else None,
+        train_prompts=len(trainer.train_dataset),
     )
-    result = {
-        "before": before,
-        "after": after,
-        **run_numbers(trainer, train_output),
-        "kl_max": round(max(kls), 6) if kls else None,
-        "reward_failures": failures,
-        "kl_limit_warning": kl_stop.warning if kl_stop else None,
-        "train_prompts": len(trainer.train_dataset),
-        "output_dir": training_args.output_dir,
-    }
     logger.info(
         f"Saved the GRPO model to {training_args.output_dir}: "
         f"{ {k: v for k, v in result.items() if k not in ('before', 'after')} }"
     )
     trainer.end()
     return result
+
+
+def make_parser(description: str | None = None) -> RecipeParser:
+    """The stage's command line: its script and the demo parse through this one parser."""
+    return RecipeParser((GRPOScriptArguments, GRPOTrainingConfig, RLModelArguments), description=description)

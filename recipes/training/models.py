@@ -15,9 +15,11 @@ from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_
 from modeling_miniminds.tokenizer import load_tokenizer
 
 
-def count_parameters(model) -> int:
-    """Parameter count that stays right under ZeRO-3, where each process holds only a shard of every tensor."""
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+def count_parameters(model, trainable_only: bool = False) -> int:
+    """Parameter count (all, or those that train) that stays right under ZeRO-3, where each process holds only a
+    shard of every tensor: transformers' `num_parameters()` counts the shard."""
+    params = [p for p in model.parameters() if p.requires_grad or not trainable_only]
+    return sum(getattr(p, "ds_numel", p.numel()) for p in params)
 
 
 def check_vocab_fits(tokenizer: PreTrainedTokenizerBase, vocab_size: int, model_name: str) -> None:

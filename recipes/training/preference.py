@@ -1,5 +1,4 @@
-"""What the reward and DPO stages share: preference pairs read into one form and checked before any model loads, the
-LoRA config for a MiniMind model, and held-out numbers measured as training starts and ends.
+"""What the reward and DPO stages share: preference pairs read into one form and checked before any model loads.
 
 Pair layouts (one per JSONL line, or per row of a Hub dataset):
 
@@ -19,17 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import TrainerCallback
 
 from data_process.convert import convert_record
-from data_process.io import (
-    DataError,
-    RejectedWriter,
-    expand_inputs,
-    iter_records,
-    validate_messages,
-    validate_prompt,
-)
+from data_process.jsonl import expand_inputs, iter_records
+from data_process.records import DataError, validate_messages, validate_prompt
+from data_process.rejected import RejectedWriter
 from modeling_miniminds.cli.paths import check_name_or_path
 from recipes.training.args import ScriptArguments
 
@@ -183,62 +176,3 @@ def warn_if_dropped(name: str, read: int, dataset, max_length: int | None) -> No
     """TRL leaves out pairs too long for `max_length` (reward) or whose prompt alone fills it (DPO): say how many."""
     if dataset is not None and len(dataset) < read:
         logger.warning(f"{read - len(dataset)} of {read} {name} pairs left out: too long for max_length={max_length}")
-
-
-def run_summary(trainer, train_output) -> dict:
-    """The numbers every stage reports about its run: optimizer steps, training tokens and tokens/s (evaluation and
-    checkpoint time left out), the last logged training loss (the run's mean when no step was logged)."""
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {
-        "steps": trainer.state.global_step,
-        "tokens": trainer.state.num_input_tokens_seen,
-        "tokens_per_second": round(trainer.training_tokens_per_second(), 1),
-        "train_loss": losses[-1] if losses else train_output.metrics.get("train_loss"),
-    }
-
-
-def lora_config(model_args, task_type: str):
-    """TRL's LoRA config from the model flags (None without --use_peft). A MiniMind model is unknown to PEFT, so the
-    target modules default to every linear layer; TRL refuses LoRA on the LM head."""
-    import trl
-
-    if not model_args.use_peft:
-        return None
-    if model_args.lora_target_modules in (None, ["all-linear"]):
-        model_args.lora_target_modules = "all-linear"
-    model_args.lora_task_type = task_type
-    return trl.get_peft_config(model_args)
-
-
-def merge_adapter(trainer) -> None:
-    """Fold a trained LoRA adapter into the weights, so the saved folder is a complete model, not an adapter."""
-    from peft import PeftModel
-
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if isinstance(model, PeftModel):
-        if trainer.is_deepspeed_enabled:
-            raise ValueError("--use_peft under DeepSpeed: merge the adapter from a checkpoint after training")
-        trainer.model = trainer.model_wrapped = model.merge_and_unload()
-
-
-class BeforeAfterCallback(TrainerCallback):
-    """Measures held-out numbers on the model as training starts (`before`) and as it ends (`after`).
-
-    Every process measures (under ZeRO-3 a forward needs them all); the first writes `before` to `output_dir`, so a
-    resumed run reports the numbers of the model it started from, not of its checkpoint.
-    """
-
-    def __init__(self, measure, output_dir: str, name: str):
-        self.measure, self.path = measure, Path(output_dir) / f"{name}_before.json"
-        self.before = self.after = None
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step == 0 or not self.path.exists():
-            self.before = self.measure(model)
-            if state.is_world_process_zero:
-                self.path.write_text(json.dumps(self.before, ensure_ascii=False) + "\n", encoding="utf-8")
-        else:
-            self.before = json.loads(self.path.read_text(encoding="utf-8"))
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = self.measure(model)

@@ -1,246 +1,23 @@
-"""Pretraining on packed text: the arguments, the trainer and `pretrain()`, which `recipes/pretrain.py` and the demo
-call."""
+"""Pretraining on packed text: `pretrain()`, which `recipes/pretrain.py` and the demo call, and its command line
+(the arguments and trainer are `packed_text`'s, shared with distillation)."""
 
 import logging
-import math
-from dataclasses import dataclass, field
 
-import torch
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-
-from data_process.collators import PackedBlockCollator
-from data_process.pack import load_blocks
-from modeling_miniminds import get_config
-from recipes.training.args import MiniMindsDefaults, ModelArguments, ScriptArguments
-from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
-from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
-from recipes.training.trainer import MiniMindsTrainerMixin
+from recipes.training.cli import RecipeParser
+from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.models import count_parameters, resolve_tokenizer
+from recipes.training.packed_text import (
+    LORA_FLAGS,
+    PretrainConfig,
+    PretrainModelArguments,
+    PretrainScriptArguments,
+    PretrainTrainer,
+    build_model,
+    load_datasets,
+    packed_blocks_trainer,
+)
 
 logger = logging.getLogger(__name__)
-
-# TRL's ModelConfig brings LoRA flags to every stage; pretraining trains all weights.
-LORA_FLAGS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
-
-
-@dataclass
-class PretrainScriptArguments(ScriptArguments):
-    """Data options of the pretraining stage."""
-
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Training text: a JSONL/parquet/.txt file, a folder or glob of them, a packed dataset folder from "
-            "data_process.pack (used as is), or a Hub dataset id."
-        },
-    )
-    text_column: str = field(default="text", metadata={"help": "Column holding the raw text."})
-    eval_split_size: float = field(
-        default=0.005,
-        metadata={
-            "help": "Without --eval_dataset_name: blocks held out from the training data, as a fraction (< 1) or a "
-            "count (>= 1). 0 disables evaluation."
-        },
-    )
-    block_size: int = field(default=512, metadata={"help": "Tokens per packed training sequence."})
-    num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenizing and packing."})
-    document_mask: bool = field(
-        default=True,
-        metadata={
-            "help": "Keep documents packed in one block from attending to each other (position_ids restart per "
-            "document). false trains on plain contiguous blocks."
-        },
-    )
-    max_train_blocks: int | None = field(
-        default=None, metadata={"help": "Use at most this many training blocks (quick runs); default all."}
-    )
-
-
-@dataclass
-class PretrainModelArguments(ModelArguments):
-    """A model built from a preset or config, or a saved one to continue."""
-
-    model_config: str = field(
-        default="minimind-64m",
-        metadata={
-            "help": "Model to build from scratch: a preset (minimind-tiny, minimind-26m, minimind-64m, minimind-104m, "
-            "minimind-moe) or a config.json / folder. vocab_size and special token ids come from the tokenizer."
-        },
-    )
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Continue pretraining this saved model instead of building a new one."}
-    )
-
-
-@dataclass
-class PretrainConfig(MiniMindsDefaults, TrainingArguments):
-    """TrainingArguments with pretraining defaults; every TrainingArguments flag stays available."""
-
-    output_dir: str | None = field(default="runs/pretrain", metadata={"help": "Checkpoints and the final model."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay, on >=2-D weights only."})
-    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Blocks per device per micro-batch."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Blocks per device per eval batch."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training data."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    eval_strategy: str = field(default="steps", metadata={"help": "no, steps or epoch."})
-    eval_steps: float | None = field(default=200, metadata={"help": "Evaluate every N optimizer steps."})
-    eval_on_start: bool = field(default=True, metadata={"help": "Evaluate once before training (the start loss)."})
-    save_steps: float = field(default=500, metadata={"help": "Checkpoint every N optimizer steps."})
-    save_total_limit: int | None = field(default=3, metadata={"help": "Keep at most N checkpoints."})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep dataset columns: the packing collator picks its own."}
-    )
-
-
-class PretrainTrainer(MiniMindsTrainerMixin, Trainer):
-    """The transformers Trainer with the MiniMinds additions, and the MoE load-balancing loss weighted and logged
-    the way TRL's trainers do it."""
-
-    reports_perplexity = True
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._aux_loss_sum, self._aux_loss_count = None, 0
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The model adds `coef * aux_loss` to each micro-batch loss. When the Trainer normalises the LM loss by the
-        token count of the whole accumulated batch it no longer divides by the accumulation steps, so the aux term
-        would count `gradient_accumulation_steps` times over; it is rescaled here. Evaluation reports the LM loss
-        alone, so eval perplexity means perplexity."""
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        aux_loss = outputs.get("aux_loss") if isinstance(outputs, dict) else None
-        if aux_loss is not None:
-            loss = self._reweight_aux_loss(model, loss, aux_loss, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
-
-    def _reweight_aux_loss(self, model, loss, aux_loss, num_items_in_batch):
-        coef = self.accelerator.unwrap_model(model).config.router_aux_loss_coef
-        loss_is_token_normalised = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        scale = 1
-        if loss_is_token_normalised and self.args.average_tokens_across_devices:
-            scale = self.accelerator.num_processes // self.get_tp_size()
-        aux_term = coef * aux_loss.to(loss.device) * scale
-        if not model.training:
-            return loss - aux_term
-        detached = aux_loss.detach().float()
-        self._aux_loss_sum = detached if self._aux_loss_sum is None else self._aux_loss_sum + detached
-        self._aux_loss_count += 1
-        if loss_is_token_normalised:
-            loss = loss - aux_term + aux_term / self.current_gradient_accumulation_steps
-        return loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._aux_loss_count:
-            mean_aux = self.accelerator.reduce(self._aux_loss_sum / self._aux_loss_count, reduction="mean")
-            logs["aux_loss"] = round(mean_aux.item(), 6)
-            self._aux_loss_sum, self._aux_loss_count = None, 0
-        super().log(logs, start_time)
-
-
-def build_model(model_args: PretrainModelArguments, tokenizer, block_size: int, trust_remote_code: bool = False):
-    """A new model from a preset or config whose vocabulary is the tokenizer's, or a saved model to continue."""
-    if model_args.model_name_or_path:
-        model = load_causal_lm(model_args, tokenizer, trust_remote_code)
-    else:
-        config = get_config(
-            model_args.model_config,
-            vocab_size=len(tokenizer),
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        )
-        model = AutoModelForCausalLM.from_config(
-            config, attn_implementation=model_args.attn_implementation, dtype=torch.float32
-        )
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions is not None and block_size > max_positions:
-        raise ValueError(f"--block_size {block_size} exceeds the model's max_position_embeddings {max_positions}.")
-    return model
-
-
-def load_datasets(script_args: PretrainScriptArguments, training_args: PretrainConfig, tokenizer, vocab_size: int):
-    """Training blocks and held-out blocks (None when evaluation is off)."""
-    if not script_args.dataset_name:
-        raise ValueError("pass --dataset_name: the training text (a file, folder, glob, packed dataset or Hub id)")
-    blocks = dict(
-        tokenizer=tokenizer,
-        block_size=script_args.block_size,
-        vocab_size=vocab_size,
-        text_column=script_args.text_column,
-        num_proc=script_args.num_proc,
-    )
-    with training_args.main_process_first(desc="tokenize and pack"):
-        train = load_blocks(script_args.dataset_name, split=script_args.dataset_train_split, **blocks)
-        evaluation = None
-        if script_args.eval_dataset_name:
-            evaluation = load_blocks(script_args.eval_dataset_name, **blocks)
-        elif script_args.eval_split_size > 0 and training_args.eval_strategy != "no":
-            size = script_args.eval_split_size
-            size = int(size) if size >= 1 else size
-            if (isinstance(size, int) and size >= len(train)) or len(train) < 2:
-                raise ValueError(
-                    f"--eval_split_size {script_args.eval_split_size} leaves no training data out of {len(train)} "
-                    "blocks; lower it or pass --eval_dataset_name."
-                )
-            split = train.train_test_split(test_size=size, seed=training_args.seed)
-            train, evaluation = split["train"], split["test"]
-    if script_args.max_train_blocks is not None:
-        train = train.select(range(min(script_args.max_train_blocks, len(train))))
-    return train, evaluation
-
-
-def summarize(trainer, train_metrics: dict) -> dict:
-    """The numbers a report needs, from the trainer's log history: `*_first` is the first logged value (eval: before
-    any training step), the plain key the last; `train_loss` falls back to the run's mean loss when no step was
-    logged; `tokens_per_second` leaves out evaluation and checkpoint time."""
-    history = trainer.state.log_history
-    train_losses = [h["loss"] for h in history if "loss" in h]
-    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
-    mean_loss = train_metrics.get("train_loss")
-    return {
-        "output_dir": trainer.args.output_dir,
-        "train_loss": train_losses[-1] if train_losses else mean_loss,
-        "train_loss_first": train_losses[0] if train_losses else mean_loss,
-        "eval_loss_first": eval_losses[0] if eval_losses else None,
-        "eval_loss": eval_losses[-1] if eval_losses else None,
-        "perplexity": math.exp(min(eval_losses[-1], 50.0)) if eval_losses else None,
-        "tokens_per_second": trainer.training_tokens_per_second(),
-        "train_runtime": train_metrics.get("train_runtime"),
-        "global_step": trainer.state.global_step,
-        "num_tokens": trainer.state.num_input_tokens_seen,
-        "num_parameters": count_parameters(trainer.accelerator.unwrap_model(trainer.model)),
-    }
-
-
-def packed_blocks_trainer(
-    trainer_class: type[PretrainTrainer],
-    model,
-    tokenizer,
-    script_args: PretrainScriptArguments,
-    training_args: PretrainConfig,
-    train_dataset,
-    eval_dataset,
-    resume: str | None,
-    callbacks: list | None = None,
-    **trainer_kwargs,
-) -> PretrainTrainer:
-    """The trainer pretraining and distillation share, on packed blocks; `trainer_kwargs` (the distillation teacher)
-    go to `trainer_class`."""
-    trainer = trainer_class(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=PackedBlockCollator(document_mask=script_args.document_mask),
-        callbacks=callbacks,
-        **trainer_kwargs,
-    )
-    if resume:
-        training_args.eval_on_start = False  # the start loss is already in the restored log history
-    return trainer
 
 
 def pretrain(
@@ -248,8 +25,10 @@ def pretrain(
     training_args: PretrainConfig,
     model_args: PretrainModelArguments,
     callbacks: list | None = None,
+    probes: list[Probe] | None = None,
 ) -> dict:
-    """Pretrain and save a complete model folder; return the run's summary numbers."""
+    """Pretrain and save a complete model folder; return the run's result (see `lifecycle`): held-out eval loss and
+    perplexity, with any `probes`, before and after."""
     if model_args.use_peft:
         raise ValueError("--use_peft: pretraining trains every weight; LoRA belongs to the post-training stages")
     resume = start_run(training_args)
@@ -263,12 +42,28 @@ def pretrain(
         f"bf16={training_args.bf16} fp16={training_args.fp16}"
     )
 
+    held_out = HeldOutProbes(probes or [], training_args.output_dir)
     trainer = packed_blocks_trainer(
-        PretrainTrainer, model, tokenizer, script_args, training_args, train_dataset, eval_dataset, resume, callbacks
+        PretrainTrainer,
+        model,
+        tokenizer,
+        script_args,
+        training_args,
+        train_dataset,
+        eval_dataset,
+        [*(callbacks or []), held_out],
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
-    finish_run(trainer, tokenizer, train_output)
-    result = summarize(trainer, train_output.metrics)
+    result = finish_run(trainer, train_output, held_out, logged=LM_EVAL)
     logger.info(f"Saved the model to {training_args.output_dir}: {result}")
     trainer.end()
     return result
+
+
+def make_parser(description: str | None = None) -> RecipeParser:
+    """The stage's command line: its script and the demo parse through this one parser."""
+    return RecipeParser(
+        (PretrainScriptArguments, PretrainConfig, PretrainModelArguments),
+        description=description,
+        hidden_flags=LORA_FLAGS,
+    )

@@ -1,5 +1,5 @@
-"""Reward modelling on preference pairs: the arguments, scoring and `reward()`, which `recipes/reward.py` and the demo
-call.
+"""Reward modelling on preference pairs: the arguments and `reward()`, which `recipes/reward.py` and the demo call
+(the model's loading and scoring are in `reward_model`).
 
 The model is `MiniMindForSequenceClassification` with one output, loaded from an SFT or pretrained folder (its
 `score` head starts fresh). It scores a conversation at its last non-pad token, so left- and right-padded batches
@@ -11,28 +11,13 @@ import functools
 import logging
 from dataclasses import dataclass, field
 
-import torch
-from transformers import AutoModelForSequenceClassification
-from trl.trainer.reward_trainer import suppress_seqcls_warning
-
-from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain
 from recipes.training.args import ModelArguments, RewardStageConfig
-from recipes.training.models import (
-    align_special_tokens,
-    check_vocab_fits,
-    count_parameters,
-    resolve_tokenizer,
-)
-from recipes.training.preference import (
-    BeforeAfterCallback,
-    PreferenceScriptArguments,
-    load_preference_datasets,
-    lora_config,
-    merge_adapter,
-    run_summary,
-    warn_if_dropped,
-)
-from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
+from recipes.training.cli import RecipeParser
+from recipes.training.lifecycle import HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lora import lora_config
+from recipes.training.models import count_parameters, resolve_tokenizer
+from recipes.training.preference import PreferenceScriptArguments, load_preference_datasets, warn_if_dropped
+from recipes.training.reward_model import load_reward_model, pairwise_metrics
 from recipes.training.trainer import RewardStageTrainer
 
 logger = logging.getLogger(__name__)
@@ -67,87 +52,15 @@ class RewardTrainingConfig(RewardStageConfig):
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
 
 
-def load_reward_model(model_args, tokenizer, trust_remote_code: bool = False):
-    """A one-output sequence classifier from a causal-LM (or reward) folder, its pad id set from the tokenizer (its pad
-    token, else eos): the score is read at the last token that is not padding, so a config without one cannot batch."""
-    name = check_name_or_path(model_args.model_name_or_path, "model")
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    with suppress_seqcls_warning():  # the new score head and the unused lm_head are expected
-        model = from_pretrained_or_explain(
-            AutoModelForSequenceClassification,
-            name,
-            "model",
-            num_labels=1,
-            revision=model_args.model_revision,
-            attn_implementation=model_args.attn_implementation,
-            trust_remote_code=trust_remote_code,
-            dtype=dtype,
-        )
-    check_vocab_fits(tokenizer, model.config.vocab_size, name)
-    align_special_tokens(model, tokenizer)
-    return model
-
-
-def pad_batch(sequences: list[list[int]], pad_token_id: int, padding_side: str = "right"):
-    """`input_ids` and `attention_mask` for token lists of different lengths, padded on either side."""
-    width = max(map(len, sequences))
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, sequence in enumerate(sequences):
-        columns = slice(width - len(sequence), width) if padding_side == "left" else slice(0, len(sequence))
-        input_ids[row, columns] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[row, columns] = 1
-    return input_ids, attention_mask
-
-
-@torch.no_grad()
-def score_ids(
-    model, sequences: list[list[int]], pad_token_id: int, padding_side: str = "right", batch_size: int = 32
-) -> torch.Tensor:
-    """The reward of each token sequence, in float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    scores = []
-    for start in range(0, len(sequences), batch_size):
-        input_ids, attention_mask = pad_batch(sequences[start : start + batch_size], pad_token_id, padding_side)
-        logits = model(
-            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), use_cache=False
-        ).logits
-        scores.append(logits[:, 0].float().cpu())
-    model.train(was_training)
-    return torch.cat(scores)
-
-
-def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
-    """The reward of whole conversations, tokenized with the chat template as in training (PPO and GRPO use this)."""
-    sequences = [
-        tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-        for messages in conversations
-    ]
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return score_ids(model, sequences, pad_token_id, batch_size=batch_size).tolist()
-
-
-def pairwise_metrics(model, pairs, pad_token_id: int, batch_size: int = 32) -> dict:
-    """On tokenized pairs (`chosen_ids`, `rejected_ids`): the fraction where the chosen side scores higher, and the
-    mean score of each side."""
-    chosen = score_ids(model, pairs["chosen_ids"], pad_token_id, batch_size=batch_size)
-    rejected = score_ids(model, pairs["rejected_ids"], pad_token_id, batch_size=batch_size)
-    return {
-        "pairwise_accuracy": round((chosen > rejected).float().mean().item(), 4),
-        "mean_chosen_score": round(chosen.mean().item(), 4),
-        "mean_rejected_score": round(rejected.mean().item(), 4),
-    }
-
-
 def reward(
     script_args: PreferenceScriptArguments,
     training_args: RewardTrainingConfig,
     model_args: RewardModelArguments,
     callbacks: list | None = None,
+    probes: list[Probe] | None = None,
 ) -> dict:
-    """Train a reward model and save a complete folder; return held-out `before`/`after` pairwise metrics and the
-    run's summary numbers."""
+    """Train a reward model and save a complete folder; return the run's result (see `lifecycle`) with held-out
+    pairwise metrics before and after."""
     resume = start_run(training_args)
     tokenizer = resolve_tokenizer(model_args)
     train_dataset, eval_dataset, rejected = load_preference_datasets(script_args, training_args)
@@ -158,6 +71,7 @@ def reward(
         f"{len(eval_dataset) if eval_dataset is not None else 0} held-out pairs"
     )
 
+    held_out = HeldOutProbes(probes or [], training_args.output_dir)
     trainer = RewardStageTrainer(
         model=model,
         args=training_args,
@@ -165,35 +79,32 @@ def reward(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=lora_config(model_args, "SEQ_CLS"),
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), held_out],
     )
     warn_if_dropped("training", len(train_dataset), trainer.train_dataset, training_args.max_length)
     if eval_dataset is not None:
         warn_if_dropped("held-out", len(eval_dataset), trainer.eval_dataset, training_args.max_length)
-    held_out = None
-    if trainer.eval_dataset is not None:
         measure = functools.partial(
             pairwise_metrics,
             pairs=trainer.eval_dataset,
             pad_token_id=tokenizer.pad_token_id,
             batch_size=training_args.per_device_eval_batch_size,
         )
-        held_out = BeforeAfterCallback(measure, training_args.output_dir, "reward")
-        trainer.add_callback(held_out)
+        held_out.probes.insert(0, Probe("pairwise", measure))
     train_output = trainer.train(resume_from_checkpoint=resume)
-    trainer.raise_if_interrupted()
-    merge_adapter(trainer)
-    eval_metrics = finish_run(trainer, tokenizer, train_output, extra_eval=held_out.after if held_out else None)
-    result = {
-        "before": held_out.before if held_out else {},
-        "after": held_out.after if held_out else {},
-        **run_summary(trainer, train_output),
-        "train_pairs": len(trainer.train_dataset),
-        "eval_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
-        "rejected": rejected,
-        "eval_loss": eval_metrics.get("eval_loss"),
-        "output_dir": training_args.output_dir,
-    }
+    result = finish_run(trainer, train_output, held_out, merge_lora=True)
+    result.update(
+        train_pairs=len(trainer.train_dataset),
+        eval_pairs=len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+        rejected=rejected,
+    )
     logger.info(f"Saved the reward model to {training_args.output_dir}: {result}")
     trainer.end()
     return result
+
+
+def make_parser(description: str | None = None) -> RecipeParser:
+    """The stage's command line: its script and the demo parse through this one parser."""
+    return RecipeParser(
+        (PreferenceScriptArguments, RewardTrainingConfig, RewardModelArguments), description=description
+    )

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import datasets
 
-from data_process.io import expand_inputs, iter_records, validate_prompt, validate_rl
+from data_process.jsonl import expand_inputs, iter_records
+from data_process.records import validate_prompt, validate_rl
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
 from modeling_miniminds.cli.paths import check_name_or_path
 from recipes.training.args import ModelArguments, ScriptArguments
 from recipes.training.evaluation import ChatEvalArguments, chat_replies, reply_accuracy
+from recipes.training.reward_model import load_reward_model, score_conversations
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +160,6 @@ class RewardModelReward:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
     def __call__(self, prompts=None, completions=None, **columns) -> list[float]:
-        from recipes.training.reward import score_conversations
-
         conversations = [
             as_messages(p) + [{"role": "assistant", "content": completion_text(c)}]
             for p, c in zip(prompts, completions)
@@ -174,8 +174,6 @@ def build_reward_functions(
     names = script_args.reward_funcs
     funcs = [GuardedReward(f, name) for f, name in zip(get_reward_functions(names), names)]
     if script_args.reward_model_name_or_path:
-        from recipes.training.reward import load_reward_model
-
         args = RLModelArguments(
             model_name_or_path=script_args.reward_model_name_or_path,
             attn_implementation=model_args.attn_implementation,

@@ -15,24 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import trl
 from peft import PeftModel
-from transformers.dynamic_module_utils import custom_object_save
 
 from data_process.chat import load_chat_dataset, read_system_prompts
 from data_process.collators import PackedRowsCollator
 from modeling_miniminds.export.merge_lora import merge_lora
 from recipes.training.args import ModelArguments, ScriptArguments, SFTStageConfig
-from recipes.training.evaluation import ChatEvalArguments, chat_accuracy, read_chat_probes
+from recipes.training.cli import RecipeParser
+from recipes.training.evaluation import ChatEvalArguments, read_chat_probes
+from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lora import lora_config, save_base_model_files
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
-from recipes.training.pretraining import summarize
-from recipes.training.runs import finish_run, start_run, turn_off_eval_without_data
+from recipes.training.probes import chat_probe
 from recipes.training.trainer import SFTStageTrainer
 
 logger = logging.getLogger(__name__)
-
-# The held-out chat numbers a run reports before and after training (`loss` is the assistant-token eval loss).
-HEADLINE_METRICS = ("loss", "accuracy", "task_accuracy", "eot_rate")
 
 
 @dataclass
@@ -114,15 +111,6 @@ class SFTRecipeConfig(SFTStageConfig):
     save_total_limit: int | None = field(default=3, metadata={"help": "Keep at most N checkpoints."})
 
 
-def save_base_model_files(base_model, folder) -> None:
-    """Write a LoRA base model's config, generation config and modeling code next to its adapter: the folder is then
-    complete (transformers loads it as base + adapter, merge_lora turns it into a full model)."""
-    if base_model._auto_class is not None:  # registered remote code, as save_pretrained checks
-        custom_object_save(base_model, folder, config=base_model.config)
-    base_model.config.save_pretrained(folder)
-    base_model.generation_config.save_pretrained(folder)
-
-
 # Attention kernels that take a flattened batch as separate sequences (cu_seq_lens) instead of attending densely.
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
@@ -180,25 +168,16 @@ def load_datasets(script_args: SFTScriptArguments, training_args: SFTRecipeConfi
     return train, evaluation, {"train": train_rejected, "eval": eval_rejected}
 
 
-def chat_metrics(model, tokenizer, probes: list[dict], max_new_tokens: int) -> dict:
-    """chat_accuracy on every process alike: under ZeRO-3 generation needs all of them (`synced_gpus`)."""
-    if not probes:
-        return {}
-    return chat_accuracy(model, tokenizer, probes, max_new_tokens=max_new_tokens)
-
-
-def headline(eval_loss: float | None, chat: dict) -> dict:
-    return {"loss": eval_loss, **{key: chat.get(key) for key in HEADLINE_METRICS[1:]}}
-
-
 def sft(
     script_args: SFTScriptArguments,
     training_args: SFTRecipeConfig,
     model_args: SFTModelArguments,
     callbacks: list | None = None,
+    probes: list[Probe] | None = None,
 ) -> dict:
-    """Fine-tune and save the model (or its LoRA adapter); return the held-out numbers before and after training
-    (`before`/`after`: loss, accuracy, task_accuracy, eot_rate) with the run's steps, tokens and train loss."""
+    """Fine-tune and save the model (or its LoRA adapter); return the run's result (see `lifecycle`) with the
+    held-out numbers before and after training: assistant-token `eval_loss` and `perplexity`, and on held-out
+    questions accuracy, task_accuracy, eot_rate, per_family and samples."""
     if model_args.merge_on_save and not model_args.use_peft:
         raise ValueError("--merge_on_save merges LoRA adapters; pass it with --use_peft true")
     if not model_args.model_name_or_path:
@@ -208,53 +187,34 @@ def sft(
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
     train_dataset, eval_dataset, rejected = load_datasets(script_args, training_args)
     turn_off_eval_without_data(training_args, eval_dataset)
-    if resume:
-        training_args.eval_on_start = False  # the start loss is already in the restored log history
-    probes = read_chat_probes(script_args)
-    num_parameters = count_parameters(model)
-    before_chat = chat_metrics(model.to(training_args.device), tokenizer, probes, script_args.chat_eval_max_new_tokens)
-
+    chat = chat_probe(tokenizer, read_chat_probes(script_args), script_args.chat_eval_max_new_tokens)
+    held_out = HeldOutProbes([*chat, *(probes or [])], training_args.output_dir)
     trainer = SFTRecipeTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=trl.get_peft_config(model_args),
-        callbacks=callbacks,
+        peft_config=lora_config(model_args, "CAUSAL_LM"),
+        callbacks=[*(callbacks or []), held_out],
     )
     logger.info(
-        f"{num_parameters / 1e6:.2f}M parameters, {trainable_parameters(trainer.model) / 1e6:.3f}M trained; "
-        f"{len(train_dataset)} conversations in {len(trainer.train_dataset)} rows of <= {training_args.max_length} "
-        f"tokens; bf16={training_args.bf16} fp16={training_args.fp16}"
+        f"{count_parameters(trainer.model) / 1e6:.2f}M parameters, "
+        f"{count_parameters(trainer.model, trainable_only=True) / 1e6:.3f}M trained; {len(train_dataset)} "
+        f"conversations in {len(trainer.train_dataset)} rows of <= {training_args.max_length} tokens; "
+        f"bf16={training_args.bf16} fp16={training_args.fp16}"
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
-    after_chat = chat_metrics(trainer.model, tokenizer, probes, script_args.chat_eval_max_new_tokens)
-    extra_eval = {key: after_chat[key] for key in HEADLINE_METRICS[1:] if after_chat.get(key) is not None}
-    finish_run(trainer, tokenizer, train_output, extra_eval=extra_eval)
+    result = finish_run(trainer, train_output, held_out, logged=LM_EVAL)
     if model_args.merge_on_save and training_args.should_save:
         merge_lora(training_args.output_dir, training_args.output_dir)
     trainer.accelerator.wait_for_everyone()
-
-    summary = summarize(trainer, train_output.metrics)
-    result = {
-        "before": headline(summary["eval_loss_first"], before_chat),
-        "after": headline(summary["eval_loss"], after_chat),
-        "steps": summary["global_step"],
-        "tokens": summary["num_tokens"],
-        "train_loss": summary["train_loss"],
-        "tokens_per_second": summary["tokens_per_second"],
-        "num_parameters": num_parameters,
-        "trainable_parameters": trainable_parameters(trainer.model),
-        "rejected": rejected,
-        "chat_per_family": after_chat.get("per_family"),
-        "chat_samples": after_chat.get("samples"),
-        "output_dir": training_args.output_dir,
-    }
+    result["rejected"] = rejected
     logger.info(f"Saved to {training_args.output_dir}: before {result['before']}, after {result['after']}")
     trainer.end()
     return result
 
 
-def trainable_parameters(model) -> int:
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+def make_parser(description: str | None = None) -> RecipeParser:
+    """The stage's command line: its script and the demo parse through this one parser."""
+    return RecipeParser((SFTScriptArguments, SFTRecipeConfig, SFTModelArguments), description=description)

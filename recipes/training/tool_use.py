@@ -6,17 +6,18 @@ and docstring into the prompt, parses `<tool_call>` blocks out of each reply wit
 It wraps `data_process.tools.calculator`, the safe evaluator the SFT data was made with, and answers a bad expression
 with an error message instead of raising, so the policy reads what went wrong.
 
-`tool_loop_transcripts` runs the same loop greedily at evaluation time: generate, parse the tool calls, run them,
+`tool_loop_transcripts` runs the same loop greedily at evaluation time: generate, parse the tool calls (the project's
+`parse_reply`, as chat and the server do), run them,
 append the tool messages, generate again, at most `max_iterations` times. `tool_metrics` scores the transcripts:
 `tool_call_rate`, the share of replies that call the calculator, and `tool_accuracy`, the share whose final answer
 is right.
 """
 
-import torch
-
 from data_process.rewards import answers_match, extract_answer
 from data_process.tools import CalculatorError
 from data_process.tools import calculator as evaluate
+from modeling_miniminds.inference import chat_prompt_ids, generate_completions
+from modeling_miniminds.tokenizer import parse_reply
 
 
 def calculator(expression: str) -> str:
@@ -50,33 +51,6 @@ def run_tool_call(call: dict, tools: dict) -> dict:
     return {"role": "tool", "name": name, "content": content}
 
 
-@torch.no_grad()
-def _greedy_ids(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int):
-    """(prompt ids, generated ids up to and including the end-of-turn token) per prompt, greedy, left-padded."""
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    results = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(
-                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(model.device)
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            width = batch["input_ids"].shape[1]
-            for mask, prompt, row in zip(batch["attention_mask"], batch["input_ids"], output[:, width:].tolist()):
-                if tokenizer.eos_token_id in row:
-                    row = row[: row.index(tokenizer.eos_token_id) + 1]
-                results.append((prompt[mask.bool()].tolist(), row))
-    finally:
-        tokenizer.padding_side = padding_side
-    return results
-
-
 def tool_loop_transcripts(
     model,
     tokenizer,
@@ -89,8 +63,6 @@ def tool_loop_transcripts(
     """The messages each conversation gains when the model answers greedily with `tools` at hand: assistant turns,
     each tool call followed by its tool message, at most `max_iterations` rounds of calls. The last message is
     always the model's (calls in it past the limit are not run). `max_new_tokens` bounds each assistant turn."""
-    from trl.chat_template_utils import parse_response
-
     tools = TOOLS if tools is None else tools
     schemas = list(tools.values())
     was_training = model.training
@@ -99,16 +71,11 @@ def tool_loop_transcripts(
     active = list(range(len(conversations)))
     try:
         for iteration in range(max_iterations + 1):
-            prompts = [
-                tokenizer.apply_chat_template(
-                    conversations[i] + transcripts[i], tools=schemas, tokenize=False, add_generation_prompt=True
-                )
-                for i in active
-            ]
-            generated = _greedy_ids(model, tokenizer, prompts, max_new_tokens, batch_size)
+            prompts = chat_prompt_ids(tokenizer, [conversations[i] + transcripts[i] for i in active], tools=schemas)
+            replies = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
             still_calling = []
-            for i, (prefix, ids) in zip(active, generated):
-                message = parse_response(tokenizer, ids, prefix=prefix, tools=schemas)
+            for i, reply in zip(active, replies):
+                message = parse_reply(reply.text).message()
                 transcripts[i].append(message)
                 if message.get("tool_calls") and iteration < max_iterations:
                     transcripts[i] += [run_tool_call(call, tools) for call in message["tool_calls"]]

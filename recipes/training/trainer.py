@@ -75,9 +75,13 @@ class MiniMindsTrainerMixin:
         if step is not None:
             raise TrainingInterrupted(step, str(Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"))
 
+    def trained_tokens(self) -> int:
+        """Training tokens seen so far (a trainer that counts its own, like GRPO's, overrides this)."""
+        return self.state.num_input_tokens_seen
+
     def training_tokens_per_second(self) -> float:
         """Tokens/s of the last `train()` call, excluding evaluation and checkpoint time."""
-        return self.throughput.rate(self.state.num_input_tokens_seen)
+        return self.throughput.rate(self.trained_tokens())
 
     def _get_output_dir(self, trial):
         if self._staging_root is not None:

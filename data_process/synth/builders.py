@@ -1,0 +1,237 @@
+"""Record builders: items turned into pretraining paragraphs, chats, thinking and tool-call conversations, DPO
+pairs and RL prompts, each returned with the item keys it states."""
+
+import random
+
+from data_process.synth.families import FAMILIES, Item, article, near_miss, pick, sample_item
+from data_process.synth.heldout import is_heldout, split_rows
+from data_process.synth.tables import ANSWER_PREFIX, CHITCHAT, RL_SYSTEM, SYSTEM_PROMPTS
+from data_process.tools import CALCULATOR_TOOL, calculator
+
+
+def _lang(rng):
+    return "zh" if rng.random() < 0.5 else "en"
+
+
+def _animal_paragraph(rng, lang, eval_split):
+    zh, en, legs, zh_sound, en_sound, zh_home, en_home = pick(rng, split_rows("animal", eval_split))
+    if lang == "zh":
+        sentences = [f"{zh}是一种常见的动物。", f"{zh}有 {legs} 条腿。", f"{zh}常常生活在{zh_home}。"]
+        if zh_sound:
+            sentences.insert(2, f"{zh}的叫声是“{zh_sound}”。")
+        return {"text": "".join(sentences)}, [f"animal:{en}"]
+    a = article(en).capitalize()
+    sentences = [f"The {en} is a common animal.", f"{a} {en} has {legs} legs.", f"{a} {en} often lives near {en_home}."]
+    if en_sound:
+        sentences.insert(2, f"{a} {en} says {en_sound}.")
+    return {"text": " ".join(sentences)}, [f"animal:{en}"]
+
+
+# Each maker returns (record, keys): the record in its project format and the item keys it states.
+def pretrain_doc(rng, eval_split=False):
+    """One short monolingual paragraph of related statements."""
+    lang = _lang(rng)
+    if rng.random() < 0.15:
+        return _animal_paragraph(rng, lang, eval_split)
+    items = [sample_item(rng, lang, eval_split) for _ in range(rng.randint(3, 8))]
+    return {"text": ("" if lang == "zh" else " ").join(i.statement for i in items)}, [i.key for i in items]
+
+
+def _assistant(item):
+    return {"role": "assistant", "content": item.reply}
+
+
+def _system(rng, lang):
+    return [{"role": "system", "content": pick(rng, SYSTEM_PROMPTS[lang])}] if rng.random() < 0.8 else []
+
+
+def sft_record(rng, eval_split=False):
+    """A 1-3 turn conversation, usually with a system prompt; some training turns are small talk, never eval ones."""
+    lang = _lang(rng)
+    messages, keys = _system(rng, lang), []
+    for _ in range(rng.randint(1, 3)):
+        if not eval_split and rng.random() < 0.1:
+            question, reply = pick(rng, CHITCHAT[lang])
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+        else:
+            item = sample_item(rng, lang, eval_split)
+            messages += [{"role": "user", "content": item.question}, _assistant(item)]
+            keys.append(item.key)
+    return {"conversations": messages}, keys
+
+
+FULL_STOP = {"zh": "。", "en": "."}
+SYMBOLS = {"add": "+", "sub": "-", "mul": "×"}
+FOLLOW_UPS = {
+    "add": {"zh": "再加上 {n} 呢？", "en": "And if you add {n} to that?"},
+    "sub": {"zh": "再减去 {n} 呢？", "en": "Now take {n} away from that."},
+    "mul": {"zh": "再乘以 {n} 呢？", "en": "And that times {n}?"},
+}
+CHAIN_QUESTIONS = {
+    "zh": ["{expression} 等于多少？", "请一步一步计算 {expression}。"],
+    "en": ["What is {expression}?", "Work out {expression} step by step."],
+}
+CALCULATOR_QUESTIONS = {
+    "zh": ["用计算器算一下 {expression}。", "{expression} 等于多少？", "请计算 {expression}。"],
+    "en": ["Use the calculator to work out {expression}.", "What is {expression}?", "Please calculate {expression}."],
+}
+
+
+def _step(lang, op, a, b):
+    """One arithmetic step as (key, "a + b = r.", r), keyed the way `_arith` keys the same operands."""
+    result = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+    key = f"sub:{a}:{b}" if op == "sub" else f"{op}:{min(a, b)}:{max(a, b)}"
+    return key, f"{a} {SYMBOLS[op]} {b} = {result}{FULL_STOP[lang]}", result
+
+
+def _final_reply(lang, expression, result):
+    return f"{expression} = {result}{FULL_STOP[lang]}\n{ANSWER_PREFIX[lang]}{result}"
+
+
+def follow_up_record(rng):
+    """Two turns whose second question only makes sense after the first answer ("And that times 3?"). Training only:
+    such a question names no fact of its own, so an eval copy would repeat training questions word for word."""
+    lang = _lang(rng)
+    while True:
+        first = FAMILIES[pick(rng, ("add", "sub", "mul"))](rng, lang)
+        previous, op = int(first.answer), pick(rng, ("add", "sub", "mul"))
+        n = rng.randint(2, 5) if op == "mul" else rng.randint(1, 20)
+        if op == "sub" and n > previous:
+            continue
+        key, statement, result = _step(lang, op, previous, n)
+        if not is_heldout(first.key) and not is_heldout(key):
+            break
+    second = Item(key, lang, statement, FOLLOW_UPS[op][lang].format(n=n), str(result), near_miss(rng, result))
+    messages = _system(rng, lang)
+    for item in (first, second):
+        messages += [{"role": "user", "content": item.question}, _assistant(item)]
+    return {"conversations": messages}, [first.key, key]
+
+
+def _chain(rng, lang, eval_split):
+    """Three numbers added or subtracted left to right, both intermediate steps keyed in the requested split."""
+    while True:
+        a, b, c = rng.randint(0, 99), rng.randint(0, 99), rng.randint(0, 99)
+        first_op, second_op = pick(rng, ("add", "sub")), pick(rng, ("add", "sub"))
+        if first_op == "sub" and b > a:
+            a, b = b, a
+        first_key, first_step, partial = _step(lang, first_op, a, b)
+        if second_op == "sub" and c > partial:
+            second_op = "add"
+        second_key, second_step, result = _step(lang, second_op, partial, c)
+        if is_heldout(first_key) == eval_split and is_heldout(second_key) == eval_split:
+            expression = f"{a} {SYMBOLS[first_op]} {b} {SYMBOLS[second_op]} {c}"
+            return expression, (first_step, second_step), result, [first_key, second_key]
+
+
+def thinking_record(rng, eval_split=False):
+    """A two-step sum whose steps are worked out in `reasoning_content` (rendered as <think>...</think>) before the
+    reply states the result."""
+    lang = _lang(rng)
+    expression, steps, result, keys = _chain(rng, lang, eval_split)
+    question = pick(rng, CHAIN_QUESTIONS[lang]).format(expression=expression)
+    reasoning = ("" if lang == "zh" else " ").join(steps)
+    reply = {"role": "assistant", "content": _final_reply(lang, expression, result), "reasoning_content": reasoning}
+    return {"conversations": _system(rng, lang) + [{"role": "user", "content": question}, reply]}, keys
+
+
+def _calculator_expression(rng):
+    a, b, c = rng.randint(100, 999), rng.randint(11, 99), rng.randint(2, 999)
+    shapes = [f"{a} * {b}", f"{a} * {b} + {c}", f"{a} * {b} - {c}", f"({a} + {c}) * {b}", f"{a * b} / {b}"]
+    return pick(rng, shapes)
+
+
+def tool_record(rng, eval_split=False):
+    """Arithmetic too large to do by heart: the assistant calls the `calculator` tool, the tool turn returns what
+    data_process.tools computes, and the assistant states the answer. The record carries the tool list in `tools`."""
+    lang = _lang(rng)
+    expression = _calculator_expression(rng)
+    while is_heldout(f"calc:{expression}") != eval_split:
+        expression = _calculator_expression(rng)
+    result = calculator(expression)
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expression}}}
+    messages = _system(rng, lang) + [
+        {"role": "user", "content": pick(rng, CALCULATOR_QUESTIONS[lang]).format(expression=expression)},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": result},
+        {"role": "assistant", "content": _final_reply(lang, expression, result)},
+    ]
+    return {"conversations": messages, "tools": [CALCULATOR_TOOL]}, [f"calc:{expression}"]
+
+
+def chat_record(rng, eval_split=False):
+    """One SFT conversation: mostly `sft_record`'s questions; a tenth each are follow-ups (training only), thinking
+    and calculator conversations."""
+    kind = rng.random()
+    if kind < 0.1 and not eval_split:
+        return follow_up_record(rng)
+    if kind < 0.2:
+        return thinking_record(rng, eval_split)
+    if kind < 0.3:
+        return tool_record(rng, eval_split)
+    return sft_record(rng, eval_split)
+
+
+def _bad_reply(rng, item):
+    """A rejected reply: wrong answer, missing answer line, or degenerate repetition."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        return f"{item.wrong_statement}\n{ANSWER_PREFIX[item.lang]}{item.wrong}"
+    if kind == 1:
+        return "嗯，这个问题我不太确定，可能是吧。" if item.lang == "zh" else "Hmm, I am not sure, maybe."
+    return " ".join([item.question] * 3)
+
+
+def dpo_record(rng, eval_split=False):
+    lang = _lang(rng)
+    item = sample_item(rng, lang, eval_split)
+    prompt = _system(rng, lang) + [{"role": "user", "content": item.question}]
+    record = {
+        "chosen": prompt + [_assistant(item)],
+        "rejected": prompt + [{"role": "assistant", "content": _bad_reply(rng, item)}],
+    }
+    return record, [item.key]
+
+
+def rl_record(rng, eval_split=False):
+    lang = _lang(rng)
+    item = sample_item(rng, lang, eval_split)
+    prompt = [{"role": "system", "content": RL_SYSTEM[lang]}, {"role": "user", "content": item.question}]
+    return {"prompt": prompt, "answer": item.answer, "family": item.key.split(":")[0]}, [item.key]
+
+
+def rl_tools_record(rng, eval_split=False):
+    """An `rl` question for the calculator (operands too large to multiply by heart), keyed like `tool_record`'s
+    conversations, so a held-out expression is in no SFT or RL training file. The record lists its tools in `tools`."""
+    lang = _lang(rng)
+    expression = _calculator_expression(rng)
+    while is_heldout(f"calc:{expression}") != eval_split:
+        expression = _calculator_expression(rng)
+    prompt = [
+        {"role": "system", "content": RL_SYSTEM[lang]},
+        {"role": "user", "content": pick(rng, CALCULATOR_QUESTIONS[lang]).format(expression=expression)},
+    ]
+    record = {"prompt": prompt, "answer": calculator(expression), "family": "calc", "tools": [CALCULATOR_TOOL]}
+    return record, [f"calc:{expression}"]
+
+
+MAKERS = {
+    "pretrain": pretrain_doc,
+    "sft": chat_record,
+    "dpo": dpo_record,
+    "rl": rl_record,
+    "rl_tools": rl_tools_record,
+}
+
+
+def iter_keyed_records(kind, seed=0, eval_split=False):
+    """Endless stream of (record, item keys) of one kind; the same seed gives the same stream."""
+    rng = random.Random(f"{kind}:{seed}:{eval_split}")
+    make = MAKERS[kind]
+    while True:
+        yield make(rng, eval_split)
+
+
+def iter_records(kind, seed=0, eval_split=False):
+    """Endless stream of records of one kind; the same seed gives the same stream."""
+    return (record for record, _ in iter_keyed_records(kind, seed, eval_split))

@@ -1,0 +1,63 @@
+"""Writing a corpus folder: the training files, eval/ with its held-out splits and probes, and a manifest."""
+
+import json
+from itertools import islice
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_process.jsonl import write_jsonl
+from data_process.synth.builders import MAKERS, iter_keyed_records, iter_records
+from data_process.synth.heldout import HELDOUT_PERCENT, HELDOUT_ROWS
+from data_process.synth.probes import completion_probes, trained_fact_probes
+
+SIZES = {
+    "tiny": {"pretrain": 400, "sft": 300, "dpo": 120, "rl": 120, "rl_tools": 60, "eval": 40},
+    "small": {"pretrain": 30000, "sft": 8000, "dpo": 2000, "rl": 2000, "rl_tools": 1000, "eval": 400},
+    "medium": {"pretrain": 300000, "sft": 60000, "dpo": 12000, "rl": 12000, "rl_tools": 6000, "eval": 2000},
+}
+
+
+def _take(kind, count, seed, eval_split):
+    return islice(iter_records(kind, seed, eval_split), count)
+
+
+def _counts(size):
+    if size not in SIZES:
+        raise ValueError(f"size: expected one of {', '.join(SIZES)}, got {size!r}")
+    return SIZES[size]
+
+
+def split_keys(size="tiny", seed=0):
+    """The item keys build_corpus(out, size, seed) writes into the training files and into eval/, replayed."""
+    counts = _counts(size)
+    keys = {"train": set(), "eval": set()}
+    for kind in MAKERS:
+        for split, count in (("train", counts[kind]), ("eval", counts["eval"])):
+            for _, record_keys in islice(iter_keyed_records(kind, seed, split == "eval"), count):
+                keys[split].update(record_keys)
+    return keys
+
+
+def build_corpus(out_dir, size="tiny", seed=0):
+    """Write pretrain/sft/dpo/rl/rl_tools JSONL files and an eval/ folder of held-out splits and probes; return their
+    paths (`rl_tools` and `eval_rl_tools` are the calculator questions for GRPO with tools, training and held-out)."""
+    counts = _counts(size)
+    out_dir = Path(out_dir)
+    eval_dir = out_dir / "eval"
+    paths = {}
+    written = {}
+    for kind in tqdm(MAKERS, desc=f"synth {size}", disable=size == "tiny"):
+        paths[kind] = out_dir / f"{kind}.jsonl"
+        written[kind] = write_jsonl(paths[kind], _take(kind, counts[kind], seed, eval_split=False))
+        written[f"eval/{kind}"] = write_jsonl(eval_dir / f"{kind}.jsonl", _take(kind, counts["eval"], seed, True))
+    paths["eval_rl_tools"] = eval_dir / "rl_tools.jsonl"
+    paths["completion"] = eval_dir / "completion.jsonl"
+    written["eval/completion"] = write_jsonl(paths["completion"], completion_probes(counts["eval"], seed))
+    paths["trained_facts"] = eval_dir / "trained_facts.jsonl"
+    written["eval/trained_facts"] = write_jsonl(paths["trained_facts"], trained_fact_probes())
+    heldout = {family: sorted(names) for family, names in HELDOUT_ROWS.items()}
+    manifest = {"size": size, "seed": seed, "records": written, "heldout_percent": HELDOUT_PERCENT, "heldout": heldout}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    paths["eval"] = eval_dir
+    return paths

@@ -1,0 +1,38 @@
+"""The held-out probes stages run before and after training (see `lifecycle.Probe`), built on `evaluation`'s scores:
+completions of held-out statements, and greedy chat replies to held-out questions."""
+
+import functools
+
+from recipes.training.evaluation import chat_accuracy, completion_accuracy
+from recipes.training.lifecycle import Probe
+
+# The chat numbers a stage reports, beside the per-family accuracy and a few sample replies.
+CHAT_METRICS = ("accuracy", "task_accuracy", "eot_rate", "per_family", "samples")
+
+
+def chat_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -> dict:
+    """Exact-answer accuracy, task accuracy and end-of-turn rate of greedy replies (`evaluation.chat_accuracy`)."""
+    scores = chat_accuracy(model, tokenizer, records, max_new_tokens=max_new_tokens)
+    return {key: scores[key] for key in CHAT_METRICS}
+
+
+def chat_probe(tokenizer, records: list[dict], max_new_tokens: int) -> list[Probe]:
+    """The chat probe on `records` (held-out `rl` questions), none when there are no records."""
+    if not records:
+        return []
+    measure = functools.partial(chat_metrics, tokenizer=tokenizer, records=records, max_new_tokens=max_new_tokens)
+    return [Probe("chat", measure)]
+
+
+def completion_metrics(model, tokenizer, records: list[dict]) -> dict:
+    scores = completion_accuracy(model, tokenizer, records)
+    return {
+        "completion_accuracy": scores["accuracy"],
+        "completion_per_family": scores["per_family"],
+        "completion_samples": scores["samples"],
+    }
+
+
+def completion_probe(tokenizer, records: list[dict]) -> Probe:
+    """Held-out statements completed greedily (`evaluation.completion_accuracy`): what the demo asks pretraining."""
+    return Probe("completion", functools.partial(completion_metrics, tokenizer=tokenizer, records=records))

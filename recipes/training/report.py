@@ -1,0 +1,166 @@
+"""The demo's report: every stage's result in one shape, written as `report.json` and `report.md` (tables, curves,
+held-out numbers before and after, sample chats)."""
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+import transformers
+import trl
+
+from recipes.training.callbacks import PLOT_FILE
+
+METRIC_MEANINGS = {
+    "eval_loss": "cross-entropy per token on eval/pretrain.jsonl (held out: no sentence of it is in a training file)",
+    "perplexity": "exp(eval_loss)",
+    "completion_accuracy": "greedy completion of held-out statements (unseen operands, dates, units), whole answer "
+    "exact; see per_family",
+    "trained_fact_recall": "the same on facts the model was trained on (seen data: recall, not generalisation)",
+    "loss (sft)": "cross-entropy on the assistant tokens of eval/sft.jsonl (held-out conversations)",
+    "accuracy": "greedy chat replies to eval/rl.jsonl questions whose final answer is exactly right (all families, "
+    "held-out fact rows included, which no model can know)",
+    "task_accuracy": "the same over the families a model can generalise to (arithmetic, comparison, counting, units, "
+    "dates)",
+    "eot_rate": "share of those replies that end their turn with <|im_end|> within the token limit",
+    "pairwise_accuracy": "held-out preference pairs (eval/dpo.jsonl) the reward model scores chosen above rejected",
+    "preference_accuracy / margin": "the same pairs under DPO's implicit reward, and its mean chosen-rejected margin",
+    "reward (ppo, grpo)": "greedy replies to the held-out questions scored by the stage's reward sources, summed: "
+    "accuracy and format functions (0-1 each), plus the reward model's score for PPO; reward/<name> per source",
+    "kl": "KL(policy || SFT reference) of sampled held-out replies (PPO) or of training replies (GRPO, TRL's log), "
+    "nats per reply summed over tokens (PPO) or per token (GRPO)",
+    "tool_call_rate / tool_accuracy": "held-out calculator questions (eval/rl_tools.jsonl) answered greedily with the "
+    "tool loop: share of replies that make a well-formed calculator call, share with the right final answer",
+}
+RUN_KEYS = ("steps", "tokens", "tokens_per_second", "train_loss", "output_dir")
+# The sample replies a stage's `after` may carry beside its numbers, and their names in the report.
+AFTER_SAMPLES = {"samples": "chat_samples", "tool_samples": "tool_samples"}
+
+
+def rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def numbers(side: dict) -> dict:
+    """A before/after side without its lists and tables: the report's before/after tables hold numbers."""
+    return {key: rounded(value) for key, value in side.items() if not isinstance(value, (list, dict))}
+
+
+def run_entry(result: dict) -> dict:
+    """A training stage's report entry from the result every stage returns (steps, tokens, before, after,
+    output_dir, ...): its run numbers, its curves, held-out numbers before and after, and the samples apart."""
+    entry = {key: rounded(result[key]) for key in RUN_KEYS if result.get(key) is not None}
+    entry["curves"] = f"{Path(result['output_dir']).name}/{PLOT_FILE}"
+    entry["before"], entry["after"] = numbers(result["before"]), numbers(result["after"])
+    details = {name: result["after"].get(key) for key, name in AFTER_SAMPLES.items()}
+    details |= {key: value for key, value in result.items() if key.endswith(("_samples", "_per_family"))}
+    return entry | {key: value for key, value in details.items() if value}
+
+
+def eval_headline(metrics: dict) -> dict:
+    """The few numbers per model that the report's eval table shows."""
+    bpb = list(metrics["bits_per_byte"].values())
+    mc = next(iter(metrics["multiple_choice"].values()), {})
+    chat = next(iter(metrics["chat"].values()), {})
+    return {
+        "bits_per_byte": bpb[0] if bpb else None,
+        "mc_accuracy": mc.get("acc"),
+        "chat_task_accuracy": chat.get("task_accuracy"),
+        "eot_rate": chat.get("eot_rate"),
+    }
+
+
+def machine() -> dict:
+    return {
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})",
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+    }
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def stage_rows(name: str, metrics: dict) -> list[str]:
+    """One markdown section per stage: its scalars, then before/after side by side."""
+    lines = [f"## {name} ({metrics['seconds']} s)", ""]
+    scalars = {k: v for k, v in metrics.items() if k != "seconds" and not isinstance(v, (dict, list))}
+    lines += [f"- {key}: {format_value(value)}" for key, value in scalars.items()]
+    if "curves" in metrics:
+        lines += ["", f"![{name} loss and learning rate]({metrics['curves']})"]
+    if "models" in metrics:
+        lines += model_table(metrics)
+    if "before" in metrics:
+        lines += ["", "| held-out metric | before | after |", "| --- | ---: | ---: |"]
+        for key in metrics["after"]:
+            before = format_value(metrics["before"].get(key))
+            lines.append(f"| {key} | {before} | {format_value(metrics['after'][key])} |")
+    if metrics.get("chat_samples"):
+        lines += ["", "Held-out questions, answered greedily after this stage:", ""]
+        lines += chat_lines(metrics["chat_samples"])
+    for key, value in metrics.items():
+        if isinstance(value, (dict, list)) and key not in ("before", "after", "models", "chat_samples"):
+            lines += ["", f"{key}:", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]
+    return lines + [""]
+
+
+def model_table(metrics: dict) -> list[str]:
+    columns = list(next(iter(metrics["models"].values())))
+    lines = ["", "| model | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for model, values in metrics["models"].items():
+        lines.append(f"| {model} | " + " | ".join(format_value(values[c]) for c in columns) + " |")
+    return lines + ["", f"![held-out metrics per model]({metrics['chart']})"]
+
+
+def chat_lines(samples: list[dict]) -> list[str]:
+    """Question / reply pairs as a markdown list (replies kept on one line)."""
+    lines = []
+    for sample in samples:
+        reply = sample["reply"].strip().replace("\n", " / ") or "(empty)"
+        expected = f" (expected: {sample['answer']})" if "answer" in sample else ""
+        lines += [f"- **user:** {sample['question']}{expected}", f"  **assistant:** {reply}"]
+    return lines
+
+
+def final_chat(stages: dict) -> list[str]:
+    """The sample chat of the last stage that has one: what the pipeline's final model says."""
+    name = next((n for n in reversed(list(stages)) if stages[n].get("chat_samples")), None)
+    if name is None:
+        return []
+    return [f"## Sample chat with the final model ({name})", ""] + chat_lines(stages[name]["chat_samples"]) + [""]
+
+
+def write_report(out: Path, stages: dict) -> Path:
+    """`report.json` (`{"machine": ..., "stages": {name: entry}}`) and `report.md`; returns the markdown path."""
+    report = {"machine": machine(), "stages": stages}
+    (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+    total = sum(stage["seconds"] for stage in stages.values())
+    lines = [
+        "# MiniMinds demo report",
+        "",
+        f"{len(stages)} stages in {total:.0f} s on {report['machine']['device']}, "
+        f"{report['machine']['threads']} threads.",
+        "",
+        "| stage | seconds |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {name} | {metrics['seconds']} |" for name, metrics in stages.items()]
+    lines += ["", "What the metrics mean:", ""] + [f"- {key}: {meaning}" for key, meaning in METRIC_MEANINGS.items()]
+    lines.append("")
+    for name, metrics in stages.items():
+        lines += stage_rows(name, metrics)
+    lines += final_chat(stages)
+    lines += ["Machine:", "", "```json", json.dumps(report["machine"], indent=2), "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
