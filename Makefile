@@ -26,7 +26,7 @@ format: install
 
 # One BLAS thread per process: the tests' tiny models run fastest that way, and the distributed tests start two.
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests $(ARGS)
 
 # The export extra compiles llama.cpp (not part of `install`, so CI never does); the unpacked sdist in .venv/src
 # holds llama.cpp's GGUF converter, which modeling_miniminds.export.convert to-gguf finds there.
@@ -42,7 +42,7 @@ $(EXPORT_STAMP): $(STAMP)
 
 # Everything, slow tests included (the GGUF export against llama.cpp).
 test-all: $(EXPORT_STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --slow
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --slow $(ARGS)
 
 demo: install
 	$(PY) -m recipes.demo --output_dir runs/demo

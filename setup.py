@@ -37,6 +37,7 @@ setup(
         "safetensors>=0.4",
         "datasketch>=1.6",
         "numpy>=1.26",
+        "scipy>=1.11",
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "matplotlib>=3.8",

@@ -26,6 +26,7 @@ from modeling_miniminds.tokenizer import load_tokenizer, train_tokenizer
 from recipes.training import dpo, grpo, ppo, pretraining, reward, sft
 from recipes.training.eval_lm import evaluate_models
 from recipes.training.evaluation import read_probes
+from recipes.training.intervals import ITEMS
 from recipes.training.probes import completion_probe
 from recipes.training.report import eval_headline, run_entry, write_report
 
@@ -104,6 +105,7 @@ def heldout_metrics(metrics: dict) -> dict:
         "eval_loss": round(metrics["eval_loss"], 4),
         "perplexity": round(metrics["perplexity"], 3),
         "completion_accuracy": metrics["completion_accuracy"],
+        ITEMS: metrics[ITEMS],
     }
 
 
@@ -161,11 +163,51 @@ def stage_eval(out: Path, paths: dict, model_dirs: list[Path]) -> tuple[dict, No
     return {"models": table, "chart": "eval/eval_chart.png", "table": "eval/eval_table.md"}, None
 
 
-def timed(stage, *args, **kwargs) -> tuple[dict, object]:
-    """Run a stage, which returns (metrics, what the next stage needs), and put its wall time first."""
-    start = time.perf_counter()
-    metrics, artifact = stage(*args, **kwargs)
-    return {"seconds": round(time.perf_counter() - start, 1), **metrics}, artifact
+# Seconds each stage took in `make demo` on this project's 2-core CPU machine; the ETA scales what is left by how fast
+# this run has gone so far, so a faster machine sees a shorter one.
+EXPECTED_SECONDS = {
+    "corpus": 4.6,
+    "tokenizer": 2.3,
+    "pretrain": 170,
+    "model": 9.2,
+    "sft": 165,
+    "reward": 40,
+    "dpo": 75,
+    "ppo": 32,
+    "grpo": 30,
+    "eval": 38,
+}
+
+
+class Stages:
+    """The demo's stages run in order: a banner with the overall ETA before each, its wall time first in its entry."""
+
+    def __init__(self):
+        self.entries, self.start = {}, time.perf_counter()
+
+    def eta(self) -> float:
+        done = sum(EXPECTED_SECONDS[name] for name in self.entries)
+        left = sum(seconds for name, seconds in EXPECTED_SECONDS.items() if name not in self.entries)
+        elapsed = time.perf_counter() - self.start
+        return left * (elapsed / done if done else 1.0)
+
+    def banner(self, name: str) -> str:
+        index = list(EXPECTED_SECONDS).index(name) + 1
+        elapsed = time.perf_counter() - self.start
+        return f"==> demo stage {index}/{len(EXPECTED_SECONDS)}: {name} ({clock(elapsed)} so far, about {clock(self.eta())} left)"
+
+    def run(self, name: str, stage, *args, **kwargs):
+        """Run a stage, which returns (metrics, what the next stage needs); keep its metrics, return the rest."""
+        print(self.banner(name), flush=True)
+        start = time.perf_counter()
+        metrics, artifact = stage(*args, **kwargs)
+        self.entries[name] = {"seconds": round(time.perf_counter() - start, 1), **metrics}
+        return artifact
+
+
+def clock(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
 
 
 def main(argv=None) -> dict:
@@ -173,13 +215,14 @@ def main(argv=None) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = {"out": out, "seed": args.seed, "steps": args.stage_steps}
-    stages = {}
-    stages["corpus"], paths = timed(stage_corpus, out, args.size, args.seed)
-    stages["tokenizer"], tokenizer_dir = timed(stage_tokenizer, out, paths, args.vocab_size)
-    stages["pretrain"], model_dir = timed(stage_pretrain, out, paths, tokenizer_dir, args.seed, args.max_steps)
-    stages["model"], _ = timed(stage_model, model_dir, paths)
+    stages = Stages()
+    paths = stages.run("corpus", stage_corpus, out, args.size, args.seed)
+    tokenizer_dir = stages.run("tokenizer", stage_tokenizer, out, paths, args.vocab_size)
+    model_dir = stages.run("pretrain", stage_pretrain, out, paths, tokenizer_dir, args.seed, args.max_steps)
+    stages.run("model", stage_model, model_dir, paths)
     eval_sft, eval_dpo, eval_rl = (paths["eval"] / name for name in ("sft.jsonl", "dpo.jsonl", "rl.jsonl"))
-    stages["sft"], sft_dir = timed(
+    sft_dir = stages.run(
+        "sft",
         stage_run,
         sft,
         **run,
@@ -188,7 +231,8 @@ def main(argv=None) -> dict:
         eval_dataset_name=eval_sft,
         chat_eval_dataset=eval_rl,
     )
-    stages["reward"], reward_dir = timed(
+    reward_dir = stages.run(
+        "reward",
         stage_run,
         reward,
         **run,
@@ -196,7 +240,8 @@ def main(argv=None) -> dict:
         dataset_name=paths["dpo"],
         eval_dataset_name=eval_dpo,
     )
-    stages["dpo"], dpo_dir = timed(
+    dpo_dir = stages.run(
+        "dpo",
         stage_run,
         dpo,
         **run,
@@ -205,7 +250,8 @@ def main(argv=None) -> dict:
         eval_dataset_name=eval_dpo,
         chat_eval_dataset=eval_rl,
     )
-    stages["ppo"], ppo_dir = timed(
+    ppo_dir = stages.run(
+        "ppo",
         stage_run,
         ppo,
         **run,
@@ -217,7 +263,8 @@ def main(argv=None) -> dict:
     # The calculator questions are asked before and after through the tool loop; training with the tool offered
     # (--use_tools true) needs a model that can already write a call, which the 0.7M-parameter demo model cannot
     # (it stops inside the JSON arguments), so the demo trains GRPO without it.
-    stages["grpo"], grpo_dir = timed(
+    grpo_dir = stages.run(
+        "grpo",
         stage_run,
         grpo,
         **run,
@@ -226,10 +273,10 @@ def main(argv=None) -> dict:
         chat_eval_dataset=eval_rl,
         tool_eval_dataset=paths["eval_rl_tools"],
     )
-    stages["eval"], _ = timed(stage_eval, out, paths, [model_dir, sft_dir, dpo_dir, ppo_dir, grpo_dir])
-    report = write_report(out, stages)
+    stages.run("eval", stage_eval, out, paths, [model_dir, sft_dir, dpo_dir, ppo_dir, grpo_dir])
+    report = write_report(out, stages.entries)
     print(report.read_text(encoding="utf-8"))
-    return stages
+    return stages.entries
 
 
 if __name__ == "__main__":

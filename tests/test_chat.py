@@ -14,8 +14,8 @@ import torch
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.export.convert import main as convert_main
-from modeling_miniminds.inference import Delta, Generator, SamplingParams, load_for_decoding
-from modeling_miniminds.serving.chat import Chat
+from modeling_miniminds.inference import Delta, Generator, SamplingParams, chat_prompt_ids, load_for_decoding
+from modeling_miniminds.serving.chat import Chat, parse_args
 from modeling_miniminds.serving.chat import main as chat_main
 from modeling_miniminds.tokenizer import ReplyStream, load_tokenizer, parse_reply
 
@@ -85,9 +85,30 @@ def test_chat_keeps_history_renders_system_and_thinking_and_resets(folders):
     assert chat.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": first.content}]
     prompt = tokenizer.decode(chat.prompt_ids())
     assert prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>")
-    assert prompt.endswith("<think>\n\n</think>\n\n")  # thinking is off unless asked for
+    assert prompt.endswith("<|im_start|>assistant\n")  # no think block: SFT's chats render without one
     chat.reset()
     assert chat.history == [] and out.getvalue().endswith("\n")
+
+
+@pytest.mark.parametrize(
+    ("flags", "thinking", "prompt_end"),
+    [
+        ([], None, "<|im_start|>assistant\n"),
+        (["--thinking"], True, "<|im_start|>assistant\n"),
+        (["--no_thinking"], False, "<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+    ],
+)
+def test_thinking_flags_reach_the_template(folders, flags, thinking, prompt_end):
+    """Without a flag nothing is passed, so the prompt is the one the held-out probes (and SFT) render."""
+    args = parse_args([str(folders.minimind), *flags])
+    assert args.thinking is thinking
+    model, tokenizer = load_for_decoding(folders.minimind)
+    generator = Generator(model, tokenizer)
+    chat = Chat(generator, GREEDY, thinking=args.thinking)
+    chat.history = [{"role": "user", "content": "hello"}]
+    assert tokenizer.decode(chat.prompt_ids()).endswith(prompt_end)
+    if thinking is None:
+        assert chat.prompt_ids() == chat_prompt_ids(tokenizer, [chat.history])[0]
 
 
 class ThinkingGenerator:

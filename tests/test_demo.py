@@ -3,6 +3,7 @@ stage that does not train misses), and the saved model, reloaded without MiniMin
 training. The numbers in comments were measured at this size (the same on two runs: the demo is seeded)."""
 
 import dataclasses
+import io
 import json
 import math
 import re
@@ -11,12 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modeling_miniminds.inference import Generator, SamplingParams, load_for_decoding
+from modeling_miniminds.serving.chat import Chat
+from modeling_miniminds.tokenizer import parse_reply
 from recipes.demo import CONFIGS, main, recipe_args
 from recipes.training import dpo, grpo, ppo, pretraining, reward, sft
 
 STEPS = 4  # --stage_steps: every post-training stage
 TRAINING_STAGES = ("pretrain", "sft", "reward", "dpo", "ppo", "grpo")
-STAGE_KEYS = {"seconds", "steps", "tokens", "before", "after", "output_dir", "curves"}
+STAGE_KEYS = {"seconds", "steps", "tokens", "before", "after", "gains", "output_dir", "curves"}
 
 
 @pytest.mark.parametrize(
@@ -45,7 +49,7 @@ def test_demo_takes_run_sizes_from_the_recipe_and_knobs_from_the_stage(stage, re
         assert changed <= demo_flags, (type(demo).__name__, changed - demo_flags)
 
 
-def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path):
+def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path, capsys):
     main(
         [
             "--output_dir",
@@ -62,6 +66,10 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path):
     )
     report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     stages = report["stages"]
+    banners = re.findall(
+        r"==> demo stage (\d+)/10: (\w+) \(\d+m\d\ds so far, about \d+m\d\ds left\)", capsys.readouterr().out
+    )
+    assert banners == [(str(i), name) for i, name in enumerate(stages, start=1)]
     assert list(stages) == ["corpus", "tokenizer", "pretrain", "model", "sft", "reward", "dpo", "ppo", "grpo", "eval"]
     assert report["machine"]["torch"] and report["machine"]["threads"] >= 1
     assert stages["corpus"]["records"]["pretrain"] == 400 and stages["corpus"]["records"]["eval/completion"] > 0
@@ -85,28 +93,37 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path):
     model = stages["model"]
     assert model["model_class"].startswith("transformers_modules."), model["model_class"]
     # Reloaded through trust_remote_code in another process, greedy answers are the same as in training.
-    assert model["completion_accuracy"] == pretrain["after"]["completion_accuracy"] and model["samples"]
+    assert model["completion_accuracy"] == pretrain["after"]["completion_accuracy"]["value"] and model["samples"]
     assert model["trained_fact_recall"] > 0.05  # 0.17; an untrained model recalls none
 
     sft_run, reward_run, dpo_run = stages["sft"], stages["reward"], stages["dpo"]
     assert sft_run["tokens"] <= STEPS * 4 * 512  # 8192: batch 4 of packed 512-token rows
     assert {"eval_loss", "accuracy", "task_accuracy", "eot_rate"} <= set(sft_run["after"])
     assert sft_run["after"]["eval_loss"] < sft_run["before"]["eval_loss"] - 0.15  # 4.61 -> 4.25
-    assert sft_run["after"]["eot_rate"] > sft_run["before"]["eot_rate"] + 0.3  # 0.425 -> 1.0
-    assert reward_run["after"]["pairwise_accuracy"] > max(0.75, reward_run["before"]["pairwise_accuracy"])  # .73->.90
+    assert sft_run["after"]["eot_rate"]["value"] > sft_run["before"]["eot_rate"]["value"] + 0.3  # 0.425 -> 1.0
+    assert sft_run["gains"]["eot_rate"]["ci_low"] > 0 and sft_run["gains"]["eot_rate"]["n"] == 40
+    accuracy = sft_run["after"]["accuracy"]
+    assert set(accuracy) == {"value", "n", "ci_low", "ci_high"}
+    assert accuracy["ci_low"] <= accuracy["value"] <= accuracy["ci_high"] and accuracy["n"] == 40
+    pairwise = reward_run["after"]["pairwise_accuracy"]
+    assert pairwise["value"] > max(0.75, reward_run["before"]["pairwise_accuracy"]["value"])  # .73->.90
+    assert reward_run["gains"]["pairwise_accuracy"]["n"] == pairwise["n"]
     gap = {
         side: reward_run[side]["mean_chosen_score"] - reward_run[side]["mean_rejected_score"]
         for side in ("before", "after")
     }
     assert gap["after"] > gap["before"] + 0.5  # 0.03 -> 1.04
-    assert dpo_run["before"] == {**dpo_run["before"], "preference_accuracy": 0.0, "margin": 0.0}  # policy = reference
-    assert dpo_run["after"]["preference_accuracy"] > 0.7 and dpo_run["after"]["margin"] > 0.5  # 0.925, 1.70
+    assert dpo_run["before"]["preference_accuracy"]["value"] == 0.0 and dpo_run["before"]["margin"] == 0.0
+    assert dpo_run["after"]["preference_accuracy"]["value"] > 0.7 and dpo_run["after"]["margin"] > 0.5  # .925, 1.70
+    assert dpo_run["gains"]["preference_accuracy"]["ci_low"] > 0  # policy = reference at the start: no pair won
     assert {"accuracy", "task_accuracy", "eot_rate"} <= set(dpo_run["after"])
 
     for name in ("ppo", "grpo"):
-        assert {"reward", "accuracy", "kl"} <= set(stages[name]["after"]) and stages[name]["before"]["kl"] == 0.0
+        assert {"reward", "accuracy", "kl"} <= set(stages[name]["after"])
+        assert {"reward", "accuracy", "task_accuracy", "eot_rate"} <= set(stages[name]["gains"])
         assert stages[name]["chat_samples"]
-    assert stages["ppo"]["after"]["kl"] > 0.05  # 0.45: the policy moved away from the SFT reference
+    assert stages["ppo"]["after"]["kl"]["value"] > 0.05  # 0.45: the policy moved away from the SFT reference
+    assert stages["grpo"]["before"]["kl"] == 0.0
     assert {"reward/reward_model", "reward/accuracy", "reward/format"} <= set(stages["ppo"]["after"])
     assert {"tool_call_rate", "tool_accuracy"} <= set(stages["grpo"]["after"])
 
@@ -125,3 +142,11 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path):
     assert all((tmp_path / link).stat().st_size > 0 for link in links)
     assert "| completion_accuracy |" in markdown and "held out" in markdown
     assert "## Sample chat with the final model (grpo)" in markdown and "**assistant:**" in markdown
+    assert "| paired change (after - before) |" in markdown and " n=40 |" in markdown
+
+    # What a user gets from `python -m modeling_miniminds.chat runs/demo/sft --system ... --temperature 0 --prompt ...`
+    # is the greedy reply the report shows for that question: chat renders the prompt as the probes (and SFT) did.
+    sample = sft_run["chat_samples"][0]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=96)  # chat_eval_max_new_tokens of sft_tiny.yaml
+    chat = Chat(Generator(*load_for_decoding(tmp_path / "sft")), greedy, sample["system"], out=io.StringIO())
+    assert chat.reply(sample["question"]).content == parse_reply(sample["reply"]).content.strip()

@@ -87,7 +87,12 @@ def test_reward_model_ranks_held_out_pairs(trained):
     assert (
         set(result["before"])
         == set(result["after"])
-        == {"pairwise_accuracy", "mean_chosen_score", "mean_rejected_score"}
+        == {"pairwise_accuracy", "mean_chosen_score", "mean_rejected_score", "items"}
+    )
+    # one value per held-out pair on both sides, so the gain is paired over the same 40 pairs
+    assert result["gains"]["pairwise_accuracy"]["n"] == len(result["after"]["items"]["pairwise_accuracy"]) == 40
+    assert result["gains"]["pairwise_accuracy"]["diff"] == pytest.approx(
+        result["after"]["pairwise_accuracy"] - result["before"]["pairwise_accuracy"], abs=1e-3
     )
     after = result["after"]
     assert after["pairwise_accuracy"] >= MIN_ACCURACY > result["before"]["pairwise_accuracy"]

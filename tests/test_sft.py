@@ -219,7 +219,18 @@ def test_sft_raises_heldout_accuracy_and_end_of_turn_rate(pretrained_base, tiny_
     )
     before, after = result["before"], result["after"]
     assert set(before) == set(after)
-    assert {"eval_loss", "perplexity", "accuracy", "task_accuracy", "eot_rate", "per_family", "samples"} == set(after)
+    assert {
+        "eval_loss",
+        "perplexity",
+        "accuracy",
+        "task_accuracy",
+        "eot_rate",
+        "per_family",
+        "samples",
+        "items",
+    } == set(after)
+    assert set(result["gains"]) == {"accuracy", "task_accuracy", "eot_rate"}
+    assert result["gains"]["eot_rate"]["ci_low"] > 0  # every question's reply now ends its turn, few did before
     assert after["eval_loss"] < 0.7 * before["eval_loss"]
     assert after["accuracy"] > before["accuracy"] or after["task_accuracy"] > before["task_accuracy"]
     assert after["eot_rate"] >= max(0.7, before["eot_rate"] + 0.3)

@@ -25,7 +25,18 @@ def parse_args(argv=None):
     parser.add_argument("model_dir", help="saved model folder (MiniMinds or a Qwen3 export) with its tokenizer")
     parser.add_argument("--prompt", help="answer this one prompt, print the reply and exit")
     parser.add_argument("--system", help="system prompt")
-    parser.add_argument("--thinking", action="store_true", help="let the model think first (enable_thinking=True)")
+    # Neither flag renders the prompt as SFT rendered its chats (no `enable_thinking`): the reply the report shows.
+    thinking = parser.add_mutually_exclusive_group()
+    thinking.add_argument(
+        "--thinking", action="store_const", const=True, help="ask the model to think first (enable_thinking=True)"
+    )
+    thinking.add_argument(
+        "--no_thinking",
+        dest="thinking",
+        action="store_const",
+        const=False,
+        help="open the reply with an empty think block (enable_thinking=False, as Qwen3 does)",
+    )
     add_sampling_args(parser)
     add_model_args(parser)
     return parser.parse_args(argv)
@@ -34,7 +45,7 @@ def parse_args(argv=None):
 class Chat:
     """A conversation: history, the system prompt and the sampling settings; `reply` streams one answer."""
 
-    def __init__(self, generator, params, system: str | None = None, thinking: bool = False, out=sys.stdout):
+    def __init__(self, generator, params, system: str | None = None, thinking: bool | None = None, out=sys.stdout):
         self.generator, self.params, self.system, self.thinking, self.out = generator, params, system, thinking, out
         self.color = out.isatty()
         self.history: list[dict] = []
@@ -49,7 +60,8 @@ class Chat:
         """The rendered conversation, without its oldest turns when it would not leave room for a reply."""
         room = (self.generator.max_length or 1 << 62) - self.params.max_new_tokens
         while True:
-            ids = self.generator.chat_prompt(self.messages(), enable_thinking=self.thinking)
+            flags = {} if self.thinking is None else {"enable_thinking": self.thinking}
+            ids = self.generator.chat_prompt(self.messages(), **flags)
             if len(ids) <= room or len(self.history) <= 1:
                 return ids
             self.history = self.history[2:] if len(self.history) > 2 else self.history[1:]

@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from recipes.training.args import DPOStageConfig, ModelArguments
 from recipes.training.cli import RecipeParser
 from recipes.training.evaluation import ChatEvalArguments, read_chat_probes
+from recipes.training.intervals import ITEMS, paired_gains
 from recipes.training.lifecycle import HeldOutProbes, Logged, Probe, finish_run, start_run, turn_off_eval_without_data
 from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
@@ -192,6 +193,19 @@ class StuckLossCallback(TrainerCallback):
         )
 
 
+def add_preference_items(result: dict, pairs: int) -> None:
+    """Per-pair values of the held-out preference accuracy, so it gets an interval and a paired gain like every
+    probe. TRL logs only the mean, but the pairs are known: at the start every implicit reward is 0 (no pair is
+    preferred), after training round(accuracy * pairs) are. The order of pairs does not change either interval."""
+    after = result["after"].get("preference_accuracy")
+    if not pairs or after is None:
+        return
+    hits = round(after * pairs)
+    result["before"].setdefault(ITEMS, {})["preference_accuracy"] = [0] * pairs
+    result["after"].setdefault(ITEMS, {})["preference_accuracy"] = [1] * hits + [0] * (pairs - hits)
+    result["gains"] = paired_gains(result["before"], result["after"])
+
+
 def task_regression(before: dict, after: dict) -> str | None:
     """A warning naming each held-out task number that fell by more than TASK_DROP_WARNING, or None."""
     drops = [
@@ -259,6 +273,7 @@ def dpo(
     trainer, held_out, rejected = build_trainer(script_args, training_args, model_args, callbacks, probes)
     train_output = trainer.train(resume_from_checkpoint=resume)
     result = finish_run(trainer, train_output, held_out, logged=PREFERENCE_METRICS, merge_lora=True)
+    add_preference_items(result, len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0)
     stuck = next((c for c in trainer.callback_handler.callbacks if isinstance(c, StuckLossCallback)), None)
     regression = task_regression(result["before"], result["after"])
     if regression:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from recipes.training.intervals import ITEMS
+
 # The families of data_process.synth whose held-out items a model can get right without having seen them.
 GENERALISABLE_FAMILIES = ("add", "sub", "mul", "compare", "count", "unit", "next_day")
 
@@ -123,11 +125,16 @@ def chat_accuracy(
     model.train(was_training)
     return {
         **reply_accuracy(records, replies, generalisable),
-        "samples": [
-            {"question": r["prompt"][-1]["content"], "answer": r["answer"], "reply": text}
-            for r, (text, _) in list(zip(records, replies))[:num_samples]
-        ],
+        "samples": [sample(r, text) for r, (text, _) in list(zip(records, replies))[:num_samples]],
     }
+
+
+def sample(record: dict, reply: str) -> dict:
+    """A question, its system prompt (so a chat can ask it the same way), the true answer and the reply."""
+    system = next((m["content"] for m in record["prompt"] if m["role"] == "system"), None)
+    return {"question": record["prompt"][-1]["content"], "answer": record["answer"], "reply": reply} | (
+        {"system": system} if system else {}
+    )
 
 
 def reply_accuracy(records: list[dict], replies: list[tuple[str, bool]], generalisable=GENERALISABLE_FAMILIES) -> dict:
@@ -146,6 +153,7 @@ def reply_accuracy(records: list[dict], replies: list[tuple[str, bool]], general
         "eot_rate": round(sum(ended for _, ended in replies) / len(replies), 4),
         "probes": len(records),
         "per_family": {name: round(sum(v) / len(v), 4) for name, v in sorted(per_family.items())},
+        ITEMS: {"accuracy": scores, "task_accuracy": task, "eot_rate": [int(ended) for _, ended in replies]},
     }
 
 
@@ -158,14 +166,15 @@ def completion_accuracy(model, tokenizer, probes: list[dict], num_samples: int =
     longest = max(len(tokenizer(p["answer"], add_special_tokens=False).input_ids) for p in probes)
     completions = greedy_completions(model, tokenizer, [p["prompt"] for p in probes], max_new_tokens=longest + 2)
     model.train(was_training)
+    hits = [int(answer_matches(completion, probe["answer"])) for probe, completion in zip(probes, completions)]
     per_family = defaultdict(list)
-    for probe, completion in zip(probes, completions):
-        per_family[probe["family"]].append(answer_matches(completion, probe["answer"]))
-    hits = [hit for family in per_family.values() for hit in family]
+    for probe, hit in zip(probes, hits):
+        per_family[probe["family"]].append(hit)
     return {
         "accuracy": round(sum(hits) / len(hits), 4),
         "probes": len(hits),
         "per_family": {name: round(sum(v) / len(v), 4) for name, v in sorted(per_family.items())},
+        ITEMS: {"accuracy": hits},
         "samples": [
             {"prompt": p["prompt"], "answer": p["answer"], "completion": c}
             for p, c in list(zip(probes, completions))[:num_samples]

@@ -25,6 +25,7 @@ from data_process.rewards import REWARD_FUNCTIONS
 from recipes.training.args import GRPOStageConfig
 from recipes.training.cli import RecipeParser
 from recipes.training.evaluation import read_probes
+from recipes.training.intervals import merge_metrics
 from recipes.training.lifecycle import HeldOutProbes, Logged, Probe, finish_run, start_run, turn_off_eval_without_data
 from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
@@ -212,7 +213,8 @@ def heldout_metrics(
     """What the stage reports before and after: reward-scored greedy replies and the tool loop's numbers."""
     metrics = {}
     if chat_probes:
-        metrics.update(
+        metrics = merge_metrics(
+            metrics,
             heldout_rl_metrics(
                 model,
                 tokenizer,
@@ -220,17 +222,18 @@ def heldout_metrics(
                 reward_funcs,
                 weights,
                 max_new_tokens=script_args.chat_eval_max_new_tokens,
-            )
+            ),
         )
     if tool_probes:
-        metrics.update(
+        metrics = merge_metrics(
+            metrics,
             heldout_tool_metrics(
                 model,
                 tokenizer,
                 tool_probes,
                 script_args.tool_eval_max_new_tokens,
                 max_iterations=max_tool_calling_iterations or 2,
-            )
+            ),
         )
     return metrics
 

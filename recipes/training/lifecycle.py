@@ -7,7 +7,9 @@ train, probes after, the results files and the complete model folder, and one re
     result = finish_run(trainer, trainer.train(resume_from_checkpoint=resume), held_out, logged=LM_EVAL)
 
 Every stage returns `seconds, steps, tokens, tokens_per_second, train_loss, num_parameters, trainable_parameters,
-before, after, output_dir`, plus its own named extras, so a report needs no per-stage translation.
+before, after, gains, output_dir`, plus its own named extras, so a report needs no per-stage translation. `before`
+and `after` keep each probe's per-question values under `items`; `gains` holds the paired after-minus-before
+difference of each (`intervals.paired_gains`).
 """
 
 import json
@@ -20,6 +22,7 @@ from transformers import IntervalStrategy, TrainerCallback, set_seed
 
 from recipes.training.args import setup_distributed
 from recipes.training.checkpoints import prepare_output_dir, resolve_resume_checkpoint
+from recipes.training.intervals import merge_metrics, paired_gains
 from recipes.training.lora import merge_adapter
 from recipes.training.models import count_parameters, save_final_model
 
@@ -93,7 +96,7 @@ class HeldOutProbes(TrainerCallback):
         self.before = self.after = None
 
     def measure(self, model) -> dict:
-        return {key: value for probe in self.probes for key, value in probe.measure(model).items()}
+        return merge_metrics(*(probe.measure(model) for probe in self.probes))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0 or not self.path.exists():
@@ -158,8 +161,7 @@ def finish_run(trainer, train_output, held_out: HeldOutProbes | None = None, log
     eval_metrics = evaluate_last_step(trainer)
     before, after = logged_metrics(trainer.state.log_history, logged)
     if held_out is not None:
-        before.update(held_out.before or {})
-        after.update(held_out.after or {})
+        before, after = merge_metrics(before, held_out.before or {}), merge_metrics(after, held_out.after or {})
     model = trainer.accelerator.unwrap_model(trainer.model)
     result = {
         "seconds": train_output.metrics.get("train_runtime"),
@@ -171,6 +173,7 @@ def finish_run(trainer, train_output, held_out: HeldOutProbes | None = None, log
         "trainable_parameters": count_parameters(model, trainable_only=True),
         "before": before,
         "after": after,
+        "gains": paired_gains(before, after),
         "output_dir": trainer.args.output_dir,
     }
     if merge_lora:

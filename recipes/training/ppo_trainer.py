@@ -25,6 +25,7 @@ from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits
 
 from modeling_miniminds.inference import chat_prompt_ids, generate_completions, pad_batch
+from recipes.training.intervals import ITEMS
 from recipes.training.lifecycle import HeldOutProbes, Probe
 from recipes.training.ppo_math import (
     compute_gae,
@@ -409,6 +410,7 @@ class PPOTrainer(MiniMindsTrainerMixin, Trainer):
             self.fill_log_probs(rollout)
             kls += (kl_per_token(rollout.logprobs, rollout.ref_logprobs, "k1") * rollout.mask).sum(1).tolist()
         metrics["kl"] = mean(kls)
+        metrics.setdefault(ITEMS, {})["kl"] = kls
         return metrics
 
 

@@ -4,10 +4,11 @@ completions of held-out statements, and greedy chat replies to held-out question
 import functools
 
 from recipes.training.evaluation import chat_accuracy, completion_accuracy
+from recipes.training.intervals import ITEMS
 from recipes.training.lifecycle import Probe
 
 # The chat numbers a stage reports, beside the per-family accuracy and a few sample replies.
-CHAT_METRICS = ("accuracy", "task_accuracy", "eot_rate", "per_family", "samples")
+CHAT_METRICS = ("accuracy", "task_accuracy", "eot_rate", "per_family", "samples", ITEMS)
 
 
 def chat_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -> dict:
@@ -30,6 +31,7 @@ def completion_metrics(model, tokenizer, records: list[dict]) -> dict:
         "completion_accuracy": scores["accuracy"],
         "completion_per_family": scores["per_family"],
         "completion_samples": scores["samples"],
+        ITEMS: {"completion_accuracy": scores[ITEMS]["accuracy"]},
     }
 
 

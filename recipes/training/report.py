@@ -11,8 +11,12 @@ import transformers
 import trl
 
 from recipes.training.callbacks import PLOT_FILE
+from recipes.training.intervals import verdict, with_intervals
 
 METRIC_MEANINGS = {
+    "value [low, high] n=": "a held-out mean with its 95% interval (Wilson's for accuracies, t for rewards) over n "
+    "questions; a paired change is after minus before on the same questions, claimed only when its interval "
+    "excludes 0",
     "eval_loss": "cross-entropy per token on eval/pretrain.jsonl (held out: no sentence of it is in a training file)",
     "perplexity": "exp(eval_loss)",
     "completion_accuracy": "greedy completion of held-out statements (unseen operands, dates, units), whole answer "
@@ -43,8 +47,16 @@ def rounded(value):
 
 
 def numbers(side: dict) -> dict:
-    """A before/after side without its lists and tables: the report's before/after tables hold numbers."""
-    return {key: rounded(value) for key, value in side.items() if not isinstance(value, (list, dict))}
+    """A before/after side without its lists and tables: numbers, and `{"value", "n", "ci_low", "ci_high"}` for
+    each metric measured per question (`intervals.with_intervals`)."""
+    side = with_intervals(side)
+    return {
+        key: rounded(value) for key, value in side.items() if is_interval(value) or not isinstance(value, (list, dict))
+    }
+
+
+def is_interval(value) -> bool:
+    return isinstance(value, dict) and "ci_low" in value
 
 
 def run_entry(result: dict) -> dict:
@@ -53,6 +65,7 @@ def run_entry(result: dict) -> dict:
     entry = {key: rounded(result[key]) for key in RUN_KEYS if result.get(key) is not None}
     entry["curves"] = f"{Path(result['output_dir']).name}/{PLOT_FILE}"
     entry["before"], entry["after"] = numbers(result["before"]), numbers(result["after"])
+    entry["gains"] = result.get("gains") or {}
     details = {name: result["after"].get(key) for key, name in AFTER_SAMPLES.items()}
     details |= {key: value for key, value in result.items() if key.endswith(("_samples", "_per_family"))}
     return entry | {key: value for key, value in details.items() if value}
@@ -86,6 +99,8 @@ def machine() -> dict:
 
 
 def format_value(value) -> str:
+    if is_interval(value):
+        return f"{format_value(value['value'])} [{value['ci_low']:.3g}, {value['ci_high']:.3g}] n={value['n']}"
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)
@@ -105,13 +120,30 @@ def stage_rows(name: str, metrics: dict) -> list[str]:
         for key in metrics["after"]:
             before = format_value(metrics["before"].get(key))
             lines.append(f"| {key} | {before} | {format_value(metrics['after'][key])} |")
+    if metrics.get("gains"):
+        lines += gain_table(metrics["gains"])
     if metrics.get("chat_samples"):
         lines += ["", "Held-out questions, answered greedily after this stage:", ""]
         lines += chat_lines(metrics["chat_samples"])
     for key, value in metrics.items():
-        if isinstance(value, (dict, list)) and key not in ("before", "after", "models", "chat_samples"):
+        if isinstance(value, (dict, list)) and key not in ("before", "after", "gains", "models", "chat_samples"):
             lines += ["", f"{key}:", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]
     return lines + [""]
+
+
+def gain_table(gains: dict) -> list[str]:
+    """After minus before on the same held-out questions, with its paired 95% interval and what it shows."""
+    lines = [
+        "",
+        "| paired change (after - before) | diff | 95% interval | n | shows |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for key, gain in gains.items():
+        lines.append(
+            f"| {key} | {gain['diff']:+.4g} | [{gain['ci_low']:+.3g}, {gain['ci_high']:+.3g}] | {gain['n']} | "
+            f"{verdict(gain)} |"
+        )
+    return lines
 
 
 def model_table(metrics: dict) -> list[str]:
@@ -125,6 +157,9 @@ def model_table(metrics: dict) -> list[str]:
 def chat_lines(samples: list[dict]) -> list[str]:
     """Question / reply pairs as a markdown list (replies kept on one line)."""
     lines = []
+    systems = {sample.get("system") for sample in samples} - {None}
+    if len(systems) == 1:
+        lines += [f"System prompt: {next(iter(systems))}", ""]
     for sample in samples:
         reply = sample["reply"].strip().replace("\n", " / ") or "(empty)"
         expected = f" (expected: {sample['answer']})" if "answer" in sample else ""

@@ -7,6 +7,7 @@ from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain
 from modeling_miniminds.inference import pad_batch
+from recipes.training.intervals import ITEMS
 from recipes.training.models import align_special_tokens, check_vocab_fits
 
 
@@ -68,4 +69,5 @@ def pairwise_metrics(model, pairs, pad_token_id: int, batch_size: int = 32) -> d
         "pairwise_accuracy": round((chosen > rejected).float().mean().item(), 4),
         "mean_chosen_score": round(chosen.mean().item(), 4),
         "mean_rejected_score": round(rejected.mean().item(), 4),
+        ITEMS: {"pairwise_accuracy": (chosen > rejected).int().tolist()},
     }

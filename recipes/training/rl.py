@@ -21,6 +21,7 @@ from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_f
 from modeling_miniminds.cli.paths import check_name_or_path
 from recipes.training.args import ModelArguments, ScriptArguments
 from recipes.training.evaluation import ChatEvalArguments, chat_replies, reply_accuracy
+from recipes.training.intervals import ITEMS
 from recipes.training.reward_model import load_reward_model, score_conversations
 
 logger = logging.getLogger(__name__)
@@ -222,12 +223,16 @@ def heldout_rl_metrics(
     model.train(was_training)
     texts = [text for text, _ in replies]
     scores = score_replies(reward_funcs, records, texts, weights)
-    metrics = {"reward": mean(scores.pop("reward"))}
+    rewards = scores.pop("reward")
+    metrics = {"reward": mean(rewards)}
     metrics.update({f"reward/{name}": mean(values) for name, values in scores.items()})
+    items = {"reward": rewards, "eot_rate": [int(ended) for _, ended in replies]}
     if all("answer" in r for r in records):
         accuracy = reply_accuracy(records, replies)
         metrics.update({key: accuracy[key] for key in ("accuracy", "task_accuracy")})
+        items.update({key: accuracy[ITEMS][key] for key in ("accuracy", "task_accuracy")})
     metrics["eot_rate"] = mean([float(ended) for _, ended in replies])
+    metrics[ITEMS] = items
     metrics["samples"] = [
         {"question": as_messages(r["prompt"])[-1]["content"], "reply": text}
         for r, text in list(zip(records, texts))[:num_samples]

@@ -18,6 +18,7 @@ from data_process.tools import CalculatorError
 from data_process.tools import calculator as evaluate
 from modeling_miniminds.inference import chat_prompt_ids, generate_completions
 from modeling_miniminds.tokenizer import parse_reply
+from recipes.training.intervals import ITEMS
 
 
 def calculator(expression: str) -> str:
@@ -115,6 +116,7 @@ def tool_metrics(transcripts: list[list[dict]], answers: list[str], num_samples:
         "tool_accuracy": round(sum(right) / len(right), 4),
         "tool_calls": round(sum(calls) / len(transcripts), 4),
         "tool_samples": [{"answer": a, "transcript": t} for t, a in list(zip(transcripts, answers))[:num_samples]],
+        ITEMS: {"tool_call_rate": [int(c) for c in called], "tool_accuracy": [int(r) for r in right]},
     }
 
 

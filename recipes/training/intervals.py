@@ -1,0 +1,102 @@
+"""95% intervals for held-out numbers, so a report claims a change only when the data can tell.
+
+A probe that wants an interval returns its per-question values beside its mean, under `items`:
+`{"accuracy": 0.4, "items": {"accuracy": [1, 0, ...]}}`. An accuracy (values 0 or 1) gets Wilson's score interval,
+any other mean (a reward, a loss) a t interval. A before/after gain is the mean of the per-question differences
+(after minus before, the same questions on both sides) with a t interval: pairing removes the spread between
+questions, so it is far narrower than two independent intervals.
+"""
+
+import math
+
+from scipy import stats
+
+LEVEL = 0.95
+ITEMS = "items"
+
+
+def is_binary(values) -> bool:
+    return all(value in (0, 1, True, False) for value in values)
+
+
+def interval(values) -> dict:
+    """`{"value", "n", "ci_low", "ci_high"}` for the mean of `values` (Wilson for 0/1 values, else t)."""
+    values = [float(value) for value in values]
+    n = len(values)
+    if n == 0:
+        raise ValueError("an interval needs at least one value")
+    mean = sum(values) / n
+    if is_binary(values):
+        low, high = stats.binomtest(round(sum(values)), n).proportion_ci(confidence_level=LEVEL, method="wilson")
+    else:
+        low, high = mean_interval(values)
+    return {"value": round(mean, 4), "n": n, "ci_low": round(float(low), 4), "ci_high": round(float(high), 4)}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+    """The t interval of a mean; a single value or no spread gives the mean itself."""
+    n, mean = len(values), sum(values) / len(values)
+    if n < 2:
+        return mean, mean
+    sd = math.sqrt(sum((value - mean) ** 2 for value in values) / (n - 1))
+    half = stats.t.ppf(0.5 + LEVEL / 2, n - 1) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def paired_gain(before, after) -> dict:
+    """`{"diff", "n", "ci_low", "ci_high"}`: the mean of after minus before over the same questions."""
+    if len(before) != len(after):
+        raise ValueError(f"a paired gain needs the same questions on both sides ({len(before)} vs {len(after)})")
+    diffs = [float(b) - float(a) for a, b in zip(before, after)]
+    low, high = mean_interval(diffs)
+    if is_binary(before) and is_binary(after):  # a difference of two accuracies lies in [-1, 1]
+        low, high = max(low, -1.0), min(high, 1.0)
+    return {
+        "diff": round(sum(diffs) / len(diffs), 4),
+        "n": len(diffs),
+        "ci_low": round(float(low), 4),
+        "ci_high": round(float(high), 4),
+    }
+
+
+def merge_metrics(*parts: dict) -> dict:
+    """Several probes' metrics as one side, their per-question `items` merged, not overwritten."""
+    merged, items = {}, {}
+    for part in parts:
+        merged.update({key: value for key, value in part.items() if key != ITEMS})
+        items.update(part.get(ITEMS) or {})
+    return merged | ({ITEMS: items} if items else {})
+
+
+def with_intervals(side: dict) -> dict:
+    """A probe side with each metric that has per-question `items` replaced by its interval; `items` dropped."""
+    items = side.get(ITEMS) or {}
+    out = {key: value for key, value in side.items() if key != ITEMS}
+    for name, values in items.items():
+        if values:
+            out[name] = interval(values)
+    return out
+
+
+def paired_gains(before: dict, after: dict) -> dict:
+    """The gain of every metric with per-question items on both sides over the same number of questions."""
+    before_items, after_items = before.get(ITEMS) or {}, after.get(ITEMS) or {}
+    return {
+        name: paired_gain(before_items[name], values)
+        for name, values in after_items.items()
+        if values and len(before_items.get(name) or ()) == len(values)
+    }
+
+
+def verdict(gain: dict) -> str:
+    """What a gain shows: "up" or "down" when its interval excludes 0, else "no significant change"."""
+    if gain["ci_low"] > 0:
+        return "up"
+    if gain["ci_high"] < 0:
+        return "down"
+    return "no significant change"
+
+
+def mean_value(metric) -> float | None:
+    """The number of a metric that may carry an interval."""
+    return metric["value"] if isinstance(metric, dict) and "value" in metric else metric
