@@ -17,7 +17,7 @@ from trl.models import prepare_deepspeed
 
 from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.training.cli import RecipeParser
-from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lifecycle import Probe, start_run, turn_off_eval_without_data
 from recipes.training.models import count_parameters, load_causal_lm
 from recipes.training.packed_text import (
     LORA_FLAGS,
@@ -27,7 +27,7 @@ from recipes.training.packed_text import (
     PretrainTrainer,
     build_model,
     load_datasets,
-    packed_blocks_trainer,
+    train_on_blocks,
 )
 
 logger = logging.getLogger(__name__)
@@ -208,23 +208,18 @@ def distill(
         f"of {script_args.block_size} tokens; {len(eval_dataset) if eval_dataset is not None else 0} eval blocks"
     )
 
-    held_out = HeldOutProbes(probes or [], training_args.output_dir)
-    trainer = packed_blocks_trainer(
+    return train_on_blocks(
         DistillTrainer,
         student,
         tokenizer,
         script_args,
         training_args,
-        train_dataset,
-        eval_dataset,
-        [*(callbacks or []), held_out],
+        (train_dataset, eval_dataset),
+        resume,
+        callbacks,
+        probes,
         teacher=teacher,
     )
-    train_output = trainer.train(resume_from_checkpoint=resume)
-    result = finish_run(trainer, train_output, held_out, logged=LM_EVAL)
-    logger.info(f"Saved the student to {training_args.output_dir}: {result}")
-    trainer.end()
-    return result
 
 
 def make_parser(description: str | None = None) -> RecipeParser:

@@ -1,6 +1,7 @@
 """Training a causal LM on packed text blocks: the arguments, the trainer (with the MoE balancing loss), the model
 built from a preset and the blocks loaded, which pretraining and distillation share."""
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -10,11 +11,14 @@ from data_process.collators import PackedBlockCollator
 from data_process.pack import load_blocks
 from modeling_miniminds import get_config
 from recipes.training.args import MiniMindsDefaults, ModelArguments, ScriptArguments
+from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run
 from recipes.training.models import load_causal_lm
 from recipes.training.trainer import MiniMindsTrainerMixin
 
 # TRL's ModelConfig brings LoRA flags to every stage; pretraining trains all weights.
 LORA_FLAGS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -186,19 +190,23 @@ def load_datasets(script_args: PretrainScriptArguments, training_args: PretrainC
     return train, evaluation
 
 
-def packed_blocks_trainer(
+def train_on_blocks(
     trainer_class: type[PretrainTrainer],
     model,
     tokenizer,
     script_args: PretrainScriptArguments,
     training_args: PretrainConfig,
-    train_dataset,
-    eval_dataset,
+    datasets: tuple,
+    resume: str | None,
     callbacks: list | None = None,
+    probes: list[Probe] | None = None,
     **trainer_kwargs,
-) -> PretrainTrainer:
-    """The trainer pretraining and distillation share, on packed blocks; `trainer_kwargs` (the distillation teacher)
-    go to `trainer_class`."""
+) -> dict:
+    """The run pretraining and distillation share: train on the (training, held-out) packed blocks with the probes
+    before and after, save the complete model folder and return the run's result (see `lifecycle`).
+    `trainer_kwargs` (the distillation teacher) go to `trainer_class`."""
+    held_out = HeldOutProbes(probes or [], training_args.output_dir)
+    train_dataset, eval_dataset = datasets
     trainer = trainer_class(
         model=model,
         args=training_args,
@@ -206,7 +214,10 @@ def packed_blocks_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=PackedBlockCollator(document_mask=script_args.document_mask),
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), held_out],
         **trainer_kwargs,
     )
-    return trainer
+    result = finish_run(trainer, trainer.train(resume_from_checkpoint=resume), held_out, logged=LM_EVAL)
+    logger.info(f"Saved the model to {training_args.output_dir}: {result}")
+    trainer.end()
+    return result

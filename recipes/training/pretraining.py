@@ -4,7 +4,7 @@
 import logging
 
 from recipes.training.cli import RecipeParser
-from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lifecycle import Probe, start_run, turn_off_eval_without_data
 from recipes.training.models import count_parameters, resolve_tokenizer
 from recipes.training.packed_text import (
     LORA_FLAGS,
@@ -14,7 +14,7 @@ from recipes.training.packed_text import (
     PretrainTrainer,
     build_model,
     load_datasets,
-    packed_blocks_trainer,
+    train_on_blocks,
 )
 
 logger = logging.getLogger(__name__)
@@ -42,22 +42,17 @@ def pretrain(
         f"bf16={training_args.bf16} fp16={training_args.fp16}"
     )
 
-    held_out = HeldOutProbes(probes or [], training_args.output_dir)
-    trainer = packed_blocks_trainer(
+    return train_on_blocks(
         PretrainTrainer,
         model,
         tokenizer,
         script_args,
         training_args,
-        train_dataset,
-        eval_dataset,
-        [*(callbacks or []), held_out],
+        (train_dataset, eval_dataset),
+        resume,
+        callbacks,
+        probes,
     )
-    train_output = trainer.train(resume_from_checkpoint=resume)
-    result = finish_run(trainer, train_output, held_out, logged=LM_EVAL)
-    logger.info(f"Saved the model to {training_args.output_dir}: {result}")
-    trainer.end()
-    return result
 
 
 def make_parser(description: str | None = None) -> RecipeParser:
