@@ -26,7 +26,7 @@ from modeling_miniminds.tokenizer import load_tokenizer, train_tokenizer
 from recipes.training import dpo, grpo, ppo, pretraining, reward, sft
 from recipes.training.eval_lm import evaluate_models
 from recipes.training.evaluation import read_probes
-from recipes.training.intervals import ITEMS
+from recipes.training.intervals import ITEMS, interval
 from recipes.training.probes import completion_probe
 from recipes.training.report import eval_headline, run_entry, write_report
 
@@ -134,8 +134,8 @@ def stage_model(model_dir: Path, paths: dict) -> tuple[dict, None]:
     scores = json.loads(result.stdout.strip().splitlines()[-1])
     return {
         "model_class": scores["model_class"],
-        "completion_accuracy": scores["heldout_completion"]["accuracy"],
-        "trained_fact_recall": scores["trained_fact_recall"]["accuracy"],
+        "completion_accuracy": interval(scores["heldout_completion"][ITEMS]["accuracy"]),
+        "trained_fact_recall": interval(scores["trained_fact_recall"][ITEMS]["accuracy"]),
         "samples": scores["heldout_completion"]["samples"],
     }, None
 

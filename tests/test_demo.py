@@ -93,8 +93,8 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path, capsys):
     model = stages["model"]
     assert model["model_class"].startswith("transformers_modules."), model["model_class"]
     # Reloaded through trust_remote_code in another process, greedy answers are the same as in training.
-    assert model["completion_accuracy"] == pretrain["after"]["completion_accuracy"]["value"] and model["samples"]
-    assert model["trained_fact_recall"] > 0.05  # 0.17; an untrained model recalls none
+    assert model["completion_accuracy"] == pretrain["after"]["completion_accuracy"] and model["samples"]
+    assert model["trained_fact_recall"]["value"] > 0.05  # 0.17; an untrained model recalls none
 
     sft_run, reward_run, dpo_run = stages["sft"], stages["reward"], stages["dpo"]
     assert sft_run["tokens"] <= STEPS * 4 * 512  # 8192: batch 4 of packed 512-token rows
@@ -131,7 +131,9 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path, capsys):
     assert set(models) == {"pretrain", "sft", "dpo", "ppo", "grpo"}
     # An untrained model scores about 3.9 bits per byte here (6.26 nats per token, 2.29 bytes per token).
     assert all(m["bits_per_byte"] < 3.0 for m in models.values()), models  # 2.11 to 2.45
-    assert models["sft"]["eot_rate"] > models["pretrain"]["eot_rate"] + 0.5  # 0.05 -> 1.0
+    assert models["sft"]["eot_rate"]["value"] > models["pretrain"]["eot_rate"]["value"] + 0.5  # 0.05 -> 1.0
+    # every accuracy of the eval table over all of eval/rl.jsonl (40 questions at the tests' corpus size)
+    assert models["sft"]["mc_accuracy"]["n"] == models["sft"]["eot_rate"]["n"] == 40
 
     markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
     for name in stages:

@@ -11,6 +11,7 @@ from recipes.training.intervals import (
     merge_metrics,
     paired_gain,
     paired_gains,
+    share_interval,
     verdict,
     with_intervals,
 )
@@ -23,6 +24,12 @@ def test_wilson_interval_matches_the_textbook_values():
     # 0 of 40 still has an upper end above 0: no accuracy is known exactly from a sample.
     none = interval([0] * 40)
     assert none["ci_low"] == 0 and 0.08 < none["ci_high"] < 0.09
+
+
+def test_a_share_of_n_questions_gets_the_interval_of_its_hits():
+    # multiple choice keeps only its accuracy and question count: 0.8 of 10 is 8 hits, Newcombe's interval again
+    assert share_interval(0.8, 10) == interval([1] * 8 + [0] * 2)
+    assert share_interval(0.3333, 3)["ci_low"] > 0 and share_interval(0.3333, 3)["n"] == 3
 
 
 def test_mean_interval_is_a_t_interval():

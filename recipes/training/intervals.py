@@ -33,6 +33,13 @@ def interval(values) -> dict:
     return {"value": round(mean, 4), "n": n, "ci_low": round(float(low), 4), "ci_high": round(float(high), 4)}
 
 
+def share_interval(share: float, n: int) -> dict:
+    """The interval of an accuracy known only as its share of `n` questions (a mean that keeps no per-question
+    list, such as lm-eval's or the multiple-choice scorer's)."""
+    hits = round(share * n)
+    return interval([1] * hits + [0] * (n - hits))
+
+
 def mean_interval(values: list[float]) -> tuple[float, float]:
     """The t interval of a mean; a single value or no spread gives the mean itself."""
     n, mean = len(values), sum(values) / len(values)

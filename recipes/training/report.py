@@ -11,7 +11,7 @@ import transformers
 import trl
 
 from recipes.training.callbacks import PLOT_FILE
-from recipes.training.intervals import verdict, with_intervals
+from recipes.training.intervals import ITEMS, interval, share_interval, verdict, with_intervals
 
 METRIC_MEANINGS = {
     "value [low, high] n=": "a held-out mean with its 95% interval (Wilson's for accuracies, t for rewards) over n "
@@ -72,15 +72,16 @@ def run_entry(result: dict) -> dict:
 
 
 def eval_headline(metrics: dict) -> dict:
-    """The few numbers per model that the report's eval table shows."""
+    """The few numbers per model that the report's eval table shows, each accuracy with its n and 95% interval."""
     bpb = list(metrics["bits_per_byte"].values())
     mc = next(iter(metrics["multiple_choice"].values()), {})
     chat = next(iter(metrics["chat"].values()), {})
+    per_question = chat.get(ITEMS) or {}
     return {
         "bits_per_byte": bpb[0] if bpb else None,
-        "mc_accuracy": mc.get("acc"),
-        "chat_task_accuracy": chat.get("task_accuracy"),
-        "eot_rate": chat.get("eot_rate"),
+        "mc_accuracy": share_interval(mc["acc"], mc["questions"]) if mc else None,
+        "chat_task_accuracy": interval(per_question["task_accuracy"]) if per_question.get("task_accuracy") else None,
+        "eot_rate": interval(per_question["eot_rate"]) if per_question.get("eot_rate") else None,
     }
 
 
