@@ -37,6 +37,13 @@ def test_mean_interval_is_a_t_interval():
     assert interval([1.0, 2.0, 2.0, 3.0]) == {"value": 2.0, "n": 4, "ci_low": 0.7008, "ci_high": 3.2992}
 
 
+def test_floats_are_measurements_even_when_all_zero():
+    # a KL of 0 by definition (the policy is its reference) has no spread; hits of 0 still leave room above 0
+    assert interval([0.0] * 40) == {"value": 0.0, "n": 40, "ci_low": 0.0, "ci_high": 0.0}
+    assert interval([0] * 40)["ci_high"] > 0.08
+    assert interval([True, False, True, True])["n"] == 4  # bools are hits too
+
+
 def test_paired_gain_sees_what_two_independent_intervals_cannot():
     # 400 questions, 40 turn right and none turn wrong: +0.10 whose paired interval excludes 0 ...
     before = [0] * 400

@@ -153,7 +153,11 @@ def reply_accuracy(records: list[dict], replies: list[tuple[str, bool]], general
         "eot_rate": round(sum(ended for _, ended in replies) / len(replies), 4),
         "probes": len(records),
         "per_family": {name: round(sum(v) / len(v), 4) for name, v in sorted(per_family.items())},
-        ITEMS: {"accuracy": scores, "task_accuracy": task, "eot_rate": [int(ended) for _, ended in replies]},
+        ITEMS: {
+            "accuracy": [int(score) for score in scores],
+            "task_accuracy": [int(score) for score in task],
+            "eot_rate": [int(ended) for _, ended in replies],
+        },
     }
 
 

@@ -1,8 +1,8 @@
 """95% intervals for held-out numbers, so a report claims a change only when the data can tell.
 
 A probe that wants an interval returns its per-question values beside its mean, under `items`:
-`{"accuracy": 0.4, "items": {"accuracy": [1, 0, ...]}}`. An accuracy (values 0 or 1) gets Wilson's score interval,
-any other mean (a reward, a loss) a t interval. A before/after gain is the mean of the per-question differences
+`{"accuracy": 0.4, "items": {"accuracy": [1, 0, ...]}}`. An accuracy (hits: ints 0 or 1) gets Wilson's score interval,
+any other mean (floats: a reward, a loss, a KL) a t interval. A before/after gain is the mean of the per-question differences
 (after minus before, the same questions on both sides) with a t interval: pairing removes the spread between
 questions, so it is far narrower than two independent intervals.
 """
@@ -16,17 +16,19 @@ ITEMS = "items"
 
 
 def is_binary(values) -> bool:
-    return all(value in (0, 1, True, False) for value in values)
+    """Whether `values` are hits (ints or bools, 0 or 1): an accuracy. Floats are measurements (a reward, a KL), even
+    when every one is 0.0, so a KL that is 0 by definition gets [0, 0], not an accuracy's interval."""
+    return all(isinstance(value, (bool, int)) and value in (0, 1) for value in values)
 
 
 def interval(values) -> dict:
     """`{"value", "n", "ci_low", "ci_high"}` for the mean of `values` (Wilson for 0/1 values, else t)."""
-    values = [float(value) for value in values]
     n = len(values)
     if n == 0:
         raise ValueError("an interval needs at least one value")
+    binary, values = is_binary(values), [float(value) for value in values]
     mean = sum(values) / n
-    if is_binary(values):
+    if binary:
         low, high = stats.binomtest(round(sum(values)), n).proportion_ci(confidence_level=LEVEL, method="wilson")
     else:
         low, high = mean_interval(values)
