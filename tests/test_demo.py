@@ -144,6 +144,10 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path, capsys):
     assert all((tmp_path / link).stat().st_size > 0 for link in links)
     assert "| completion_accuracy |" in markdown and "held out" in markdown
     assert "## Sample chat with the final model (grpo)" in markdown and "**assistant:**" in markdown
+    final_chat = markdown.split("## Sample chat with the final model (grpo)")[1]
+    assert "(expected: " in final_chat  # the true answer beside each held-out question
+    # the reload's scores are report lines with their interval, not JSON blocks
+    assert re.search(r"^- completion_accuracy: [\d.]+ \[[\d.]+, [\d.]+\] n=\d+$", markdown, re.M)
     assert "| paired change (after - before) |" in markdown and " n=40 |" in markdown
 
     # What a user gets from `python -m modeling_miniminds.chat runs/demo/sft --system ... --temperature 0 --prompt ...`

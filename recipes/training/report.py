@@ -110,7 +110,9 @@ def format_value(value) -> str:
 def stage_rows(name: str, metrics: dict) -> list[str]:
     """One markdown section per stage: its scalars, then before/after side by side."""
     lines = [f"## {name} ({metrics['seconds']} s)", ""]
-    scalars = {k: v for k, v in metrics.items() if k != "seconds" and not isinstance(v, (dict, list))}
+    scalars = {
+        k: v for k, v in metrics.items() if k != "seconds" and (is_interval(v) or not isinstance(v, (dict, list)))
+    }
     lines += [f"- {key}: {format_value(value)}" for key, value in scalars.items()]
     if "curves" in metrics:
         lines += ["", f"![{name} loss and learning rate]({metrics['curves']})"]
@@ -127,7 +129,9 @@ def stage_rows(name: str, metrics: dict) -> list[str]:
         lines += ["", "Held-out questions, answered greedily after this stage:", ""]
         lines += chat_lines(metrics["chat_samples"])
     for key, value in metrics.items():
-        if isinstance(value, (dict, list)) and key not in ("before", "after", "gains", "models", "chat_samples"):
+        if key in scalars or key in ("before", "after", "gains", "models", "chat_samples"):
+            continue
+        if isinstance(value, (dict, list)):
             lines += ["", f"{key}:", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]
     return lines + [""]
 

@@ -235,6 +235,7 @@ def heldout_rl_metrics(
     metrics[ITEMS] = items
     metrics["samples"] = [
         {"question": as_messages(r["prompt"])[-1]["content"], "reply": text}
+        | ({"answer": r["answer"]} if "answer" in r else {})
         for r, text in list(zip(records, texts))[:num_samples]
     ]
     return metrics
