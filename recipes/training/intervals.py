@@ -1,10 +1,10 @@
 """95% intervals for held-out numbers, so a report claims a change only when the data can tell.
 
 A probe that wants an interval returns its per-question values beside its mean, under `items`:
-`{"accuracy": 0.4, "items": {"accuracy": [1, 0, ...]}}`. An accuracy (hits: ints 0 or 1) gets Wilson's score interval,
-any other mean (floats: a reward, a loss, a KL) a t interval. A before/after gain is the mean of the per-question differences
-(after minus before, the same questions on both sides) with a t interval: pairing removes the spread between
-questions, so it is far narrower than two independent intervals.
+`{"accuracy": 0.4, "items": {"accuracy": [1, 0, ...]}}`. An accuracy (hits: ints 0 or 1) gets Wilson's score
+interval, any other mean (floats: a reward, a loss, a KL) a t interval. A before/after gain is the mean of the
+per-question differences (after minus before, the same questions on both sides) with a t interval: pairing removes
+the spread between questions, so it is far narrower than two independent intervals.
 """
 
 import math
@@ -104,8 +104,3 @@ def verdict(gain: dict) -> str:
     if gain["ci_high"] < 0:
         return "down"
     return "no significant change"
-
-
-def mean_value(metric) -> float | None:
-    """The number of a metric that may carry an interval."""
-    return metric["value"] if isinstance(metric, dict) and "value" in metric else metric
