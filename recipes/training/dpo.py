@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 from recipes.training.args import DPOStageConfig, ModelArguments
 from recipes.training.cli import RecipeParser
 from recipes.training.evaluation import ChatEvalArguments, read_chat_probes
-from recipes.training.intervals import ITEMS, paired_gains
+from recipes.training.intervals import ITEMS, paired_gains, share_items
 from recipes.training.lifecycle import HeldOutProbes, Logged, Probe, finish_run, start_run, turn_off_eval_without_data
 from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
@@ -200,9 +200,8 @@ def add_preference_items(result: dict, pairs: int) -> None:
     after = result["after"].get("preference_accuracy")
     if not pairs or after is None:
         return
-    hits = round(after * pairs)
     result["before"].setdefault(ITEMS, {})["preference_accuracy"] = [0] * pairs
-    result["after"].setdefault(ITEMS, {})["preference_accuracy"] = [1] * hits + [0] * (pairs - hits)
+    result["after"].setdefault(ITEMS, {})["preference_accuracy"] = share_items(after, pairs)
     result["gains"] = paired_gains(result["before"], result["after"])
 
 

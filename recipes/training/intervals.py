@@ -35,11 +35,16 @@ def interval(values) -> dict:
     return {"value": round(mean, 4), "n": n, "ci_low": round(float(low), 4), "ci_high": round(float(high), 4)}
 
 
-def share_interval(share: float, n: int) -> dict:
-    """The interval of an accuracy known only as its share of `n` questions (a mean that keeps no per-question
-    list, such as lm-eval's or the multiple-choice scorer's)."""
+def share_items(share: float, n: int) -> list[int]:
+    """Hits standing in for an accuracy known only as its share of `n` questions (a mean that keeps no per-question
+    list, such as TRL's DPO eval or the multiple-choice scorer): its interval is the same in any order."""
     hits = round(share * n)
-    return interval([1] * hits + [0] * (n - hits))
+    return [1] * hits + [0] * (n - hits)
+
+
+def share_interval(share: float, n: int) -> dict:
+    """The interval of an accuracy known only as its share of `n` questions."""
+    return interval(share_items(share, n))
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:

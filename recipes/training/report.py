@@ -14,8 +14,8 @@ from recipes.training.callbacks import PLOT_FILE
 from recipes.training.intervals import ITEMS, interval, share_interval, verdict, with_intervals
 
 METRIC_MEANINGS = {
-    "value [low, high] n=": "a held-out mean with its 95% interval (Wilson's for accuracies, t for rewards) over n "
-    "questions; a paired change is after minus before on the same questions, claimed only when its interval "
+    "value [low, high] n=": "a held-out mean with its 95% interval (Wilson's for accuracies, t for rewards and KL) "
+    "over n questions; a paired change is after minus before on the same questions, claimed only when its interval "
     "excludes 0",
     "eval_loss": "cross-entropy per token on eval/pretrain.jsonl (held out: no sentence of it is in a training file)",
     "perplexity": "exp(eval_loss)",
