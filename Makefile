@@ -25,8 +25,11 @@ format: install
 	$(VENV)/bin/ruff format .
 
 # One BLAS thread per process: the tests' tiny models run fastest that way, and the distributed tests start two.
+# Two pytest-xdist workers, one a core; tests that share a costly fixture (a trained model, a two-process run) run
+# in one worker, grouped in tests/conftest.py. `make test ARGS=-n0` runs everything in one process.
+XDIST := -n 2 --dist loadgroup
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests $(XDIST) $(ARGS)
 
 # The export extra compiles llama.cpp (not part of `install`, so CI never does); the unpacked sdist in .venv/src
 # holds llama.cpp's GGUF converter, which modeling_miniminds.export.convert to-gguf finds there.
@@ -42,7 +45,7 @@ $(EXPORT_STAMP): $(STAMP)
 
 # Everything, slow tests included (the GGUF export against llama.cpp).
 test-all: $(EXPORT_STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --slow $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests --slow $(XDIST) $(ARGS)
 
 demo: install
 	$(PY) -m recipes.demo --output_dir runs/demo

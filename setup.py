@@ -6,7 +6,15 @@ extras = {
     "deepspeed": ["deepspeed>=0.16.0"],
     "track": ["wandb>=0.18", "swanlab>=0.4", "tensorboard>=2.17"],
     "gpu": ["flash-attn>=2.6"],
-    "dev": ["ruff>=0.8", "pytest>=8.0", "pytest-timeout>=2.3", "psutil>=5.9", "openai>=1.40", "selenium>=4.20"],
+    "dev": [
+        "ruff>=0.8",
+        "pytest>=8.0",
+        "pytest-timeout>=2.3",
+        "pytest-xdist>=3.6",
+        "psutil>=5.9",
+        "openai>=1.40",
+        "selenium>=4.20",
+    ],
     "serve": ["fastapi>=0.135", "pydantic>=2.6", "uvicorn>=0.30"],
     "eval": ["lm-eval>=0.4.5"],
     # GGUF export: llama.cpp built from source (CPU, about 9 minutes on 2 cores); its converter imports sentencepiece.

@@ -155,12 +155,12 @@ def _distractors(rng: random.Random, item, pool: list[str]) -> list[str] | None:
     return rng.sample(others, 3) if len(others) >= 3 else None
 
 
-def _builtin_questions(rng: random.Random, eval_split: bool, draws: int) -> list[Question]:
+def _builtin_questions(rng: random.Random, split: str, draws: int) -> list[Question]:
     """Distinct questions of the split with three distractors each. The right answer's position cycles through A-D,
     so no letter is favoured."""
     from data_process.synth import sample_item
 
-    items = [sample_item(rng, "zh" if rng.random() < 0.5 else "en", eval_split) for _ in range(draws)]
+    items = [sample_item(rng, "zh" if rng.random() < 0.5 else "en", split) for _ in range(draws)]
     pools = _answer_pools(items)
     questions = {}
     for item in items:
@@ -175,17 +175,18 @@ def _builtin_questions(rng: random.Random, eval_split: bool, draws: int) -> list
     return list(questions.values())
 
 
-def builtin_questions(count: int = 400, seed: int = 0) -> list[Question]:
-    """`count` questions on held-out items only (the keys no training file of `data_process.synth` states)."""
-    rng = random.Random(f"mc:{seed}:eval")
-    return _builtin_questions(rng, eval_split=True, draws=20 * count)[:count]
+def builtin_questions(count: int = 400, seed: int = 0, split: str = "eval") -> list[Question]:
+    """`count` questions on held-out items only (the keys no training file of `data_process.synth` states), of the
+    eval split or of dev."""
+    rng = random.Random(f"mc:{seed}:{split}")
+    return _builtin_questions(rng, split, draws=20 * count)[:count]
 
 
 def builtin_dev(per_subject: int = 5, seed: int = 0, subjects=None) -> list[Question]:
     """Few-shot examples drawn from training items: the first `per_subject` of each subject, as C-Eval's dev split."""
     rng = random.Random(f"mc:{seed}:dev")
     taken = defaultdict(list)
-    for question in _builtin_questions(rng, eval_split=False, draws=4000):
+    for question in _builtin_questions(rng, "train", draws=4000):
         if (subjects is None or question.subject in subjects) and len(taken[question.subject]) < per_subject:
             taken[question.subject].append(question)
     return [q for subject in sorted(taken) for q in taken[subject]]
@@ -203,10 +204,10 @@ def question_record(question: Question, index: int) -> dict:
     }
 
 
-def write_builtin_mc(out_dir, count: int = 400, per_subject: int = 5, seed: int = 0) -> dict:
-    """Write `mc.jsonl` (held-out questions) and `mc_dev.jsonl` (few-shot examples) into `out_dir`."""
+def write_builtin_mc(out_dir, count: int = 400, per_subject: int = 5, seed: int = 0, split: str = "eval") -> dict:
+    """Write `mc.jsonl` (held-out questions of `split`) and `mc_dev.jsonl` (few-shot examples) into `out_dir`."""
     out_dir = Path(out_dir)
-    questions = builtin_questions(count, seed)
+    questions = builtin_questions(count, seed, split)
     dev = builtin_dev(per_subject, seed, subjects={q.subject for q in questions})
     paths = {"mc": out_dir / "mc.jsonl", "mc_dev": out_dir / "mc_dev.jsonl"}
     write_jsonl(paths["mc"], (question_record(q, i) for i, q in enumerate(questions)))

@@ -11,6 +11,10 @@ PRESETS: dict[str, dict] = {
     "minimind-tiny": dict(
         hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048
     ),
+    # ~0.5M: half minimind-tiny's width, the student the CPU demo distils minimind-tiny into.
+    "minimind-micro": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048
+    ),
     # ~26M: upstream MiniMind2-Small (width 512, 8 layers, 2 KV heads, SwiGLU width 8/3 * hidden).
     "minimind-26m": dict(
         hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1408

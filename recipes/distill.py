@@ -2,7 +2,7 @@ r"""Distil a trained MiniMind teacher into a smaller student on packed text: the
 weight --alpha) and from the teacher's next-token distribution at --temperature (KL, weight 1 - alpha).
 
 ```bash
-# CPU demo on the built-in corpus: the tiny pretraining run is the teacher, a fresh minimind-tiny the student
+# CPU demo on the built-in corpus: the tiny pretraining run is the teacher, a fresh minimind-micro the student
 python recipes/pretrain.py --config recipes/configs/pretrain_tiny.yaml --num_train_epochs 3 \
     --dataset_name data/builtin/pretrain.jsonl --tokenizer_name_or_path runs/tokenizer --output_dir runs/pretrain-tiny
 python recipes/distill.py --config recipes/configs/distill_tiny.yaml --teacher_name_or_path runs/pretrain-tiny \

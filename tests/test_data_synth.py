@@ -11,9 +11,11 @@ import pytest
 from data_process.jsonl import read_jsonl
 from data_process.rewards import accuracy_reward, extract_answer, format_reward
 from data_process.synth import (
+    DEV_ROWS,
     HELDOUT_ROWS,
     PROBE_FAMILIES,
     SIZES,
+    SPLITS,
     TABLES,
     build_corpus,
     sample_item,
@@ -78,7 +80,7 @@ def test_same_seed_same_bytes_other_seed_differs(tiny_corpus, tmp_path):
     build_corpus(tmp_path / "again", size="tiny", seed=0)
     other = build_corpus(tmp_path / "other", size="tiny", seed=1)
     written = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.json*"))
-    assert len(written) == 13  # 5 training files, 7 in eval/, manifest.json
+    assert len(written) == 19  # 5 training files, 7 in eval/, 6 in dev/, manifest.json
     for name in written:
         assert (tmp_path / "again" / name).read_bytes() == (tiny_corpus["eval"].parent / name).read_bytes()
     for kind in (*TRAINING_KINDS, "completion"):
@@ -93,20 +95,24 @@ def test_corpus_is_bilingual_and_multi_turn(tiny_corpus):
     assert any(sum(m["role"] == "assistant" for m in c) >= 2 for c in conversations)
 
 
-def test_eval_questions_never_appear_in_training(tiny_corpus):
+def test_eval_and_dev_questions_never_appear_in_training_or_each_other(tiny_corpus):
     fields = {"sft": "conversations", "dpo": "chosen", "rl": "prompt"}
-    train, held_out = set(), set()
+    train, held_out = set(), {"eval": set(), "dev": set()}
     for kind, field in fields.items():
         train |= user_questions(read_jsonl(tiny_corpus[kind]), field)
-        held_out |= user_questions(read_jsonl(tiny_corpus["eval"] / f"{kind}.jsonl"), field)
-    assert held_out and not held_out & train
+        for split, questions in held_out.items():
+            questions |= user_questions(read_jsonl(tiny_corpus[split] / f"{kind}.jsonl"), field)
+    assert held_out["eval"] and held_out["dev"]
+    assert not held_out["eval"] & train and not held_out["dev"] & train
+    assert not held_out["eval"] & held_out["dev"]
 
 
 def test_no_eval_sentence_appears_in_any_training_file(small_corpus, small_training_text):
     """Regression: fact items were split by question wording only, so 1,762 of 2,223 eval pretraining sentences
     (size small) stood word for word in pretrain.jsonl."""
-    held_out = {json.dumps(s, ensure_ascii=False)[1:-1] for s in eval_sentences(small_corpus["eval"])}
-    assert len(held_out) > 1000
+    sentences = [s for split in SPLITS[1:] for s in eval_sentences(small_corpus[split])]
+    held_out = {json.dumps(s, ensure_ascii=False)[1:-1] for s in sentences}
+    assert len(held_out) > 2000
     leaked = sorted(s for s in held_out if occurs_as_sentence(s, small_training_text))
     assert not leaked, f"{len(leaked)} eval sentences in training files, e.g. {leaked[:3]}"
 
@@ -114,9 +120,11 @@ def test_no_eval_sentence_appears_in_any_training_file(small_corpus, small_train
 def test_eval_keys_are_never_training_keys(small_corpus):
     """Keys name the checkable content (operands, date, unit, fact row), the same in both languages."""
     keys = split_keys("small", seed=0)
-    assert keys["eval"] and not keys["eval"] & keys["train"]
+    assert keys["eval"] and keys["dev"] and not keys["eval"] & keys["train"]
+    assert not keys["dev"] & (keys["train"] | keys["eval"])
     families = {key.split(":")[0] for key in keys["eval"]}
     assert families == {key.split(":")[0] for key in keys["train"]} - {"month_days"}
+    assert families == {key.split(":")[0] for key in keys["dev"]}
     probe_keys = {p["key"] for p in read_jsonl(small_corpus["completion"])}
     assert probe_keys and not probe_keys & keys["train"]
     assert {p["key"] for p in read_jsonl(small_corpus["trained_facts"])} <= keys["train"]
@@ -126,10 +134,16 @@ def test_fact_rows_are_held_out_whole(small_corpus, small_training_text):
     """Some animals and countries exist only in eval: 10-20% of each table, never named in training text."""
     for family, rows in TABLES.items():
         assert 0.1 <= len(HELDOUT_ROWS[family]) / len(rows) <= 0.2
-    held_out = [row[1] for family in ("animal", "capital") for row in TABLES[family] if row[1] in HELDOUT_ROWS[family]]
+        assert DEV_ROWS[family] and not DEV_ROWS[family] & HELDOUT_ROWS[family]
+    held_out = [
+        row[1]
+        for family in ("animal", "capital")
+        for row in TABLES[family]
+        if row[1] in HELDOUT_ROWS[family] | DEV_ROWS[family]
+    ]
     assert not re.findall(rf"\b(?:{'|'.join(map(re.escape, held_out))})\b", small_training_text)
-    eval_text = small_corpus["eval"].joinpath("sft.jsonl").read_text(encoding="utf-8")
-    assert all(name in eval_text for name in held_out)
+    held_text = "".join(small_corpus[split].joinpath("sft.jsonl").read_text(encoding="utf-8") for split in SPLITS[1:])
+    assert all(name in held_text for name in held_out)
 
 
 def test_completion_probes_score_a_whole_unseen_answer(small_corpus):
@@ -154,7 +168,7 @@ def test_completion_probes_score_a_whole_unseen_answer(small_corpus):
 @pytest.mark.parametrize("lang", ["zh", "en"])
 def test_every_item_answer_is_checked_by_the_shipped_rewards(lang):
     rng = random.Random(0)
-    items = [sample_item(rng, lang, eval_split=i % 2 == 0) for i in range(400)]
+    items = [sample_item(rng, lang, SPLITS[i % 3]) for i in range(400)]
     assert accuracy_reward(completions=[i.reply for i in items], answer=[i.answer for i in items]) == [1.0] * 400
     wrong = [i.reply.replace(i.answer, i.wrong) for i in items]
     assert accuracy_reward(completions=wrong, answer=[i.answer for i in items]) == [0.0] * 400

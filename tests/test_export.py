@@ -52,9 +52,10 @@ def saved_model(folder, tokenizer_dir, seed=0, **config):
 # -- pre-tokenizer and chat template ------------------------------------------------------------------------------
 
 
-def test_project_and_upstream_tokenizers_map_to_llama_cpp_gpt2(tiny_tokenizer_dir, tmp_path):
-    """Both are tokenizers' ByteLevel with GPT-2's regex; a regex this module does not know is left to llama.cpp."""
-    assert llama_cpp_pre_tokenizer(tiny_tokenizer_dir / "tokenizer.json") == "gpt-2"
+def test_project_and_upstream_tokenizers_map_to_llama_cpp_names(tiny_tokenizer_dir, tmp_path):
+    """Ours splits with Qwen2's regex (llama.cpp's `qwen2`), upstream's is ByteLevel with GPT-2's (`gpt-2`); a regex
+    this module does not know is left to llama.cpp."""
+    assert llama_cpp_pre_tokenizer(tiny_tokenizer_dir / "tokenizer.json") == "qwen2"
     if UPSTREAM_TOKENIZER.is_dir():
         assert llama_cpp_pre_tokenizer(UPSTREAM_TOKENIZER / "tokenizer.json") == "gpt-2"
     split = {
@@ -144,11 +145,11 @@ def fake_llama_cpp(root: Path, layout: str) -> Path:
 @pytest.mark.parametrize("layout", ["file", "package"])
 def test_converter_learns_this_tokenizer_and_keeps_refusing_others(tiny_tokenizer_dir, tmp_path, layout):
     """Guards the hand edit upstream MiniMind users make to convert_hf_to_gguf.py: the hash of our tokenizer maps to
-    `gpt-2` in the converter's process only, and any other unknown tokenizer still fails as llama.cpp meant."""
+    `qwen2` in the converter's process only, and any other unknown tokenizer still fails as llama.cpp meant."""
     root = fake_llama_cpp(tmp_path / "llama.cpp", layout)
     source = (root / "convert_hf_to_gguf.py").read_text()
     run_converter(root, tiny_tokenizer_dir, tmp_path / "out.gguf", "f16")
-    assert (tmp_path / "out.gguf").read_text() == "gpt-2 unknown"
+    assert (tmp_path / "out.gguf").read_text() == "qwen2 unknown"
     assert (root / "convert_hf_to_gguf.py").read_text() == source
 
     chktxt = gguf_export.read_check_text(root)
@@ -283,7 +284,7 @@ def test_push_uploads_the_folder_then_the_card_without_network(tiny_tokenizer_di
     gguf = tmp_path / "exports" / "sft.gguf"
     args = ["to-gguf", str(folder), str(gguf), "--modelfile", "--llama_cpp", str(root), "--push_to_hub", "me/sft-gguf"]
     assert main(args) == 0
-    assert gguf.read_text() == "gpt-2 unknown" and (gguf.parent / "Modelfile").is_file()
+    assert gguf.read_text() == "qwen2 unknown" and (gguf.parent / "Modelfile").is_file()
     assert RecordingApi.calls[1][2]["folder_path"] == str(gguf.parent)
     assert RecordingApi.calls[1][2]["allow_patterns"] == ["sft.gguf", "Modelfile"]
     card = RecordingApi.calls[-1][2]["path_or_fileobj"].decode()
@@ -355,7 +356,7 @@ def test_f16_gguf_greedy_ids_equal_transformers(exported):
         else [model.generation_config.eos_token_id]
     )
     assert llama_greedy(llama, prompt, eos) == hf_new.tolist()
-    assert llama.metadata["tokenizer.ggml.pre"] == "gpt-2"
+    assert llama.metadata["tokenizer.ggml.pre"] == "qwen2"
     llama.close()
     assert (tmp / "out" / "Modelfile").read_text().count("FROM ./mm-") == 1
 

@@ -15,7 +15,7 @@ from recipes.training.intervals import (
     verdict,
     with_intervals,
 )
-from recipes.training.report import numbers, write_report
+from recipes.training.report import numbers, run_entry, write_report
 
 
 def test_wilson_interval_matches_the_textbook_values():
@@ -92,3 +92,16 @@ def test_report_prints_intervals_and_what_each_gain_shows(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "| accuracy | 0 [0, 0.0095] n=400 | 0.1 [0.0743, 0.133] n=400 |" in markdown
     assert "| accuracy | +0.1 | [+0.0705, +0.13] | 400 | up |" in markdown
+
+
+def test_report_prints_chat_accuracy_per_family_with_its_n(tmp_path):
+    before = {"accuracy": 0.0, "per_family": {"add": 0.0, "compare": 0.0}, "per_family_n": {"add": 3, "compare": 1}}
+    after = {"accuracy": 0.5, "per_family": {"add": 0.3333, "compare": 1.0}, "per_family_n": {"add": 3, "compare": 1}}
+    before[ITEMS], after[ITEMS] = {"accuracy": [0, 0, 0, 0]}, {"accuracy": [1, 0, 0, 1]}
+    result = {"output_dir": str(tmp_path / "sft"), "before": before, "after": after}
+    entry = run_entry(result)
+    assert entry["per_family"]["add"] == {"n": 3, "before": 0.0, "after": 0.3333}
+    write_report(tmp_path, {"sft": {"seconds": 1.0, **entry}})
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| add | 3 | 0 | 0.3333 |" in markdown and "| compare | 1 | 0 | 1 |" in markdown
+    assert "per_family:" not in markdown  # the table, not a JSON dump too

@@ -226,9 +226,11 @@ def test_sft_raises_heldout_accuracy_and_end_of_turn_rate(pretrained_base, tiny_
         "task_accuracy",
         "eot_rate",
         "per_family",
+        "per_family_n",
         "samples",
         "items",
     } == set(after)
+    assert sum(after["per_family_n"].values()) == len(after["items"]["accuracy"])
     assert set(result["gains"]) == {"accuracy", "task_accuracy", "eot_rate"}
     assert result["gains"]["eot_rate"]["ci_low"] > 0  # every question's reply now ends its turn, few did before
     assert after["eval_loss"] < 0.7 * before["eval_loss"]

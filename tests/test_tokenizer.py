@@ -164,6 +164,16 @@ def test_compression_is_better_than_bytes(tokenizer, tiny_corpus):
     assert stats["zh"]["bytes_per_token"] > 1.5 and stats["en"]["bytes_per_token"] > 1.5
 
 
+def test_every_digit_is_its_own_token_and_text_round_trips(tokenizer):
+    """Qwen2's split: the corpus repeats numbers like 12 and 2024 often enough for BPE to merge them, and it must not,
+    so that arithmetic is learnt digit by digit."""
+    text = "The day after May 31, 2024 is June 1, 2024. 37 + 45 = 82。12 乘以 12 等于 144。"
+    pieces = [tokenizer.decode([token_id]) for token_id in tokenizer(text)["input_ids"]]
+    numbers = [piece for piece in pieces if re.search("[0-9]", piece)]
+    assert len(numbers) == sum(c.isdigit() for c in text) and all(re.fullmatch("[0-9]", p) for p in numbers), numbers
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
 def test_vocab_size_below_reserved_tokens_is_rejected(tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match="vocab_size must be larger than 265"):
         train_tokenizer(iter_texts(tiny_corpus["pretrain"]), tmp_path, vocab_size=200)

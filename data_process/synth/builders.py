@@ -4,7 +4,7 @@ pairs and RL prompts, each returned with the item keys it states."""
 import random
 
 from data_process.synth.families import FAMILIES, Item, article, near_miss, pick, sample_item
-from data_process.synth.heldout import is_heldout, split_rows
+from data_process.synth.heldout import check_split, is_heldout, split_of, split_rows
 from data_process.synth.tables import ANSWER_PREFIX, CHITCHAT, RL_SYSTEM, SYSTEM_PROMPTS
 from data_process.tools import CALCULATOR_TOOL, calculator
 
@@ -13,8 +13,8 @@ def _lang(rng):
     return "zh" if rng.random() < 0.5 else "en"
 
 
-def _animal_paragraph(rng, lang, eval_split):
-    zh, en, legs, zh_sound, en_sound, zh_home, en_home = pick(rng, split_rows("animal", eval_split))
+def _animal_paragraph(rng, lang, split):
+    zh, en, legs, zh_sound, en_sound, zh_home, en_home = pick(rng, split_rows("animal", split))
     if lang == "zh":
         sentences = [f"{zh}是一种常见的动物。", f"{zh}有 {legs} 条腿。", f"{zh}常常生活在{zh_home}。"]
         if zh_sound:
@@ -28,12 +28,12 @@ def _animal_paragraph(rng, lang, eval_split):
 
 
 # Each maker returns (record, keys): the record in its project format and the item keys it states.
-def pretrain_doc(rng, eval_split=False):
+def pretrain_doc(rng, split="train"):
     """One short monolingual paragraph of related statements."""
     lang = _lang(rng)
     if rng.random() < 0.15:
-        return _animal_paragraph(rng, lang, eval_split)
-    items = [sample_item(rng, lang, eval_split) for _ in range(rng.randint(3, 8))]
+        return _animal_paragraph(rng, lang, split)
+    items = [sample_item(rng, lang, split) for _ in range(rng.randint(3, 8))]
     return {"text": ("" if lang == "zh" else " ").join(i.statement for i in items)}, [i.key for i in items]
 
 
@@ -45,16 +45,16 @@ def _system(rng, lang):
     return [{"role": "system", "content": pick(rng, SYSTEM_PROMPTS[lang])}] if rng.random() < 0.8 else []
 
 
-def sft_record(rng, eval_split=False):
+def sft_record(rng, split="train"):
     """A 1-3 turn conversation, usually with a system prompt; some training turns are small talk, never eval ones."""
     lang = _lang(rng)
     messages, keys = _system(rng, lang), []
     for _ in range(rng.randint(1, 3)):
-        if not eval_split and rng.random() < 0.1:
+        if split == "train" and rng.random() < 0.1:
             question, reply = pick(rng, CHITCHAT[lang])
             messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
         else:
-            item = sample_item(rng, lang, eval_split)
+            item = sample_item(rng, lang, split)
             messages += [{"role": "user", "content": item.question}, _assistant(item)]
             keys.append(item.key)
     return {"conversations": messages}, keys
@@ -108,7 +108,7 @@ def follow_up_record(rng):
     return {"conversations": messages}, [first.key, key]
 
 
-def _chain(rng, lang, eval_split):
+def _chain(rng, lang, split):
     """Three numbers added or subtracted left to right, both intermediate steps keyed in the requested split."""
     while True:
         a, b, c = rng.randint(0, 99), rng.randint(0, 99), rng.randint(0, 99)
@@ -119,16 +119,16 @@ def _chain(rng, lang, eval_split):
         if second_op == "sub" and c > partial:
             second_op = "add"
         second_key, second_step, result = _step(lang, second_op, partial, c)
-        if is_heldout(first_key) == eval_split and is_heldout(second_key) == eval_split:
+        if split_of(first_key) == split_of(second_key) == split:
             expression = f"{a} {SYMBOLS[first_op]} {b} {SYMBOLS[second_op]} {c}"
             return expression, (first_step, second_step), result, [first_key, second_key]
 
 
-def thinking_record(rng, eval_split=False):
+def thinking_record(rng, split="train"):
     """A two-step sum whose steps are worked out in `reasoning_content` (rendered as <think>...</think>) before the
     reply states the result."""
     lang = _lang(rng)
-    expression, steps, result, keys = _chain(rng, lang, eval_split)
+    expression, steps, result, keys = _chain(rng, lang, split)
     question = pick(rng, CHAIN_QUESTIONS[lang]).format(expression=expression)
     reasoning = ("" if lang == "zh" else " ").join(steps)
     reply = {"role": "assistant", "content": _final_reply(lang, expression, result), "reasoning_content": reasoning}
@@ -141,12 +141,12 @@ def _calculator_expression(rng):
     return pick(rng, shapes)
 
 
-def tool_record(rng, eval_split=False):
+def tool_record(rng, split="train"):
     """Arithmetic too large to do by heart: the assistant calls the `calculator` tool, the tool turn returns what
     data_process.tools computes, and the assistant states the answer. The record carries the tool list in `tools`."""
     lang = _lang(rng)
     expression = _calculator_expression(rng)
-    while is_heldout(f"calc:{expression}") != eval_split:
+    while split_of(f"calc:{expression}") != split:
         expression = _calculator_expression(rng)
     result = calculator(expression)
     call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expression}}}
@@ -159,17 +159,17 @@ def tool_record(rng, eval_split=False):
     return {"conversations": messages, "tools": [CALCULATOR_TOOL]}, [f"calc:{expression}"]
 
 
-def chat_record(rng, eval_split=False):
+def chat_record(rng, split="train"):
     """One SFT conversation: mostly `sft_record`'s questions; a tenth each are follow-ups (training only), thinking
     and calculator conversations."""
     kind = rng.random()
-    if kind < 0.1 and not eval_split:
+    if kind < 0.1 and split == "train":
         return follow_up_record(rng)
     if kind < 0.2:
-        return thinking_record(rng, eval_split)
+        return thinking_record(rng, split)
     if kind < 0.3:
-        return tool_record(rng, eval_split)
-    return sft_record(rng, eval_split)
+        return tool_record(rng, split)
+    return sft_record(rng, split)
 
 
 def _bad_reply(rng, item):
@@ -182,9 +182,9 @@ def _bad_reply(rng, item):
     return " ".join([item.question] * 3)
 
 
-def dpo_record(rng, eval_split=False):
+def dpo_record(rng, split="train"):
     lang = _lang(rng)
-    item = sample_item(rng, lang, eval_split)
+    item = sample_item(rng, lang, split)
     prompt = _system(rng, lang) + [{"role": "user", "content": item.question}]
     record = {
         "chosen": prompt + [_assistant(item)],
@@ -193,19 +193,19 @@ def dpo_record(rng, eval_split=False):
     return record, [item.key]
 
 
-def rl_record(rng, eval_split=False):
+def rl_record(rng, split="train"):
     lang = _lang(rng)
-    item = sample_item(rng, lang, eval_split)
+    item = sample_item(rng, lang, split)
     prompt = [{"role": "system", "content": RL_SYSTEM[lang]}, {"role": "user", "content": item.question}]
     return {"prompt": prompt, "answer": item.answer, "family": item.key.split(":")[0]}, [item.key]
 
 
-def rl_tools_record(rng, eval_split=False):
+def rl_tools_record(rng, split="train"):
     """An `rl` question for the calculator (operands too large to multiply by heart), keyed like `tool_record`'s
     conversations, so a held-out expression is in no SFT or RL training file. The record lists its tools in `tools`."""
     lang = _lang(rng)
     expression = _calculator_expression(rng)
-    while is_heldout(f"calc:{expression}") != eval_split:
+    while split_of(f"calc:{expression}") != split:
         expression = _calculator_expression(rng)
     prompt = [
         {"role": "system", "content": RL_SYSTEM[lang]},
@@ -224,14 +224,14 @@ MAKERS = {
 }
 
 
-def iter_keyed_records(kind, seed=0, eval_split=False):
+def iter_keyed_records(kind, seed=0, split="train"):
     """Endless stream of (record, item keys) of one kind; the same seed gives the same stream."""
-    rng = random.Random(f"{kind}:{seed}:{eval_split}")
+    rng = random.Random(f"{kind}:{seed}:{check_split(split)}")
     make = MAKERS[kind]
     while True:
-        yield make(rng, eval_split)
+        yield make(rng, split)
 
 
-def iter_records(kind, seed=0, eval_split=False):
+def iter_records(kind, seed=0, split="train"):
     """Endless stream of records of one kind; the same seed gives the same stream."""
-    return (record for record, _ in iter_keyed_records(kind, seed, eval_split))
+    return (record for record, _ in iter_keyed_records(kind, seed, split))

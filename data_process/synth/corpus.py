@@ -1,4 +1,5 @@
-"""Writing a corpus folder: the training files, eval/ with its held-out splits and probes, and a manifest."""
+"""Writing a corpus folder: the training files, eval/ and dev/ with their held-out records and probes, and a
+manifest."""
 
 import json
 from itertools import islice
@@ -8,7 +9,7 @@ from tqdm import tqdm
 
 from data_process.jsonl import write_jsonl
 from data_process.synth.builders import MAKERS, iter_keyed_records, iter_records
-from data_process.synth.heldout import HELDOUT_PERCENT, HELDOUT_ROWS
+from data_process.synth.heldout import DEV_PERCENT, DEV_ROWS, HELDOUT_PERCENT, HELDOUT_ROWS
 from data_process.synth.probes import completion_probes, trained_fact_probes
 
 SIZES = {
@@ -18,8 +19,8 @@ SIZES = {
 }
 
 
-def _take(kind, count, seed, eval_split):
-    return islice(iter_records(kind, seed, eval_split), count)
+def _take(kind, count, seed, split):
+    return islice(iter_records(kind, seed, split), count)
 
 
 def _counts(size):
@@ -29,35 +30,46 @@ def _counts(size):
 
 
 def split_keys(size="tiny", seed=0):
-    """The item keys build_corpus(out, size, seed) writes into the training files and into eval/, replayed."""
+    """The item keys build_corpus(out, size, seed) writes into the training files, dev/ and eval/, replayed."""
     counts = _counts(size)
-    keys = {"train": set(), "eval": set()}
+    keys = {"train": set(), "dev": set(), "eval": set()}
     for kind in MAKERS:
-        for split, count in (("train", counts[kind]), ("eval", counts["eval"])):
-            for _, record_keys in islice(iter_keyed_records(kind, seed, split == "eval"), count):
+        for split, count in (("train", counts[kind]), ("dev", counts["eval"]), ("eval", counts["eval"])):
+            for _, record_keys in islice(iter_keyed_records(kind, seed, split), count):
                 keys[split].update(record_keys)
     return keys
 
 
 def build_corpus(out_dir, size="tiny", seed=0):
-    """Write pretrain/sft/dpo/rl/rl_tools JSONL files and an eval/ folder of held-out splits and probes; return their
-    paths (`rl_tools` and `eval_rl_tools` are the calculator questions for GRPO with tools, training and held-out)."""
+    """Write pretrain/sft/dpo/rl/rl_tools JSONL files, and eval/ and dev/ folders holding the same kinds of held-out
+    records plus completion probes; return their paths (`rl_tools` and `eval_rl_tools` are the calculator questions
+    for GRPO with tools, training and held-out). Settings are chosen on dev/ and reported on eval/."""
     counts = _counts(size)
     out_dir = Path(out_dir)
-    eval_dir = out_dir / "eval"
-    paths = {}
+    paths = {"eval": out_dir / "eval", "dev": out_dir / "dev"}
     written = {}
     for kind in tqdm(MAKERS, desc=f"synth {size}", disable=size == "tiny"):
         paths[kind] = out_dir / f"{kind}.jsonl"
-        written[kind] = write_jsonl(paths[kind], _take(kind, counts[kind], seed, eval_split=False))
-        written[f"eval/{kind}"] = write_jsonl(eval_dir / f"{kind}.jsonl", _take(kind, counts["eval"], seed, True))
-    paths["eval_rl_tools"] = eval_dir / "rl_tools.jsonl"
-    paths["completion"] = eval_dir / "completion.jsonl"
-    written["eval/completion"] = write_jsonl(paths["completion"], completion_probes(counts["eval"], seed))
-    paths["trained_facts"] = eval_dir / "trained_facts.jsonl"
+        written[kind] = write_jsonl(paths[kind], _take(kind, counts[kind], seed, "train"))
+        for split in ("eval", "dev"):
+            written[f"{split}/{kind}"] = write_jsonl(
+                paths[split] / f"{kind}.jsonl", _take(kind, counts["eval"], seed, split)
+            )
+    for split in ("eval", "dev"):
+        probes = completion_probes(counts["eval"], seed, split)
+        written[f"{split}/completion"] = write_jsonl(paths[split] / "completion.jsonl", probes)
+    paths["eval_rl_tools"] = paths["eval"] / "rl_tools.jsonl"
+    paths["completion"] = paths["eval"] / "completion.jsonl"
+    paths["trained_facts"] = paths["eval"] / "trained_facts.jsonl"
     written["eval/trained_facts"] = write_jsonl(paths["trained_facts"], trained_fact_probes())
-    heldout = {family: sorted(names) for family, names in HELDOUT_ROWS.items()}
-    manifest = {"size": size, "seed": seed, "records": written, "heldout_percent": HELDOUT_PERCENT, "heldout": heldout}
+    manifest = {
+        "size": size,
+        "seed": seed,
+        "records": written,
+        "heldout_percent": HELDOUT_PERCENT,
+        "dev_percent": DEV_PERCENT,
+        "heldout": {family: sorted(names) for family, names in HELDOUT_ROWS.items()},
+        "dev": {family: sorted(names) for family, names in DEV_ROWS.items()},
+    }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    paths["eval"] = eval_dir
     return paths

@@ -4,7 +4,7 @@ language, from arithmetic, comparison, counting, units, dates and the fact table
 import datetime
 from dataclasses import dataclass
 
-from data_process.synth.heldout import TRAIN_ONLY, is_heldout, split_rows
+from data_process.synth.heldout import TRAIN_ONLY, split_of, split_rows
 from data_process.synth.tables import (
     ANIMALS,
     ANSWER_PREFIX,
@@ -186,7 +186,7 @@ def _legs(rng, lang, row):
 def _color(rng, lang, row):
     """Wrong colours come from training rows, so no reply names a held-out object."""
     zh, en, zh_color, en_color = row
-    other = pick(rng, [c for c in split_rows("color", False) if c[2] != zh_color])
+    other = pick(rng, [c for c in split_rows("color", "train") if c[2] != zh_color])
     if lang == "zh":
         question = pick(rng, [f"{zh}是什么颜色的？", f"{zh}通常是什么颜色？", f"说出{zh}的颜色。"])
         return Item(f"color:{en}", lang, f"{zh}是{zh_color}的。", question, zh_color, other[2])
@@ -197,7 +197,7 @@ def _color(rng, lang, row):
 def _capital(rng, lang, row):
     """Wrong capitals come from training rows, so no reply names a held-out capital."""
     zh, en, zh_cap, en_cap = row
-    other = pick(rng, [c for c in split_rows("capital", False) if c[0] != zh])
+    other = pick(rng, [c for c in split_rows("capital", "train") if c[0] != zh])
     if lang == "zh":
         question = pick(rng, [f"{zh}的首都是哪里？", f"{zh}的首都是哪座城市？", f"请说出{zh}的首都。"])
         return Item(f"capital:{en}", lang, f"{zh}的首都是{zh_cap}。", question, zh_cap, other[2])
@@ -230,10 +230,10 @@ EVAL_FAMILIES = [make for family, make in FAMILIES.items() if family not in TRAI
 PROBE_FAMILIES = ("mul", "unit", "next_day", "count", "compare", "sub", "add")
 
 
-def sample_item(rng, lang, eval_split=False):
-    """Draw one item of a random family whose key lies in the requested split."""
-    families = EVAL_FAMILIES if eval_split else TRAIN_FAMILIES
+def sample_item(rng, lang, split="train"):
+    """Draw one item of a random family whose key lies in the requested split ("train", "dev" or "eval")."""
+    families = TRAIN_FAMILIES if split == "train" else EVAL_FAMILIES
     while True:
         item = pick(rng, families)(rng, lang)
-        if is_heldout(item.key) == eval_split:
+        if split_of(item.key) == split:
             return item

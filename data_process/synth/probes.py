@@ -6,7 +6,7 @@ import re
 from itertools import zip_longest
 
 from data_process.synth.families import FACT_TABLES, FAMILIES, PROBE_FAMILIES
-from data_process.synth.heldout import is_heldout
+from data_process.synth.heldout import split_of
 from data_process.synth.tables import ANSWER_PREFIX
 
 
@@ -20,8 +20,9 @@ def _probe(family, item):
     return {"family": family, "lang": item.lang, "prompt": prompt, "answer": answer, "key": item.key}
 
 
-def _family_probes(rng, family, lang, quota):
-    """Up to `quota` distinct held-out probes of one family and language; mul and unit run out at a few dozen."""
+def _family_probes(rng, family, lang, quota, split):
+    """Up to `quota` distinct probes of one family and language in a held-out split; mul and unit run out at a few
+    dozen."""
     make = FAMILIES[family]
     probes = {}
     for _ in range(100 * quota):
@@ -29,23 +30,24 @@ def _family_probes(rng, family, lang, quota):
             break
         item = make(rng, lang)
         prompt, answer = item.cloze
-        if is_heldout(item.key) and (family == "compare" or not _answer_given(prompt, answer)):
+        if split_of(item.key) == split and (family == "compare" or not _answer_given(prompt, answer)):
             probes.setdefault(prompt, _probe(family, item))
     return list(probes.values())
 
 
-def completion_probes(count, seed=0):
-    """`count` held-out statements cut right before their answer, shared by family and language and interleaved.
+def completion_probes(count, seed=0, split="eval"):
+    """`count` statements of a held-out split (eval or dev) cut right before their answer, shared by family and
+    language and interleaved.
 
     The whole answer is scored. Items whose answer already stands in the prompt are skipped, except comparisons:
     there both numbers are given, in random order, and the model must choose.
     """
-    rng = random.Random(f"completion:{seed}")
+    rng = random.Random(f"completion:{seed}:{split}")
     slots = [(family, lang) for family in PROBE_FAMILIES for lang in ANSWER_PREFIX]
     groups = []
     for i, (family, lang) in enumerate(slots):
         quota = (count - sum(map(len, groups))) // (len(slots) - i)
-        groups.append(_family_probes(rng, family, lang, quota))
+        groups.append(_family_probes(rng, family, lang, quota, split))
     return [probe for row in zip_longest(*groups) for probe in row if probe]
 
 
@@ -57,6 +59,6 @@ def trained_fact_probes():
         for row in rows:
             for lang in ANSWER_PREFIX:
                 item = make(rng, lang, row)
-                if not is_heldout(item.key):
+                if split_of(item.key) == "train":
                     probes.append(_probe(family, item))
     return probes

@@ -6,8 +6,9 @@
 The model goes through the `to-qwen3` export into a temporary folder (checked by equal logits), then through
 llama.cpp's `convert_hf_to_gguf.py`, run in a subprocess with its own `gguf-py`. llama.cpp names a BPE
 pre-tokenizer by the hash of the ids a tokenizer gives one fixed text, and refuses hashes it does not list. The
-MiniMinds tokenizer's pre-tokenizer is GPT-2's byte-level regex, which llama.cpp has under the name `gpt-2`, so the
-subprocess maps this tokenizer's hash to that name before the converter runs; the vendored file is never edited.
+MiniMinds tokenizer splits text with Qwen2's regex (digits one by one), which llama.cpp has under the name `qwen2`;
+upstream MiniMind's uses GPT-2's byte-level regex, llama.cpp's `gpt-2`. The subprocess maps this tokenizer's hash to
+its name before the converter runs; the vendored file is never edited.
 """
 
 import ast
@@ -24,6 +25,7 @@ from hashlib import sha256
 from pathlib import Path
 
 from ..tokenizer import load_tokenizer
+from ..tokenizer.bpe import SPLIT_REGEX
 from ..tokenizer.chat_format import OLLAMA_TEMPLATE
 from .qwen3 import export_qwen3
 
@@ -35,8 +37,10 @@ GET_CONVERTER = (
     "tar xzf .venv/src/llama_cpp_python-*.tar.gz -C .venv/src (what `make test-all` does), "
     "or git clone https://github.com/ggml-org/llama.cpp and pass --llama_cpp DIR"
 )
-# tokenizers' ByteLevel pre-tokenizer with use_regex=True splits with GPT-2's regex, which llama.cpp calls "gpt-2".
+# tokenizers' ByteLevel pre-tokenizer with use_regex=True splits with GPT-2's regex, which llama.cpp calls "gpt-2";
+# a Split on Qwen2's regex followed by a ByteLevel without one is what llama.cpp calls "qwen2".
 BYTE_LEVEL_PRE = "gpt-2"
+QWEN2_PRE = "qwen2"
 # `{% generation %}` is a transformers extension (assistant masks for training) that other Jinja engines reject;
 # `{% if true %}` keeps the same whitespace control and renders the same text.
 GENERATION_TAG = re.compile(r"\{%(-?)\s*(end)?generation\s*(-?)%\}")
@@ -105,11 +109,29 @@ def llama_cpp_pre_tokenizer(tokenizer_json: Path) -> str | None:
     """The llama.cpp pre-tokenizer whose regex matches the one in `tokenizer.json`, or None when it is not one this
     module knows (llama.cpp may still know the tokenizer by its hash)."""
     pre = json.loads(Path(tokenizer_json).read_text(encoding="utf-8")).get("pre_tokenizer") or {}
-    if pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 1:
-        pre = pre["pretokenizers"][0]
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if len(steps) == 1 and byte_level(steps[0], use_regex=True):
         return BYTE_LEVEL_PRE
+    if len(steps) == 2 and qwen2_split(steps[0]) and byte_level(steps[1], use_regex=False):
+        return QWEN2_PRE
     return None
+
+
+def byte_level(step: dict, use_regex: bool) -> bool:
+    return (
+        step.get("type") == "ByteLevel"
+        and step.get("use_regex", True) == use_regex
+        and not step.get("add_prefix_space", False)
+    )
+
+
+def qwen2_split(step: dict) -> bool:
+    return (
+        step.get("type") == "Split"
+        and step.get("pattern") == {"Regex": SPLIT_REGEX}
+        and step.get("behavior") == "Isolated"
+        and not step.get("invert", False)
+    )
 
 
 def portable_chat_template(template: str) -> str:

@@ -45,7 +45,10 @@ class ChatEvalArguments:
             "answered greedily before and after training: accuracy, task_accuracy, eot_rate."
         },
     )
-    chat_eval_samples: int = field(default=200, metadata={"help": "Questions of --chat_eval_dataset to ask."})
+    chat_eval_samples: int = field(
+        default=400,
+        metadata={"help": "Questions of --chat_eval_dataset to ask (400 keep a 95% interval near +-0.05 or narrower)."},
+    )
     chat_eval_max_new_tokens: int = field(default=96, metadata={"help": "Longest greedy reply, in tokens."})
 
 
@@ -115,17 +118,20 @@ def chat_accuracy(
     generalisable=GENERALISABLE_FAMILIES,
     **template_kwargs,
 ) -> dict:
-    """Exact-answer accuracy of greedy chat replies (overall, on generalisable families, per family) and the share
-    of replies that end with the end-of-turn token."""
+    """Exact-answer accuracy of greedy chat replies (overall, on generalisable families, per family), the share
+    of replies that end with the end-of-turn token, and the first few replies to questions of generalisable families
+    (the held-out fact rows no model can know are not shown)."""
     if not records:
         raise ValueError("no chat probes to score")
     was_training = model.training
     model.eval()
     replies = chat_replies(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, **template_kwargs)
     model.train(was_training)
+    answerable = [(r, text) for r, (text, _) in zip(records, replies) if r.get("family", "") in generalisable]
+    shown = answerable or [(r, text) for r, (text, _) in zip(records, replies)]
     return {
         **reply_accuracy(records, replies, generalisable),
-        "samples": [sample(r, text) for r, (text, _) in list(zip(records, replies))[:num_samples]],
+        "samples": [sample(r, t) for r, t in shown[:num_samples]],
     }
 
 
@@ -153,6 +159,7 @@ def reply_accuracy(records: list[dict], replies: list[tuple[str, bool]], general
         "eot_rate": round(sum(ended for _, ended in replies) / len(replies), 4),
         "probes": len(records),
         "per_family": {name: round(sum(v) / len(v), 4) for name, v in sorted(per_family.items())},
+        "per_family_n": {name: len(v) for name, v in sorted(per_family.items())},
         ITEMS: {
             "accuracy": [int(score) for score in scores],
             "task_accuracy": [int(score) for score in task],

@@ -1,14 +1,16 @@
-"""The held-out probes stages run before and after training (see `lifecycle.Probe`), built on `evaluation`'s scores:
-completions of held-out statements, and greedy chat replies to held-out questions."""
+"""The held-out probes stages run before and after training (see `lifecycle.Probe`), built on `evaluation`'s and
+`scoring`'s scores: completions of held-out statements, greedy chat replies to held-out questions, and the loss on
+each held-out document."""
 
 import functools
 
 from recipes.training.evaluation import chat_accuracy, completion_accuracy
 from recipes.training.intervals import ITEMS
 from recipes.training.lifecycle import Probe
+from recipes.training.scoring import document_losses
 
 # The chat numbers a stage reports, beside the per-family accuracy and a few sample replies.
-CHAT_METRICS = ("accuracy", "task_accuracy", "eot_rate", "per_family", "samples", ITEMS)
+CHAT_METRICS = ("accuracy", "task_accuracy", "eot_rate", "per_family", "per_family_n", "samples", ITEMS)
 
 
 def chat_metrics(model, tokenizer, records: list[dict], max_new_tokens: int) -> dict:
@@ -38,3 +40,18 @@ def completion_metrics(model, tokenizer, records: list[dict]) -> dict:
 def completion_probe(tokenizer, records: list[dict]) -> Probe:
     """Held-out statements completed greedily (`evaluation.completion_accuracy`): what the demo asks pretraining."""
     return Probe("completion", functools.partial(completion_metrics, tokenizer=tokenizer, records=records))
+
+
+def document_loss_metrics(model, tokenizer, documents: list[str], max_length: int) -> dict:
+    was_training = model.training
+    model.eval()
+    losses = document_losses(model, tokenizer, documents, max_length, batch_size=32)
+    model.train(was_training)
+    return {"document_loss": round(sum(losses) / len(losses), 4), ITEMS: {"document_loss": losses}}
+
+
+def document_loss_probe(tokenizer, documents: list[str], max_length: int) -> Probe:
+    """Held-out text scored document by document (`scoring.document_losses`, in windows of `max_length`, the
+    training block size): the loss with a per-document interval, so two models compare with a paired one."""
+    measure = functools.partial(document_loss_metrics, tokenizer=tokenizer, documents=documents, max_length=max_length)
+    return Probe("document_loss", measure)

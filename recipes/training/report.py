@@ -15,10 +15,16 @@ from recipes.training.intervals import ITEMS, interval, share_interval, verdict,
 
 METRIC_MEANINGS = {
     "value [low, high] n=": "a held-out mean with its 95% interval (Wilson's for accuracies, t for rewards and KL) "
-    "over n questions; a paired change is after minus before on the same questions, claimed only when its interval "
-    "excludes 0",
+    "over n questions; a paired change is after minus before on the same questions (loss_vs_alone: with the teacher "
+    "minus alone), claimed only when its interval excludes 0",
     "eval_loss": "cross-entropy per token on eval/pretrain.jsonl (held out: no sentence of it is in a training file)",
     "perplexity": "exp(eval_loss)",
+    "document_loss": "the same cross-entropy per token taken document by document and averaged over documents, so it "
+    "has an interval (eval_loss weighs each document by its tokens)",
+    "alone (distill)": "the student trained without the teacher: the same preset, seed, data order, steps and "
+    "learning rate, the label cross-entropy alone",
+    "loss_vs_alone": "document_loss of the student trained with the teacher minus the same student trained alone, "
+    "document by document: below 0 (shows down) the teacher helped",
     "completion_accuracy": "greedy completion of held-out statements (unseen operands, dates, units), whole answer "
     "exact; see per_family",
     "trained_fact_recall": "the same on facts the model was trained on (seen data: recall, not generalisation)",
@@ -38,6 +44,9 @@ METRIC_MEANINGS = {
     "tool loop: share of replies that make a well-formed calculator call, share with the right final answer",
 }
 RUN_KEYS = ("steps", "tokens", "tokens_per_second", "train_loss", "output_dir")
+# The held-out sides a stage entry may hold, the columns of its table: before and after training, and a baseline
+# trained without what the stage adds (distillation's student trained alone).
+HELD_OUT_SIDES = ("before", "after", "alone")
 # The sample replies a stage's `after` may carry beside its numbers, and their names in the report.
 AFTER_SAMPLES = {"samples": "chat_samples", "tool_samples": "tool_samples"}
 
@@ -68,7 +77,19 @@ def run_entry(result: dict) -> dict:
     entry["gains"] = result.get("gains") or {}
     details = {name: result["after"].get(key) for key, name in AFTER_SAMPLES.items()}
     details |= {key: value for key, value in result.items() if key.endswith(("_samples", "_per_family"))}
+    details["per_family"] = family_table(result["before"], result["after"])
     return entry | {key: value for key, value in details.items() if value}
+
+
+def family_table(before: dict, after: dict) -> dict:
+    """Held-out chat accuracy per task family before and after, with its number of questions, where both sides
+    measured it."""
+    if not (before.get("per_family") and after.get("per_family")):
+        return {}
+    return {
+        name: {"n": after["per_family_n"][name], "before": before["per_family"].get(name), "after": value}
+        for name, value in after["per_family"].items()
+    }
 
 
 def eval_headline(metrics: dict) -> dict:
@@ -119,17 +140,22 @@ def stage_rows(name: str, metrics: dict) -> list[str]:
     if "models" in metrics:
         lines += model_table(metrics)
     if "before" in metrics:
-        lines += ["", "| held-out metric | before | after |", "| --- | ---: | ---: |"]
+        sides = [side for side in HELD_OUT_SIDES if side in metrics]
+        lines += ["", "| held-out metric | " + " | ".join(sides) + " |", "| --- |" + " ---: |" * len(sides)]
         for key in metrics["after"]:
-            before = format_value(metrics["before"].get(key))
-            lines.append(f"| {key} | {before} | {format_value(metrics['after'][key])} |")
+            lines.append(f"| {key} | " + " | ".join(format_value(metrics[side].get(key)) for side in sides) + " |")
     if metrics.get("gains"):
         lines += gain_table(metrics["gains"])
+    if metrics.get("per_family"):
+        lines += ["", "| family: held-out chat accuracy | n | before | after |", "| --- | ---: | ---: | ---: |"]
+        for family, sides in metrics["per_family"].items():
+            before, after = format_value(sides["before"]), format_value(sides["after"])
+            lines.append(f"| {family} | {sides['n']} | {before} | {after} |")
     if metrics.get("chat_samples"):
         lines += ["", "Held-out questions, answered greedily after this stage:", ""]
         lines += chat_lines(metrics["chat_samples"])
     for key, value in metrics.items():
-        if key in scalars or key in ("before", "after", "gains", "models", "chat_samples"):
+        if key in scalars or key in (*HELD_OUT_SIDES, "gains", "models", "chat_samples", "per_family"):
             continue
         if isinstance(value, (dict, list)):
             lines += ["", f"{key}:", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]
@@ -137,10 +163,11 @@ def stage_rows(name: str, metrics: dict) -> list[str]:
 
 
 def gain_table(gains: dict) -> list[str]:
-    """After minus before on the same held-out questions, with its paired 95% interval and what it shows."""
+    """Paired changes on the same held-out questions (after minus before, or as the name says), with their 95%
+    interval and what each shows."""
     lines = [
         "",
-        "| paired change (after - before) | diff | 95% interval | n | shows |",
+        "| paired change | diff | 95% interval | n | shows |",
         "| --- | ---: | ---: | ---: | --- |",
     ]
     for key, gain in gains.items():

@@ -14,6 +14,10 @@ tokenizers that add no special tokens when encoding (MiniMinds', Qwen's, GPT-2's
   tokens are those of encode(context + continuation) past the length of encode(context), and a context too long for
   the window loses its start. `acc` picks the choice with the highest log-likelihood, `acc_norm` the highest per
   character of the choice and `acc_bytes` per UTF-8 byte, as lm-eval names them.
+- Document loss: the tokens pretraining predicts, so it means what the trainer's eval loss means: a document is
+  encoded without special tokens and followed by eos as `data_process.pack` does, and every token after its first
+  is scored (the first is where packed training restarts the positions and predicts nothing), in windows of the
+  training block size.
 """
 
 import math
@@ -112,6 +116,20 @@ def text_metrics(
         "max_length": max_length,
         "stride": stride,
     }
+
+
+def document_losses(model, tokenizer, documents: list[str], max_length: int, batch_size: int = 8) -> list[float]:
+    """Mean cross-entropy in nats per scored token of each document: values a paired interval can compare between
+    two models document by document. Weighted by their tokens they average to the packed eval loss (which differs
+    only where a block's end cuts a document)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("a document loss needs an eos token: packed training appends it to every document")
+    encoded = [ids + [tokenizer.eos_token_id] for ids in tokenizer(documents, add_special_tokens=False).input_ids]
+    if not encoded or any(len(ids) < 2 for ids in encoded):
+        raise ValueError("no document, or an empty one: nothing to predict")
+    windows = [rolling_requests(ids[1:], ids[0], max_length, max_length) for ids in encoded]
+    logprobs = iter(score_requests(model, [w for doc in windows for w in doc], batch_size, desc="document loss"))
+    return [-sum(next(logprobs) for _ in doc) / (len(ids) - 1) for ids, doc in zip(encoded, windows)]
 
 
 def question_prompt(question: Question, style: str = "cloze") -> str:
