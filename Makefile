@@ -25,9 +25,8 @@ format: install
 	$(VENV)/bin/ruff format .
 
 # One BLAS thread per process: the tests' tiny models run fastest that way, and the distributed tests start two.
-# Two pytest-xdist workers, one a core; tests that share a costly fixture (a trained model, a two-process run) run
-# in one worker, grouped in tests/conftest.py. `make test ARGS=-n0` runs everything in one process.
-XDIST := -n 2 --dist loadgroup
+# Two pytest-xdist workers, one a core. `make test ARGS=-n0` runs everything in one process.
+XDIST := -n 2
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests $(XDIST) $(ARGS)
 

@@ -6,10 +6,10 @@ gets `--slow`, which `make test-all` passes; `make test` stays as fast as it was
 The environment is set before any HF library is imported: no Hub access, and a per-session datasets cache
 so cached Arrow files from earlier runs can never stand in for fresh results.
 
-`make test` runs the tests in 2 pytest-xdist workers (`-n 2 --dist loadgroup`; `make test ARGS=-n0` runs them in one
-process). Each worker is its own session, so each gets its own datasets and remote-code module caches (two workers
-copying the same `trust_remote_code` module into one shared cache can each import the other's half-written copy),
-and tests that share a costly fixture are put in one xdist group: see `xdist_group_of`.
+`make test` runs the tests in 2 pytest-xdist workers (`-n 2`; `make test ARGS=-n0` runs them in one process). Each
+worker is its own session, so each builds its own session fixtures and gets its own datasets and remote-code module
+caches (two workers copying the same `trust_remote_code` module into one shared cache can each import the other's
+half-written copy).
 """
 
 import atexit
@@ -47,8 +47,6 @@ own_cache("HF_MODULES_CACHE", "miniminds-modules-cache-")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 TINY_VOCAB = 512
-# Session fixtures that any worker builds in under a second: sharing them is not worth a group.
-CHEAP_SESSION_FIXTURES = {"tiny_corpus", "tiny_tokenizer_dir"}
 
 
 def pytest_addoption(parser):
@@ -59,51 +57,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: needs an optional extra or minutes of CPU; runs with --slow")
 
 
-def xdist_group_of(items) -> dict:
-    """Item -> xdist group name, for the items that share a costly fixture with others.
-
-    Under `--dist loadgroup` a group runs in one worker; any other test goes to whichever worker is free. Without
-    groups each worker that ran a user of a module-scoped fixture (a trained model, a two-process run) or of a
-    trained-model session fixture would build it again. A test using a module- or class-scoped fixture of the tests
-    folder joins its module's group, one using a session fixture (other than CHEAP_SESSION_FIXTURES) joins that
-    fixture's group, and groups that share a test merge (the DPO and GRPO modules both start from quick_sft_folder).
-    """
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    parent = {}
-
-    def find(key):
-        while parent.setdefault(key, key) != key:
-            key = parent[key]
-        return key
-
-    keys_of = {}
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        keys = set()
-        for name in getattr(item, "fixturenames", ()):
-            definitions = info.name2fixturedefs.get(name) if info else None
-            if not definitions:
-                continue
-            definition = definitions[-1]
-            source = getattr(definition.func, "__code__", None)
-            if source is None or os.path.dirname(os.path.abspath(source.co_filename)) != tests_dir:
-                continue  # pytest's and plugins' own fixtures
-            if definition.scope in ("module", "class"):
-                keys.add(item.nodeid.split("::")[0])
-            elif definition.scope in ("package", "session") and name not in CHEAP_SESSION_FIXTURES:
-                keys.add(name)
-        if keys:
-            first, *rest = sorted(keys)
-            for key in rest:
-                parent[find(key)] = find(first)
-            keys_of[item] = first
-    return {item: find(key) for item, key in keys_of.items()}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    for item, group in xdist_group_of(items).items():
-        item.add_marker(pytest.mark.xdist_group(group))
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="slow test: run with --slow (make test-all)")

@@ -175,7 +175,9 @@ def test_padded_padding_free_and_packed_rows_give_the_same_loss(tokenizer, tiny_
     rows = [to_chat_row(record) for record in list(read_jsonl(tiny_corpus["sft"]))[:8]]
     trainer = sft_trainer(tokenizer, rows, tmp_path, packing=False, max_length=None)
     examples = [trainer.train_dataset[i] for i in range(len(rows))]
-    packed = pack_dataset(Dataset.from_list(examples).select_columns(["input_ids", "labels"]), 256, "bfd")
+    packed = pack_dataset(
+        Dataset.from_list(examples).select_columns(["input_ids", "labels"]), 1024, "bfd"
+    )  # the longest chat, a calculator one with its tool list, is over 512
     batches = {
         "padded": trainer.data_collator(examples),
         "padding-free": DataCollatorForLanguageModeling(tokenizer.pad_token_id, padding_free=True)(examples),
