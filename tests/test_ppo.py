@@ -243,7 +243,9 @@ def test_lora_actor_uses_its_base_as_the_reference(sft_folder, tiny_corpus, tmp_
             "true",
         )
     )
-    assert result["before"]["reward"] is not None and result["after"]["kl"] > 0  # the adapter moved off its base
+    # the adapter moved off its base: the KL estimate (k1, a mean log ratio over 4 sampled replies) is no longer 0,
+    # and may come out below 0 on so few replies (-0.315 after the digit split)
+    assert result["before"]["reward"] is not None and result["after"]["kl"] != 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)  # merged: a plain model folder
     assert not any("lora" in name for name in model.state_dict())
 
