@@ -358,8 +358,9 @@ def test_tool_loop_stops_after_max_iterations(sft_folder, tiny_corpus):
         (["--loss_type", "ppo"], "error: --loss_type: expected one of grpo, dr_grpo, dapo"),
         (["--reward_funcs", "acuracy"], "error: --reward_funcs: unknown acuracy; expected from accuracy"),
         (["--num_generations", "1"], "error: GRPO requires at least 2 generations per prompt"),
+        (["--difficulty_samples", "1"], "error: --difficulty_samples: expected 0 (off) or at least 2 replies"),
     ],
-    ids=["flag", "loss", "reward", "group"],
+    ids=["flag", "loss", "reward", "group", "difficulty"],
 )
 def test_cli_reports_mistakes_in_one_error_line(argv, message, sft_folder, tiny_corpus, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(

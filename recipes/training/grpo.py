@@ -6,7 +6,8 @@ reward sources of `recipes.training.rl` (named functions from `data_process.rewa
 each guarded so a failing one is reported by name instead of ending the run), and a reply's advantage is its reward
 against its group's mean. With `beta > 0` (the default here; TRL's is 0) the frozen starting folder is the reference
 and the KL to it is both penalised and logged. With `--use_tools true` the policy may call the calculator while it
-answers, through TRL's tool loop (see `recipes.training.tool_use`).
+answers, through TRL's tool loop (see `recipes.training.tool_use`). With `--difficulty_samples` it trains only on the
+prompts the starting policy answers sometimes right and sometimes wrong (`recipes.training.difficulty`).
 
 Held-out numbers, before and after: greedy replies to `--chat_eval_dataset` scored by the same reward sources
 (`reward`, `reward/<name>`, `accuracy`, `task_accuracy`, `eot_rate`), the tool loop's `tool_call_rate` and
@@ -24,6 +25,7 @@ from transformers import TrainerCallback
 from data_process.rewards import REWARD_FUNCTIONS
 from recipes.training.args import GRPOStageConfig
 from recipes.training.cli import RecipeParser
+from recipes.training.difficulty import prompts_to_train
 from recipes.training.evaluation import read_probes
 from recipes.training.intervals import merge_metrics
 from recipes.training.lifecycle import HeldOutProbes, Logged, Probe, finish_run, start_run, turn_off_eval_without_data
@@ -247,6 +249,18 @@ def build_trainer(script_args, training_args, model_args, callbacks=None, probes
     chat_probes, tool_probes = read_heldout_records(script_args), read_tool_probes(script_args)
     turn_off_eval_without_data(training_args, None)  # held-out numbers come from the probe below
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
+    kept, difficulty = prompts_to_train(
+        model,
+        tokenizer,
+        train_dataset,
+        script_args.difficulty_samples,
+        script_args.difficulty_prompts,
+        training_args.max_completion_length,
+        training_args.seed,
+        **sampling_options(training_args),
+    )
+    if difficulty is not None:
+        train_dataset = train_dataset.select(kept)
     reward_funcs = build_reward_functions(
         script_args, model_args, tokenizer, training_args.device, training_args.trust_remote_code
     )
@@ -281,7 +295,18 @@ def build_trainer(script_args, training_args, model_args, callbacks=None, probes
     )
     if training_args.max_kl is not None:
         trainer.add_callback(KLLimitCallback(training_args.max_kl))
-    return trainer, held_out
+    return trainer, held_out, difficulty
+
+
+def sampling_options(training_args: GRPOTrainingConfig) -> dict:
+    """How TRL samples the group's replies, for scoring the prompts' difficulty the same way."""
+    return {
+        "temperature": training_args.temperature,
+        "top_p": training_args.top_p,
+        "top_k": training_args.top_k or 0,
+        "min_p": training_args.min_p,
+        "repetition_penalty": training_args.repetition_penalty,
+    }
 
 
 def grpo(
@@ -295,7 +320,7 @@ def grpo(
     held-out reward, per-source rewards, accuracy, eot_rate, tool_call_rate, tool_accuracy and `kl` before and
     after."""
     resume = start_run(training_args)
-    trainer, held_out = build_trainer(script_args, training_args, model_args, callbacks, probes)
+    trainer, held_out, difficulty = build_trainer(script_args, training_args, model_args, callbacks, probes)
     train_output = trainer.train(resume_from_checkpoint=resume)
     result = finish_run(trainer, train_output, held_out, logged=(KL,), merge_lora=True)
     history = trainer.state.log_history
@@ -311,6 +336,7 @@ def grpo(
         reward_failures=failures,
         kl_limit_warning=kl_stop.warning if kl_stop else None,
         train_prompts=len(trainer.train_dataset),
+        difficulty=difficulty,
     )
     logger.info(
         f"Saved the GRPO model to {training_args.output_dir}: "

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 from modeling_miniminds.inference import chat_prompt_ids
 from recipes.training.cli import RecipeParser
+from recipes.training.difficulty import prompts_to_train
 from recipes.training.lifecycle import finish_run, start_run
 from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
 from recipes.training.ppo_config import PPOConfig
+from recipes.training.ppo_rollout import sampling_config
 from recipes.training.ppo_trainer import PPOTrainer
 from recipes.training.reward_model import load_reward_model
 from recipes.training.rl import (
@@ -85,7 +87,8 @@ def load_models(script_args: RLScriptArguments, training_args: PPOConfig, model_
 
 
 def build_trainer(script_args: RLScriptArguments, training_args: PPOConfig, model_args: PPOModelArguments):
-    """The trainer: prompts read and checked, actor, reference, critic and reward sources loaded."""
+    """The trainer (prompts read and checked, and with --difficulty_samples those of middling difficulty kept;
+    actor, reference, critic and reward sources loaded) and what the difficulty filter did (None without it)."""
     if script_args.dataset_name is None:
         raise ValueError("pass --dataset_name: the prompts to train on")
     if model_args.use_peft and training_args.deepspeed_plugin is not None:
@@ -98,17 +101,28 @@ def build_trainer(script_args: RLScriptArguments, training_args: PPOConfig, mode
         script_args.dataset_name,
     )
     policy, ref_model, critic, reward_funcs = load_models(script_args, training_args, model_args, tokenizer)
-    return PPOTrainer(
+    kept, difficulty = prompts_to_train(
+        policy,
+        tokenizer,
+        [{**r, "prompt": as_messages(r["prompt"])} for r in train_records],
+        script_args.difficulty_samples,
+        script_args.difficulty_prompts,
+        training_args.max_completion_length,
+        training_args.seed,
+        generation_config=sampling_config(training_args, tokenizer),
+    )
+    trainer = PPOTrainer(
         training_args,
         policy,
         critic,
         reward_funcs,
         tokenizer,
-        train_records,
+        [train_records[i] for i in kept],
         ref_model=ref_model,
         eval_records=read_heldout_records(script_args),
         eval_max_new_tokens=script_args.chat_eval_max_new_tokens,
     )
+    return trainer, difficulty
 
 
 def ppo(
@@ -120,7 +134,7 @@ def ppo(
     """Train the SFT policy with PPO and save a complete folder; return held-out `before`/`after` numbers (reward,
     accuracy, eot rate; `kl` to the reference) and the run's summary. `callbacks` join the Trainer's."""
     resume = start_run(training_args)
-    trainer = build_trainer(script_args, training_args, model_args)
+    trainer, difficulty = build_trainer(script_args, training_args, model_args)
     for callback in callbacks or []:
         trainer.add_callback(callback)
     train_output = trainer.train(resume_from_checkpoint=resume)
@@ -129,7 +143,7 @@ def ppo(
     trainer.model = trainer.policy  # the final model: the actor alone, without the critic
     result = finish_run(trainer, train_output, trainer.probe, merge_lora=True)
     trainer.save_metrics("train", {**train_output.metrics, "train_weights_sha256_per_process": fingerprints})
-    result["prompts"] = len(trainer.records) * trainer.accelerator.num_processes
+    result.update(prompts=len(trainer.records) * trainer.accelerator.num_processes, difficulty=difficulty)
     logger.info(f"Saved the PPO model to {training_args.output_dir}: {json.dumps(result['after'], ensure_ascii=False)}")
     trainer.end()
     return result

@@ -46,10 +46,26 @@ class RLScriptArguments(ScriptArguments, ChatEvalArguments):
     reward_model_name_or_path: str | None = field(
         default=None, metadata={"help": "A trained reward-model folder (recipes/reward.py) scoring each reply."}
     )
+    difficulty_samples: int = field(
+        default=0,
+        metadata={
+            "help": "Before training, the starting policy answers each prompt this many times (sampled as in "
+            "training) and only the prompts it gets sometimes right and sometimes wrong are trained on: the others "
+            "give a GRPO group no advantage. Needs `answer` in every record. 0 (default): train on every prompt."
+        },
+    )
+    difficulty_prompts: int | None = field(
+        default=None,
+        metadata={"help": "With --difficulty_samples: score the first N prompts only (costs N x samples replies)."},
+    )
 
     def __post_init__(self):
         if [name.lower() for name in self.reward_funcs] == ["none"]:
             self.reward_funcs = []
+        if self.difficulty_samples < 0 or self.difficulty_samples == 1:
+            raise ValueError(
+                f"--difficulty_samples: expected 0 (off) or at least 2 replies per prompt, got {self.difficulty_samples}"
+            )
 
 
 @dataclass
