@@ -27,9 +27,10 @@ class PackedBlockCollator:
 
 @dataclass
 class PackedRowsCollator:
-    """Rows packed by TRL (`input_ids`, `labels`, `seq_lengths`) batched as separate rows, right-padded to the longest,
-    with `position_ids` restarting at every conversation and no attention mask: transformers then masks attention
-    block-diagonally within each row.
+    """Rows packed by TRL (`input_ids`, `seq_lengths`, and `labels` unless every token is a target, as in best-fit
+    pretraining) batched as separate rows, right-padded to the longest, with `position_ids` restarting at every
+    conversation or document and no attention mask: transformers then masks attention block-diagonally within each
+    row.
 
     TRL's padding-free collator flattens the whole batch into one row instead. The varlen kernels of flash-attention
     skip the masked blocks of that row, but sdpa and eager attend densely: rows^2 * max_length^2 per layer instead of
@@ -46,7 +47,7 @@ class PackedRowsCollator:
         for row, example in enumerate(examples):
             length = len(example["input_ids"])
             input_ids[row, :length] = torch.as_tensor(example["input_ids"])
-            labels[row, :length] = torch.as_tensor(example["labels"])
+            labels[row, :length] = torch.as_tensor(example.get("labels", example["input_ids"]))
             lengths = [*example["seq_lengths"], width - length]  # the padded tail as one more sequence
             position_ids[row] = torch.cat([torch.arange(n) for n in lengths])
         labels[position_ids == 0] = -100  # a conversation's first token is never predicted from the one before

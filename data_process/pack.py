@@ -3,11 +3,16 @@
     python -m data_process.pack --input data/synth/pretrain.jsonl --output data/packed \\
         --tokenizer runs/tokenizer --block_size 512 --num_proc 2 --bin
 
-Documents are tokenized in batches by `datasets.map(num_proc=...)`, each followed by eos, then concatenated
-and cut into blocks. `position_ids` restart at 0 at every document start and at every block start, so a
-model given no attention mask sees each document on its own (see create_causal_mask). Everything streams
-through Arrow files on disk: memory does not grow with the corpus. Tokens after the last full block are
-dropped and their count is logged.
+Documents are tokenized in batches by `datasets.map(num_proc=...)`, each followed by eos, then packed one of two
+ways (`PACKINGS`):
+- `stream` (the default): concatenated and cut into full blocks. `position_ids` restart at 0 at every document start
+  and at every block start, so a model given no attention mask sees each document on its own (see
+  create_causal_mask). Tokens after the last full block are dropped and their count is logged.
+- `best_fit`: whole documents placed best-fit-decreasing into rows of at most `block_size` tokens by TRL's
+  `pack_dataset` (strategy "bfd"), so every row starts at a document start, as each of upstream MiniMind's samples
+  does; a document longer than a block keeps its first `block_size` tokens (the dropped tail is counted). Rows carry
+  `seq_lengths` and are right-padded in the batch by the collator.
+Everything streams through Arrow files on disk: memory does not grow with the corpus.
 """
 
 import json
@@ -30,6 +35,7 @@ from modeling_miniminds.tokenizer import load_tokenizer
 logger = logging.getLogger(__name__)
 
 PACK_BATCH_DOCS = 1000
+PACKINGS = ("stream", "best_fit")
 BIN_NAME = "input_ids.bin"
 INDEX_NAME = "input_ids.json"
 
@@ -136,6 +142,36 @@ def pack_dataset(dataset, tokenizer, block_size, text_column="text", num_proc=No
     return packed
 
 
+def pack_best_fit(dataset, tokenizer, block_size, text_column="text", num_proc=None, add_eos=True):
+    """Tokenize `dataset[text_column]` and pack whole documents best-fit into rows of at most `block_size` tokens
+    (`input_ids`, `seq_lengths`), each row starting at a document start; the tails cut from documents longer than a
+    block are counted and logged."""
+    from trl.data_utils import pack_dataset as trl_pack_dataset
+
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2, got {block_size}")
+    tokenized = tokenize_dataset(dataset, tokenizer, text_column, num_proc, add_eos)
+    total = _total_tokens(tokenized)
+    if total == 0:
+        raise ValueError("the dataset holds no tokens to pack")
+    map_kwargs = {"num_proc": num_proc if num_proc and num_proc > 1 else None, "desc": "pack best-fit"}
+    packed = trl_pack_dataset(tokenized, block_size, strategy="bfd", map_kwargs=map_kwargs)
+    kept = _total_tokens(packed)
+    logger.info(
+        "packed %d documents, %d tokens best-fit into %d rows of at most %d (%.1f%% of the row space filled)",
+        len(dataset),
+        kept,
+        len(packed),
+        block_size,
+        100 * kept / (len(packed) * block_size),
+    )
+    if kept < total:
+        logger.warning(
+            "dropped %d of %d tokens: the tails of documents longer than a block of %d", total - kept, total, block_size
+        )
+    return packed
+
+
 def _total_tokens(tokenized):
     total = 0
     for batch in tokenized.with_format("arrow").iter(batch_size=10 * PACK_BATCH_DOCS):
@@ -195,7 +231,8 @@ def save_packed(packed, output_dir, tokenizer=None, write_memmap=False):
 
 
 def check_blocks(dataset, name: str, block_size: int, vocab_size: int) -> None:
-    """Packed blocks must all be `block_size` long and hold only ids the model's embedding table has."""
+    """Packed blocks must all be `block_size` long (best-fit rows, with `seq_lengths`, at most that) and hold only
+    ids the model's embedding table has."""
     if len(dataset) == 0:
         raise ValueError(
             f"{name}: no complete {block_size}-token block; the dataset holds fewer tokens than --block_size."
@@ -203,7 +240,8 @@ def check_blocks(dataset, name: str, block_size: int, vocab_size: int) -> None:
     input_ids = dataset.data.column("input_ids")
     lengths = pc.list_value_length(input_ids)
     shortest, longest = pc.min(lengths).as_py(), pc.max(lengths).as_py()
-    if shortest != block_size or longest != block_size:
+    best_fit = "seq_lengths" in dataset.column_names
+    if longest > block_size or (not best_fit and shortest != block_size):
         raise ValueError(
             f"{name}: packed blocks are {shortest}..{longest} tokens long but --block_size is {block_size}; "
             "re-pack the data or pass the block size it was packed with."
@@ -216,11 +254,24 @@ def check_blocks(dataset, name: str, block_size: int, vocab_size: int) -> None:
         )
 
 
-def load_blocks(name, tokenizer, block_size: int, vocab_size: int, split="train", text_column="text", num_proc=None):
-    """Fixed-length training blocks from any dataset `load_text_dataset` reads, packed here unless packed already."""
+def load_blocks(
+    name,
+    tokenizer,
+    block_size: int,
+    vocab_size: int,
+    split="train",
+    text_column="text",
+    num_proc=None,
+    packing: str = "stream",
+):
+    """Training rows from any dataset `load_text_dataset` reads, packed here (`packing`, one of `PACKINGS`) unless
+    packed already."""
+    if packing not in PACKINGS:
+        raise ValueError(f"--packing: expected one of {', '.join(PACKINGS)}, got {packing!r}")
     dataset = load_text_dataset(name, split=split, text_column=text_column)
     if "input_ids" not in dataset.column_names:
-        dataset = pack_dataset(dataset, tokenizer, block_size, text_column=text_column, num_proc=num_proc)
+        pack = pack_best_fit if packing == "best_fit" else pack_dataset
+        dataset = pack(dataset, tokenizer, block_size, text_column=text_column, num_proc=num_proc)
     check_blocks(dataset, name, block_size, vocab_size)
     return dataset
 
@@ -239,6 +290,12 @@ def make_parser():
     parser.add_argument("--num_proc", type=int, default=os.cpu_count(), help="tokenizer processes")
     parser.add_argument("--text_column", default="text", help="column holding the document text")
     parser.add_argument("--no_eos", action="store_true", help="do not append eos after each document")
+    parser.add_argument(
+        "--packing",
+        choices=PACKINGS,
+        default="stream",
+        help="stream: back to back, cut into full blocks (default); best_fit: whole documents, every row starting at one",
+    )
     parser.add_argument("--bin", action="store_true", help="also write input_ids.bin (uint16/uint32 memmap) + index")
     return parser
 
@@ -249,9 +306,14 @@ def main(argv=None):
     tokenizer = load_tokenizer(args.tokenizer)
     parts = [load_text_dataset(name, text_column=args.text_column) for name in args.input]
     dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    packed = pack_dataset(dataset, tokenizer, args.block_size, args.text_column, args.num_proc, not args.no_eos)
+    if args.bin and args.packing == "best_fit":
+        raise ValueError("--bin writes fixed-length blocks; best_fit rows vary in length (leave out --bin)")
+    pack = pack_best_fit if args.packing == "best_fit" else pack_dataset
+    packed = pack(dataset, tokenizer, args.block_size, args.text_column, args.num_proc, not args.no_eos)
     save_packed(packed, args.output, tokenizer, write_memmap=args.bin)
-    print(f"wrote {len(packed)} blocks of {args.block_size} tokens to {args.output}")
+    print(
+        f"wrote {len(packed)} rows of {'at most ' if args.packing == 'best_fit' else ''}{args.block_size} tokens to {args.output}"
+    )
     return 0
 
 

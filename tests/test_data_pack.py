@@ -1,5 +1,7 @@
-"""Packing keeps every token, restarts positions at document and block starts, and streams across batches."""
+"""Packing keeps every token, restarts positions at document and block starts, and streams across batches; best-fit
+packing starts every row at a document and keeps each document whole up to a block."""
 
+import itertools
 import json
 
 import datasets
@@ -8,6 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from data_process import pack
+from data_process.collators import PackedRowsCollator
 from data_process.loading import load_text_dataset
 
 DOCS = ["你好，世界。", "The cat sat.", "3 + 5 = 8", "一个稍微长一点的文档，用来跨越块的边界。" * 3, "end"]
@@ -102,3 +105,41 @@ def test_cli_user_mistakes_give_one_error_line(tmp_path, capsys):
         pack.main([*argv, "--blok_size", "64"])
     assert caught.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith("did you mean --block_size?")
+
+
+@pytest.mark.parametrize("block_size", [8, 32])
+def test_best_fit_rows_start_at_documents_and_keep_each_whole_document(tokenizer, block_size, caplog):
+    """Every row is whole documents (or one document's first block_size tokens), each starting a row segment;
+    every token of a document that fits a block is kept exactly once, and what was cut is counted."""
+    packed = pack.pack_best_fit(datasets.Dataset.from_dict({"text": DOCS}), tokenizer, block_size)
+    documents = [tokenizer.encode(doc, add_special_tokens=False) + [tokenizer.eos_token_id] for doc in DOCS]
+    segments = []
+    for row in packed:
+        assert sum(row["seq_lengths"]) == len(row["input_ids"]) <= block_size
+        offsets = np.cumsum([0, *row["seq_lengths"]])
+        segments += [row["input_ids"][a:b] for a, b in itertools.pairwise(offsets)]
+    assert sorted(segments) == sorted(doc[:block_size] for doc in documents)
+    cut = sum(max(len(doc) - block_size, 0) for doc in documents)
+    assert cut > 0  # the long document does not fit a block
+    assert f"dropped {cut} of {sum(map(len, documents))} tokens" in caplog.text
+    shared = [row["seq_lengths"] for row in packed if len(row["seq_lengths"]) > 1]
+    assert bool(shared) == (block_size == 32)  # short documents share a row once one fits beside another
+
+
+def test_best_fit_rows_train_with_positions_restarting_at_each_document(tokenizer):
+    rows = [{"input_ids": [5, 6, 7, 2, 8, 2], "seq_lengths": [4, 2]}, {"input_ids": [9, 10, 2], "seq_lengths": [3]}]
+    batch = PackedRowsCollator(pad_token_id=0)(rows)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 2, 8, 2], [9, 10, 2, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, 2, -100, 2], [-100, 10, 2, -100, -100, -100]]
+
+
+def test_cli_packs_best_fit_and_refuses_a_memmap_of_it(tiny_corpus, tiny_tokenizer_dir, tmp_path, capsys):
+    output = tmp_path / "packed"
+    argv = ["--input", str(tiny_corpus["pretrain"]), "--tokenizer", str(tiny_tokenizer_dir), "--block_size", "64"]
+    assert pack.main([*argv, "--output", str(output), "--num_proc", "1", "--packing", "best_fit"]) == 0
+    dataset = load_text_dataset(output)
+    assert set(dataset.column_names) == {"input_ids", "seq_lengths"}
+    pack.check_blocks(dataset, str(output), 64, len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir)))
+    assert pack.main([*argv, "--output", str(tmp_path / "bin"), "--packing", "best_fit", "--bin"]) != 0
+    assert "error: --bin writes fixed-length blocks" in capsys.readouterr().err

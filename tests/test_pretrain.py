@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from data_process.collators import PackedBlockCollator
+from data_process.pack import load_blocks
+from data_process.pack import main as pack_main
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from recipes.training.args import resolve_precision
 from recipes.training.callbacks import METRICS_FILE, PLOT_FILE, read_metrics
@@ -161,6 +163,28 @@ RESUME_ARGS = (
     "--block_size",
     "64",
 )
+
+
+def test_best_fit_packing_trains_on_rows_that_start_at_documents(tmp_path, tiny_corpus, tiny_tokenizer_dir):
+    """--packing best_fit: rows of whole documents padded in the batch; the pads are neither counted as trained
+    tokens nor targets, and the model learns as on full blocks."""
+    out = tmp_path / "run"
+    flags = ("--max_steps", "30", "--eval_steps", "30", "--packing", "best_fit")
+    result = main(*parse(out, tiny_corpus, tiny_tokenizer_dir, *flags))
+    assert result["after"]["eval_loss"] < 0.7 * result["before"]["eval_loss"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    rows = load_blocks(tiny_corpus["pretrain"], tokenizer, 128, len(tokenizer), packing="best_fit")
+    assert set(rows.column_names) == {"input_ids", "seq_lengths"}
+    full = 30 * 16 * 128  # steps x rows x block
+    assert 0.8 * full < result["tokens"] < full  # the pads are not counted; short documents fill most of each row
+
+    blocks = tmp_path / "blocks"
+    argv = ["--input", str(Path(tiny_corpus["eval"]) / "pretrain.jsonl"), "--output", str(blocks)]
+    assert pack_main([*argv, "--tokenizer", str(tiny_tokenizer_dir), "--block_size", "128", "--num_proc", "1"]) == 0
+    mixed = parse(tmp_path / "mixed", tiny_corpus, tiny_tokenizer_dir, "--packing", "best_fit", eval_file=False)
+    mixed[0].eval_dataset_name = str(blocks)
+    with pytest.raises(ValueError, match="packed differently from the training data"):
+        main(*mixed)
 
 
 def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path, tiny_corpus, tiny_tokenizer_dir):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from data_process.collators import PackedBlockCollator
+from data_process.collators import PackedBlockCollator, PackedRowsCollator
 from data_process.pack import load_blocks
 from modeling_miniminds import get_config
 from recipes.training.args import MiniMindsDefaults, ModelArguments, ScriptArguments
@@ -49,6 +49,14 @@ class PretrainScriptArguments(ScriptArguments):
             "document). false trains on plain contiguous blocks."
         },
     )
+    packing: str = field(
+        default="stream",
+        metadata={
+            "help": "How text becomes rows: stream (documents back to back, cut into full blocks) or best_fit (whole "
+            "documents placed best-fit, every row starting at a document start, as upstream MiniMind's samples do; "
+            "a document longer than a block loses its tail, counted in the log)."
+        },
+    )
     max_train_blocks: int | None = field(
         default=None, metadata={"help": "Use at most this many training blocks (quick runs); default all."}
     )
@@ -82,6 +90,10 @@ class PretrainConfig(MiniMindsDefaults, TrainingArguments):
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Blocks per device per micro-batch."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Blocks per device per eval batch."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training data."})
+    include_num_input_tokens_seen: str = field(
+        default="non_padding",
+        metadata={"help": "Count input tokens (non_padding, all or no): best_fit rows are padded in the batch."},
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
     eval_strategy: str = field(default="steps", metadata={"help": "no, steps or epoch."})
     eval_steps: float | None = field(default=200, metadata={"help": "Evaluate every N optimizer steps."})
@@ -169,7 +181,10 @@ def load_datasets(script_args: PretrainScriptArguments, training_args: PretrainC
         vocab_size=vocab_size,
         text_column=script_args.text_column,
         num_proc=script_args.num_proc,
+        packing=script_args.packing,
     )
+    if script_args.packing == "best_fit" and not script_args.document_mask:
+        raise ValueError("--packing best_fit keeps every document on its own; it needs --document_mask true")
     with training_args.main_process_first(desc="tokenize and pack"):
         train = load_blocks(script_args.dataset_name, split=script_args.dataset_train_split, **blocks)
         evaluation = None
@@ -185,9 +200,21 @@ def load_datasets(script_args: PretrainScriptArguments, training_args: PretrainC
                 )
             split = train.train_test_split(test_size=size, seed=training_args.seed)
             train, evaluation = split["train"], split["test"]
+    if evaluation is not None and ("seq_lengths" in train.column_names) != ("seq_lengths" in evaluation.column_names):
+        raise ValueError(
+            f"{script_args.eval_dataset_name}: packed differently from the training data (best_fit rows against full "
+            "blocks); pack both the same way"
+        )
     if script_args.max_train_blocks is not None:
         train = train.select(range(min(script_args.max_train_blocks, len(train))))
     return train, evaluation
+
+
+def rows_collator(train_dataset, tokenizer, document_mask: bool):
+    """Best-fit rows (with `seq_lengths`) are padded to the longest in the batch; full blocks are stacked."""
+    if "seq_lengths" in train_dataset.column_names:
+        return PackedRowsCollator(pad_token_id=tokenizer.pad_token_id)
+    return PackedBlockCollator(document_mask=document_mask)
 
 
 def train_on_blocks(
@@ -213,7 +240,7 @@ def train_on_blocks(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=PackedBlockCollator(document_mask=script_args.document_mask),
+        data_collator=rows_collator(train_dataset, tokenizer, script_args.document_mask),
         callbacks=[*(callbacks or []), held_out],
         **trainer_kwargs,
     )
