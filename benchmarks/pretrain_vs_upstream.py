@@ -4,8 +4,9 @@ useful (non-pad) tokens each trained on per second, and both held-out losses wit
 
 Upstream's `trainer/train_pretrain.py` runs unchanged from a copy of ../shared/upstream-minimind (it writes beside
 itself), in fp32 on the CPU. Each of its samples is one document cut or padded to --seq_len; the recipe packs documents
-into blocks of --seq_len tokens. Upstream saves its weights in fp16; they are loaded back through the project's strict
-`.pth` import.
+into blocks of --seq_len tokens (`--ours_flags "--packing best_fit"`: whole documents, every row starting at one, as
+upstream's samples do). Upstream saves its weights in fp16; they are loaded back through the project's strict `.pth`
+import.
 
 Held-out loss: --heldout_docs documents neither side trained on, each cut to --seq_len and read by each model in the
 framing it was trained on (upstream: bos + text + eos, as its dataset; MiniMinds: text + eos, as its packer), scored on
@@ -14,6 +15,7 @@ the same tokens (the text after its first token, then eos), so the two losses co
     python benchmarks/pretrain_vs_upstream.py              # docstrings of Python's own library, 30M shape, 81 x 8 x 340
     python benchmarks/pretrain_vs_upstream.py --data texts.jsonl --steps 200
     python benchmarks/pretrain_vs_upstream.py --ours_flags "--weight_decay 0.01 --adam_beta2 0.999 --warmup_steps 0"
+    python benchmarks/pretrain_vs_upstream.py --ours_flags "--packing best_fit"
 """
 
 import argparse
@@ -152,6 +154,11 @@ def useful_tokens(tokenizer, texts: list[str], seq_len: int) -> int:
     return sum(min(len(ids) + 2, seq_len) for ids in lengths)
 
 
+def trained_tokens(output_dir: Path) -> int:
+    """Non-pad tokens the recipe trained on, as its trainer counted them (best-fit rows are padded in the batch)."""
+    return json.loads((output_dir / "trainer_state.json").read_text(encoding="utf-8"))["num_input_tokens_seen"]
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not (args.upstream / "trainer" / "train_pretrain.py").is_file():
@@ -190,7 +197,7 @@ def main(argv=None):
     }
     useful = {
         "upstream": useful_tokens(tokenizer, train, args.seq_len),
-        "MiniMinds": args.steps * args.batch_size * args.seq_len,
+        "MiniMinds": trained_tokens(work / "ours"),
     }
     seconds = {"upstream": upstream_seconds, "MiniMinds": ours_seconds}
 

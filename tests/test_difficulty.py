@@ -103,19 +103,17 @@ def every_third_prompt_is_middling(monkeypatch, samples: int) -> None:
     monkeypatch.setattr(difficulty, "accuracy_reward", scored)
 
 
-def test_grpo_trains_on_the_middling_prompts_and_reports_the_split(
-    quick_sft_folder, tiny_corpus, tmp_path, monkeypatch
-):
-    every_third_prompt_is_middling(monkeypatch, samples=4)
+def one_step_args(stage, quick_sft_folder, tiny_corpus, out, *flags):
+    """One training step of `stage` from its tiny recipe on the tiny corpus's prompts, four held-out questions."""
     argv = [
         "--config",
-        str(REPO / "recipes" / "configs" / "grpo_tiny.yaml"),
+        str(REPO / "recipes" / "configs" / f"{stage.__name__.rsplit('.', 1)[-1]}_tiny.yaml"),
         "--model_name_or_path",
         str(quick_sft_folder),
         "--dataset_name",
         str(tiny_corpus["rl"]),
         "--output_dir",
-        str(tmp_path),
+        str(out),
         "--report_to",
         "none",
         "--disable_tqdm",
@@ -126,12 +124,16 @@ def test_grpo_trains_on_the_middling_prompts_and_reports_the_split(
         "1",
         "--chat_eval_samples",
         "4",
-        "--difficulty_samples",
-        "4",
-        "--difficulty_prompts",
-        "30",
     ]
-    result = grpo.grpo(*grpo.make_parser().parse_args_and_config(argv))
+    return stage.make_parser().parse_args_and_config(argv + list(flags))
+
+
+def test_grpo_trains_on_the_middling_prompts_and_reports_the_split(
+    quick_sft_folder, tiny_corpus, tmp_path, monkeypatch
+):
+    every_third_prompt_is_middling(monkeypatch, samples=4)
+    flags = ("--difficulty_samples", "4", "--difficulty_prompts", "30")
+    result = grpo.grpo(*one_step_args(grpo, quick_sft_folder, tiny_corpus, tmp_path, *flags))
     assert result["difficulty"] == {"samples": 4, "scored": 30, "all_right": 10, "all_wrong": 10, "kept": 10}
     assert result["train_prompts"] == 10
     assert json.loads((tmp_path / "all_results.json").read_text())["train_runtime"] > 0
@@ -139,29 +141,7 @@ def test_grpo_trains_on_the_middling_prompts_and_reports_the_split(
 
 def test_ppo_trains_on_the_middling_prompts_and_reports_the_split(quick_sft_folder, tiny_corpus, tmp_path, monkeypatch):
     every_third_prompt_is_middling(monkeypatch, samples=2)
-    argv = [
-        "--config",
-        str(REPO / "recipes" / "configs" / "ppo_tiny.yaml"),
-        "--model_name_or_path",
-        str(quick_sft_folder),
-        "--dataset_name",
-        str(tiny_corpus["rl"]),
-        "--output_dir",
-        str(tmp_path),
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--use_cpu",
-        "true",
-        "--max_steps",
-        "1",
-        "--chat_eval_samples",
-        "4",
-        "--difficulty_samples",
-        "2",
-    ]
-    result = ppo.ppo(*ppo.make_parser().parse_args_and_config(argv))
+    result = ppo.ppo(*one_step_args(ppo, quick_sft_folder, tiny_corpus, tmp_path, "--difficulty_samples", "2"))
     scored = result["difficulty"]["scored"]
     assert 0 < scored <= len(list(read_jsonl(tiny_corpus["rl"])))  # the prompts that fit --max_prompt_length
     assert result["prompts"] == result["difficulty"]["kept"] == len(range(2, scored, 3))
