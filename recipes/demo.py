@@ -202,17 +202,17 @@ def stage_eval(out: Path, paths: dict, model_dirs: list[Path]) -> tuple[dict, No
 # Seconds each stage took in `make demo` on this project's 2-core CPU machine; the ETA scales what is left by how fast
 # this run has gone so far, so a faster machine sees a shorter one.
 EXPECTED_SECONDS = {
-    "corpus": 4.6,
-    "tokenizer": 2.3,
-    "pretrain": 170,
-    "model": 9.2,
-    "distill": 30,  # estimated: 0.134 of the 791-step pretraining's time beside it on a busy machine (108 s : 805 s)
-    "sft": 165,
-    "reward": 40,
-    "dpo": 75,
-    "ppo": 32,
-    "grpo": 30,
-    "eval": 38,
+    "corpus": 5.8,
+    "tokenizer": 2.5,
+    "pretrain": 212,
+    "model": 10.1,
+    "distill": 39,
+    "sft": 173,
+    "reward": 39,
+    "dpo": 71,
+    "ppo": 66,
+    "grpo": 41,
+    "eval": 43,
 }
 
 
