@@ -4,7 +4,7 @@
         --tokenizer runs/tokenizer --block_size 512 --num_proc 2 --bin
 
 Documents are tokenized in batches by `datasets.map(num_proc=...)`, each followed by eos, then packed one of two
-ways (`PACKINGS`):
+ways (`PACKERS`):
 - `stream` (the default): concatenated and cut into full blocks. `position_ids` restart at 0 at every document start
   and at every block start, so a model given no attention mask sees each document on its own (see
   create_causal_mask). Tokens after the last full block are dropped and their count is logged.
@@ -35,7 +35,6 @@ from modeling_miniminds.tokenizer import load_tokenizer
 logger = logging.getLogger(__name__)
 
 PACK_BATCH_DOCS = 1000
-PACKINGS = ("stream", "best_fit")
 BIN_NAME = "input_ids.bin"
 INDEX_NAME = "input_ids.json"
 
@@ -172,6 +171,10 @@ def pack_best_fit(dataset, tokenizer, block_size, text_column="text", num_proc=N
     return packed
 
 
+# How text becomes training rows, by the name `--packing` takes.
+PACKERS = {"stream": pack_dataset, "best_fit": pack_best_fit}
+
+
 def _total_tokens(tokenized):
     total = 0
     for batch in tokenized.with_format("arrow").iter(batch_size=10 * PACK_BATCH_DOCS):
@@ -264,14 +267,13 @@ def load_blocks(
     num_proc=None,
     packing: str = "stream",
 ):
-    """Training rows from any dataset `load_text_dataset` reads, packed here (`packing`, one of `PACKINGS`) unless
+    """Training rows from any dataset `load_text_dataset` reads, packed here (`packing`, a name in `PACKERS`) unless
     packed already."""
-    if packing not in PACKINGS:
-        raise ValueError(f"--packing: expected one of {', '.join(PACKINGS)}, got {packing!r}")
+    if packing not in PACKERS:
+        raise ValueError(f"--packing: expected one of {', '.join(PACKERS)}, got {packing!r}")
     dataset = load_text_dataset(name, split=split, text_column=text_column)
     if "input_ids" not in dataset.column_names:
-        pack = pack_best_fit if packing == "best_fit" else pack_dataset
-        dataset = pack(dataset, tokenizer, block_size, text_column=text_column, num_proc=num_proc)
+        dataset = PACKERS[packing](dataset, tokenizer, block_size, text_column=text_column, num_proc=num_proc)
     check_blocks(dataset, name, block_size, vocab_size)
     return dataset
 
@@ -292,7 +294,7 @@ def make_parser():
     parser.add_argument("--no_eos", action="store_true", help="do not append eos after each document")
     parser.add_argument(
         "--packing",
-        choices=PACKINGS,
+        choices=list(PACKERS),
         default="stream",
         help="stream: back to back, cut into full blocks (default); best_fit: whole documents, every row starting at one",
     )
@@ -303,13 +305,14 @@ def make_parser():
 @command_main
 def main(argv=None):
     args = make_parser().parse_args(argv)
+    if args.bin and args.packing == "best_fit":
+        raise ValueError("--bin writes fixed-length blocks; best_fit rows vary in length (leave out --bin)")
     tokenizer = load_tokenizer(args.tokenizer)
     parts = [load_text_dataset(name, text_column=args.text_column) for name in args.input]
     dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    if args.bin and args.packing == "best_fit":
-        raise ValueError("--bin writes fixed-length blocks; best_fit rows vary in length (leave out --bin)")
-    pack = pack_best_fit if args.packing == "best_fit" else pack_dataset
-    packed = pack(dataset, tokenizer, args.block_size, args.text_column, args.num_proc, not args.no_eos)
+    packed = PACKERS[args.packing](
+        dataset, tokenizer, args.block_size, args.text_column, args.num_proc, not args.no_eos
+    )
     save_packed(packed, args.output, tokenizer, write_memmap=args.bin)
     print(
         f"wrote {len(packed)} rows of {'at most ' if args.packing == 'best_fit' else ''}{args.block_size} tokens to {args.output}"

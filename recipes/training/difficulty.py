@@ -15,6 +15,7 @@ import torch
 
 from data_process.rewards import accuracy_reward
 from modeling_miniminds.inference import chat_prompt_ids, generate_completions
+from recipes.training.rl import as_messages
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def pass_rates(
     missing = next((i for i, r in enumerate(records) if "answer" not in r), None)
     if missing is not None:
         raise ValueError(f"prompt {missing + 1}: scoring difficulty needs an `answer` in every prompt record")
-    prompts = chat_prompt_ids(tokenizer, [r["prompt"] for r in records])
+    prompts = chat_prompt_ids(tokenizer, [as_messages(r["prompt"]) for r in records])
     repeated = [ids for ids in prompts for _ in range(samples)]
     was_training = model.training
     model.eval()

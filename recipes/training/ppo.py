@@ -104,7 +104,7 @@ def build_trainer(script_args: RLScriptArguments, training_args: PPOConfig, mode
     kept, difficulty = prompts_to_train(
         policy,
         tokenizer,
-        [{**r, "prompt": as_messages(r["prompt"])} for r in train_records],
+        train_records,
         script_args.difficulty_samples,
         script_args.difficulty_prompts,
         training_args.max_completion_length,
