@@ -182,6 +182,8 @@ def to_chat_row(record) -> dict:
         _normalize_message(message, source, f"{field}[{i}]")
         for i, (message, source) in enumerate(zip(converted["conversations"], sources))
     ]
+    if messages and messages[0]["role"] == "system" and not messages[0]["content"].strip():
+        messages = messages[1:]  # a system turn that held only the tool list (upstream MiniMind's layout)
     check_turn_order(messages, field)
     return {"messages": messages, "tools": json.dumps(tools, ensure_ascii=False) if tools else None}
 

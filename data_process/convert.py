@@ -4,7 +4,7 @@
 
 Sources (detected per record with --from auto):
   minimind       {"text"} / {"conversations": [{"role","content"}]} / {"chosen","rejected"} / rlaif
-                 (conversations ending in an empty assistant turn, becomes `prompt`)
+                 (conversations ending in a placeholder assistant turn, empty or "无", becomes `prompt`)
   sharegpt       {"conversations": [{"from": "human"|"gpt"|"system"|"observation"|"function_call", "value"}]}
   alpaca         {"instruction", "input", "output", optional "system", "history": [[q, a], ...]}
   firefly        {"input", "target"}
@@ -38,6 +38,8 @@ PROMPT_KEYS = ("prompt", "question", "query", "instruction")
 ANSWER_KEYS = ("answer", "response", "output")
 SOURCES = ("minimind", "sharegpt", "alpaca", "firefly", "prompt_answer", "openai", "preference")
 TARGETS = ("auto", "pretrain", "sft", "dpo", "rl", "prompt")
+# What upstream MiniMind's rlaif.jsonl puts in the assistant turn the policy is to write.
+RLAIF_PLACEHOLDERS = ("", "无")
 
 
 def _string(record, key, where=None):
@@ -71,11 +73,11 @@ def detect_source(record):
 
 
 def from_minimind(record):
-    """MiniMind files are already project formats, except rlaif: a chat ending in an empty assistant turn."""
+    """MiniMind files are already project formats, except rlaif: a chat ending in a placeholder assistant turn."""
     turns = record.get("conversations")
     if isinstance(turns, list) and turns and isinstance(turns[-1], dict):
         last = turns[-1]
-        if last.get("role") == "assistant" and not (last.get("content") or "").strip():
+        if last.get("role") == "assistant" and (last.get("content") or "").strip() in RLAIF_PLACEHOLDERS:
             return "prompt", {"prompt": turns[:-1]}
         return "sft", {"conversations": turns}
     if "chosen" in record:

@@ -41,8 +41,11 @@ def validate_messages(messages, field="conversations", final_assistant=False):
         role = message.get("role")
         if role not in ROLES:
             raise ValueError(f"field '{where}.role': unknown role {role!r} (expected one of {', '.join(ROLES)})")
-        has_tool_calls = role == "assistant" and bool(message.get("tool_calls"))
-        _check_text(message.get("content"), f"{where}.content", allow_empty=has_tool_calls)
+        # an assistant turn may be only tool calls; upstream MiniMind's system turn may carry only the tool list
+        carries_other = bool(
+            message.get("tool_calls") if role == "assistant" else role == "system" and message.get("tools")
+        )
+        _check_text(message.get("content"), f"{where}.content", allow_empty=carries_other)
         tool_calls = message.get("tool_calls")
         if tool_calls is not None and (role != "assistant" or not isinstance(tool_calls, list)):
             raise ValueError(f"field '{where}.tool_calls': expected a list on an assistant message")

@@ -22,6 +22,11 @@ USER_ASSISTANT = [{"role": "user", "content": "你好"}, {"role": "assistant", "
             {"prompt": [{"role": "user", "content": "你好"}]},
         ),
         (
+            {"conversations": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "无"}]},
+            "prompt",
+            {"prompt": [{"role": "user", "content": "你好"}]},
+        ),
+        (
             {"chosen": USER_ASSISTANT, "rejected": USER_ASSISTANT},
             "dpo",
             {"chosen": USER_ASSISTANT, "rejected": USER_ASSISTANT},

@@ -17,10 +17,11 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, GenerationConfig, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback
 from trl.data_utils import pack_dataset
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from data_process.assistant_masks import masked_row
 from data_process.chat import check_turn_order, load_chat_dataset, read_system_prompts, to_chat_row
 from data_process.collators import PackedRowsCollator
 from data_process.jsonl import read_jsonl
@@ -37,10 +38,12 @@ from recipes.training.sft import (
     SFTRecipeConfig,
     SFTRecipeTrainer,
     SFTScriptArguments,
+    mask_assistant_spans,
     sft,
 )
 
 REPO = Path(__file__).resolve().parents[1]
+UPSTREAM_TOKENIZER = REPO.parent / "shared" / "upstream-minimind-tokenizer"
 SFT_RECIPE = REPO / "recipes" / "configs" / "sft_tiny.yaml"
 QUIET = ["--disable_tqdm", "true", "--report_to", "none"]
 
@@ -128,20 +131,6 @@ def tool_conversation(thinking):
     }
 
 
-def expected_assistant_mask(tokenizer, row):
-    """Which tokens belong to an assistant turn, found in the rendered text (not through the template's markers):
-    everything after `<|im_start|>assistant\\n` up to and including the next `<|im_end|>`."""
-    text = tokenizer.apply_chat_template(row["messages"], tools=json.loads(row["tools"]), tokenize=False)
-    spans, start, opener = [], 0, "<|im_start|>assistant\n"
-    while (found := text.find(opener, start)) >= 0:
-        end = text.index("<|im_end|>", found) + len("<|im_end|>")
-        spans.append((found + len(opener), end))
-        start = end
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    inside = [any(a <= s and e <= b for a, b in spans) for s, e in encoded["offset_mapping"]]
-    return encoded["input_ids"], inside, len(spans)
-
-
 def sft_trainer(tokenizer, rows, tmp_path, **config):
     """SFTRecipeTrainer over `rows` with a tiny random model: datasets prepared the way the recipe prepares them."""
     torch.manual_seed(0)
@@ -157,16 +146,73 @@ def test_labels_are_ignored_exactly_outside_assistant_turns(thinking, tokenizer,
     row = to_chat_row(tool_conversation(thinking))
     trainer = sft_trainer(tokenizer, [row], tmp_path, packing=False, max_length=None)
     prepared = trainer.train_dataset[0]
-    input_ids, inside, turns = expected_assistant_mask(tokenizer, row)
+    expected = masked_row(row, tokenizer)  # ChatML spans in the rendered text, not the template's markers
+    input_ids, inside = expected["input_ids"], expected["assistant_masks"]
 
-    assert turns == 3 and prepared["input_ids"] == input_ids
+    assert prepared["input_ids"] == input_ids
     trained = [label != -100 for label in prepared["labels"]]
     for position, (token, want, got) in enumerate(zip(input_ids, inside, trained)):
-        assert want == got, f"token {position} {tokenizer.decode([token])!r}: assistant={want}, trained={got}"
+        assert bool(want) == got, f"token {position} {tokenizer.decode([token])!r}: assistant={want}, trained={got}"
     trained_text = tokenizer.decode([t for t, keep in zip(input_ids, trained) if keep])
     assert trained_text.count("<|im_end|>") == 3 and "<tool_call>" in trained_text
     assert "5535\n</tool_response>" not in trained_text and "calculator" not in trained_text.split("<tool_call>")[0]
     assert ("<think>\nThe tool says 5535.\n</think>" in trained_text) == thinking
+
+
+def test_chatml_spans_mark_the_tokens_the_generation_markers_mark(tokenizer, tiny_corpus):
+    """The masks SFT builds for templates without {% generation %} markers (upstream MiniMind's) equal the markers'
+    own masks on the project's template, over every conversation of the tiny corpus and the tool chats."""
+    rows = [to_chat_row(record) for record in read_jsonl(tiny_corpus["sft"])]
+    rows += [to_chat_row(tool_conversation(thinking)) for thinking in (False, True)]
+    for row in rows:
+        tools = json.loads(row["tools"]) if row["tools"] else None
+        marked = tokenizer.apply_chat_template(
+            row["messages"], tools=tools, return_dict=True, return_assistant_tokens_mask=True
+        )
+        spans = masked_row(row, tokenizer)
+        assert spans["input_ids"] == marked["input_ids"]
+        assert spans["assistant_masks"] == marked["assistant_masks"], row["messages"][-1]["content"]
+
+
+@pytest.mark.skipif(not UPSTREAM_TOKENIZER.is_dir(), reason="upstream MiniMind tokenizer folder (../shared) absent")
+def test_sft_trains_assistant_turns_with_upstream_minimind_tokenizer_as_it_is(tiny_corpus, tmp_path):
+    """Upstream's chat template has no generation markers and TRL cannot patch it: SFT still trains, on exactly
+    the assistant turns (upstream's template renders a think block in each) and nothing else."""
+    upstream = AutoTokenizer.from_pretrained(UPSTREAM_TOKENIZER)
+    args = SFTRecipeConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, packing=False, max_length=None)
+    (rows,) = mask_assistant_spans([Dataset.from_list([to_chat_row(tool_conversation(False))])], upstream, args)
+    assert not args.assistant_only_loss  # the rows carry their masks; TRL's own marking is off
+    model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(upstream)))
+    args.eval_strategy, args.eval_on_start = "no", False
+    prepared = SFTRecipeTrainer(model=model, args=args, train_dataset=rows, processing_class=upstream).train_dataset
+    trained = upstream.decode([t for t, label in zip(prepared[0]["input_ids"], prepared[0]["labels"]) if label != -100])
+    assert trained == (
+        "<think>\n\n</think>\n\n3 + 4 = 7.\nAnswer: 7<|im_end|>"
+        '<think>\n\n</think>\n\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "123 * 45"}}\n</tool_call><|im_end|>'
+        "<think>\n\n</think>\n\n123 * 45 = 5535.\nAnswer: 5535<|im_end|>"
+    )
+
+    base = tmp_path / "upstream-base"
+    torch.manual_seed(0)
+    model.save_pretrained(base)
+    upstream.save_pretrained(base)
+    result = sft(
+        *parse(
+            base,
+            tiny_corpus["sft"],
+            tmp_path / "sft",
+            "--max_steps",
+            "8",
+            "--eval_dataset_name",
+            tiny_corpus["eval"] / "sft.jsonl",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+        )
+    )
+    assert result["after"]["eval_loss"] < result["before"]["eval_loss"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "sft").chat_template == upstream.chat_template
 
 
 def test_padded_padding_free_and_packed_rows_give_the_same_loss(tokenizer, tiny_corpus, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 
 from data_process.jsonl import expand_inputs, iter_records
-from data_process.records import validate_prompt, validate_rl
+from data_process.records import DataError, validate_prompt, validate_rl
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
 from modeling_miniminds.cli.paths import check_name_or_path
 from recipes.training.args import ModelArguments, ScriptArguments
@@ -34,9 +34,9 @@ class RLScriptArguments(ScriptArguments, ChatEvalArguments):
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Prompts to train on: `rl` records ({prompt: text or messages, answer, family}) in a JSONL "
-            "file, folder or glob, or a Hub dataset id. Without reward functions that need `answer`, {prompt} is "
-            "enough."
+            "help": "Prompts to train on: `rl` records ({prompt: text or messages, answer, family}) or chats whose "
+            "last assistant turn is the reply to generate (upstream MiniMind's rlaif.jsonl), in a JSONL file, folder "
+            "or glob, or a Hub dataset id. Without reward functions that need `answer`, the prompt is enough."
         },
     )
     reward_funcs: list[str] = field(
@@ -77,9 +77,41 @@ class RLModelArguments(ModelArguments):
     )
 
 
-def check_rl_record(record: dict) -> None:
-    """`rl` records need an answer when a reward function reads one; prompt-only records are fine otherwise."""
+def chat_as_prompt(record: dict) -> dict:
+    """A chat record (`conversations` or `messages`) as a prompt record: its turns up to the last user or tool turn.
+    A last assistant turn is the slot the policy fills, as in upstream MiniMind's rlaif.jsonl (empty, or a filler
+    such as "无"); its text is not used. The record's other fields (answer, ...) stay as they are."""
+    field = "messages" if "messages" in record else "conversations"
+    turns = record[field]
+    if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and turns[-1].get("role") == "assistant":
+        turns = turns[:-1]
+    prompt = [{"role": t.get("role"), "content": t.get("content")} if isinstance(t, dict) else t for t in turns]
+    return {"prompt": prompt, **{key: value for key, value in record.items() if key != field}}
+
+
+def rl_record(record: dict) -> dict:
+    """A checked prompt record: `prompt` records as they are, chats through `chat_as_prompt`. An answer is checked
+    when present (reward functions read it); prompt-only records are fine otherwise."""
+    if "prompt" not in record and ("conversations" in record or "messages" in record):
+        record = chat_as_prompt(record)
+    elif "prompt" not in record:
+        keys = ", ".join(record) or "none"
+        raise ValueError(
+            f"field 'prompt': missing (keys: {keys}); expected `prompt` (text or messages) or a chat "
+            "(`conversations`/`messages`) whose last assistant turn is the reply to generate"
+        )
     (validate_rl if "answer" in record else validate_prompt)(record)
+    return record
+
+
+def _file_rl_records(path) -> list[dict]:
+    records = []
+    for line, _, _, record in iter_records(path):
+        try:
+            records.append(rl_record(record))
+        except ValueError as err:
+            raise DataError(f"{path}:{line}: {err}") from None
+    return records
 
 
 def read_rl_records(name: str, split: str = "train", limit: int | None = None) -> list[dict]:
@@ -89,14 +121,12 @@ def read_rl_records(name: str, split: str = "train", limit: int | None = None) -
     if not any(ch in name for ch in "*?["):
         name = check_name_or_path(name, "dataset")
     if Path(name).exists() or any(ch in name for ch in "*?["):
-        records = [
-            record for path in expand_inputs([name]) for _, _, _, record in iter_records(path, validate=check_rl_record)
-        ]
+        records = [record for path in expand_inputs([name]) for record in _file_rl_records(path)]
     else:
-        records = list(datasets.load_dataset(name, split=split))
-        for row, record in enumerate(records):
+        records = []
+        for row, record in enumerate(datasets.load_dataset(name, split=split)):
             try:
-                check_rl_record(record)
+                records.append(rl_record(record))
             except ValueError as err:
                 raise ValueError(f"{name}[{split}]:{row}: {err}") from None
     if not records:

@@ -2,7 +2,8 @@
 `recipes/sft.py` and the demo call.
 
 The loss covers assistant content and its end-of-turn token only, in every assistant turn of a conversation at once
-(`assistant_only_loss` through the template's {% generation %} markers). Conversations are packed best-fit into
+(`assistant_only_loss` through the template's {% generation %} markers; a template TRL cannot mark, such as
+upstream MiniMind's, gets its masks from ChatML spans, see `data_process.assistant_masks`). Conversations are packed best-fit into
 rows of `max_length` tokens that attend block-diagonally, so next to no compute goes to padding: TRL's padding-free
 batch (one flattened row) with a flash-attention varlen kernel, separate packed rows with sdpa or eager attention
 (`PackedRowsCollator`). With `--use_peft` only LoRA adapters train. Before and after training the run measures, on held-out data, the
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
+from data_process.assistant_masks import with_assistant_masks
 from data_process.chat import load_chat_dataset, read_system_prompts
 from data_process.collators import PackedRowsCollator
 from modeling_miniminds.export.merge_lora import merge_lora
@@ -168,6 +171,29 @@ def load_datasets(script_args: SFTScriptArguments, training_args: SFTRecipeConfi
     return train, evaluation, {"train": train_rejected, "eval": eval_rejected}
 
 
+def trl_marks_assistant_tokens(tokenizer) -> bool:
+    """Whether TRL finds the assistant tokens itself: through the template's generation markers, or through a
+    training template TRL ships for this chat template."""
+    if has_generation_markers(tokenizer.chat_template):
+        return True
+    try:
+        return get_training_chat_template(tokenizer) is not None
+    except ValueError:
+        return False
+
+
+def mask_assistant_spans(datasets: list, tokenizer, training_args: SFTRecipeConfig) -> list:
+    """The chat datasets tokenized with ChatML-span assistant masks when the loss is on assistant tokens and TRL
+    cannot mark them; TRL then trains on the masks as given, so its own marking is turned off."""
+    if not training_args.assistant_only_loss or trl_marks_assistant_tokens(tokenizer):
+        return datasets
+    logger.info("the chat template has no {% generation %} markers: assistant tokens are found by ChatML spans")
+    with training_args.main_process_first(desc="tokenize with assistant masks"):
+        datasets = [None if rows is None else with_assistant_masks(rows, tokenizer) for rows in datasets]
+    training_args.assistant_only_loss = False
+    return datasets
+
+
 def sft(
     script_args: SFTScriptArguments,
     training_args: SFTRecipeConfig,
@@ -186,6 +212,7 @@ def sft(
     tokenizer = resolve_tokenizer(model_args)
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
     train_dataset, eval_dataset, rejected = load_datasets(script_args, training_args)
+    train_dataset, eval_dataset = mask_assistant_spans([train_dataset, eval_dataset], tokenizer, training_args)
     turn_off_eval_without_data(training_args, eval_dataset)
     chat = chat_probe(tokenizer, read_chat_probes(script_args), script_args.chat_eval_max_new_tokens)
     held_out = HeldOutProbes([*chat, *(probes or [])], training_args.output_dir)
