@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 
+from data_process.agent_records import LAYOUT, agent_prompt, is_agent_record, validate_agent
 from data_process.jsonl import expand_inputs, iter_records
 from data_process.records import validate_prompt, validate_rl
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
@@ -34,9 +35,9 @@ class RLScriptArguments(ScriptArguments, ChatEvalArguments):
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Prompts to train on: `rl` records ({prompt: text or messages, answer, family}) in a JSONL "
-            "file, folder or glob, or a Hub dataset id. Without reward functions that need `answer`, {prompt} is "
-            "enough."
+            "help": "Prompts to train on: `rl` records ({prompt: text or messages, answer, family}) or upstream "
+            "MiniMind's agent records ({conversations: tools on the system turn, gt}) in a JSONL file, folder or "
+            "glob, or a Hub dataset id. Without reward functions that need `answer` or `gt`, {prompt} is enough."
         },
     )
     reward_funcs: list[str] = field(
@@ -78,30 +79,54 @@ class RLModelArguments(ModelArguments):
 
 
 def check_rl_record(record: dict) -> None:
-    """`rl` records need an answer when a reward function reads one; prompt-only records are fine otherwise."""
-    (validate_rl if "answer" in record else validate_prompt)(record)
+    """`rl` records need an answer when a reward function reads one; prompt-only records are fine otherwise; agent
+    records (upstream's layout: `conversations` and `gt`) are checked by `data_process.agent_records`."""
+    if is_agent_record(record):
+        validate_agent(record)
+    elif "prompt" in record:
+        (validate_rl if "answer" in record else validate_prompt)(record)
+    else:
+        raise ValueError(
+            f"expected an RL record: `prompt` (text or messages; with `answer` for the accuracy reward), or {LAYOUT}; "
+            f"got keys: {', '.join(record) or 'none'}"
+        )
 
 
-def read_rl_records(name: str, split: str = "train", limit: int | None = None) -> list[dict]:
-    """Prompt records of local JSONL files (a file, folder or glob) or of a Hub dataset split, checked line by line:
-    a bad line raises DataError naming `file:line` and the field."""
+def rl_record(record: dict) -> dict:
+    """A checked record in the one form the RL stages read: agent records become prompt records with `tools`
+    and `gt`, the others stay as they are."""
+    return agent_prompt(record) if is_agent_record(record) else record
+
+
+def read_located_rl_records(name: str, split: str = "train") -> list[tuple[str, dict]]:
+    """(`file:line`, record) of every prompt record of local JSONL files (a file, folder or glob) or of a Hub
+    dataset split (`name[split]:row`), checked line by line (a bad line raises DataError naming `file:line` and the
+    field) and read by `rl_record`."""
     name = str(name)
     if not any(ch in name for ch in "*?["):
         name = check_name_or_path(name, "dataset")
     if Path(name).exists() or any(ch in name for ch in "*?["):
-        records = [
-            record for path in expand_inputs([name]) for _, _, _, record in iter_records(path, validate=check_rl_record)
+        located = [
+            (f"{path}:{number}", rl_record(record))
+            for path in expand_inputs([name])
+            for number, _, _, record in iter_records(path, validate=check_rl_record)
         ]
     else:
-        records = list(datasets.load_dataset(name, split=split))
-        for row, record in enumerate(records):
+        located = []
+        for row, record in enumerate(datasets.load_dataset(name, split=split)):
             try:
                 check_rl_record(record)
             except ValueError as err:
                 raise ValueError(f"{name}[{split}]:{row}: {err}") from None
-    if not records:
+            located.append((f"{name}[{split}]:{row}", rl_record(record)))
+    if not located:
         raise ValueError(f"dataset {name}: no prompts")
-    return records[:limit]
+    return located
+
+
+def read_rl_records(name: str, split: str = "train", limit: int | None = None) -> list[dict]:
+    """The records of `read_located_rl_records`, the first `limit` of them."""
+    return [record for _, record in read_located_rl_records(name, split)][:limit]
 
 
 def read_heldout_records(script_args: RLScriptArguments) -> list[dict]:
