@@ -9,7 +9,7 @@ conversation without it. The system turn's `tools` (a record may declare none: a
 goes beside the prompt as the record's tool list, each schema in OpenAI's `{"type": "function", "function": ...}`
 form. `gt` becomes a list of strings: a single string or number is one value, and numbers stay comparable by value
 (`data_process.trajectories`). Assistant turns inside the prompt may carry `tool_calls` as JSON text, as upstream
-writes them; they are read into lists for the chat template.
+writes them; they are read into lists of calls whose arguments are JSON text (`text_arguments`).
 """
 
 import json
@@ -72,10 +72,24 @@ def prompt_message(message: dict, where: str) -> dict:
     if not isinstance(out["content"], str):
         raise ValueError(f"field '{where}.content': expected a string, got {type_name(message['content'])}")
     if "tool_calls" in out:
-        out["tool_calls"] = parse_json_text(out["tool_calls"], f"{where}.tool_calls")
-        if not isinstance(out["tool_calls"], list):
+        calls = parse_json_text(out["tool_calls"], f"{where}.tool_calls")
+        if not isinstance(calls, list):
             raise ValueError(f"field '{where}.tool_calls': expected a list")
+        out["tool_calls"] = [text_arguments(call, f"{where}.tool_calls[{i}]") for i, call in enumerate(calls)]
     return out
+
+
+def text_arguments(call, where: str) -> dict:
+    """An earlier turn's tool call as `{"type": "function", "function": {"name", "arguments": JSON text}}`: the
+    chat template renders text arguments as they are, and a `datasets` column cannot hold argument objects whose
+    keys differ from call to call (Arrow would give every call every key)."""
+    function = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ValueError(f"field '{where}': expected a call with a function name, got {call!r}")
+    arguments = function.get("arguments", {})
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
 
 
 def agent_prompt(record: dict) -> dict:

@@ -116,6 +116,11 @@ def test_agent_layout_becomes_prompts_with_tools_and_gt(tmp_path):
         "gt": 408,
     }
     calculator = {"prompt": "What is 6 * 7?", "answer": "42"}
+    listed["conversations"] += [
+        {"role": "assistant", "content": "", "tool_calls": '[{"name": "calculate_math", "arguments": {"expression": "6*7"}}]'},
+        {"role": "tool", "content": '{"result": "42"}'},
+        {"role": "user", "content": "and 12 * 34?"},
+    ]  # fmt: skip
     lines = [agent_line("weather in Paris", schemas("get_current_weather"), ["19", "sunny"]), json.dumps(listed)]
     path.write_text("\n".join([*lines, json.dumps(calculator)]) + "\n")
     (where, first), (_, second), (_, third) = read_located_rl_records(path)
@@ -126,6 +131,9 @@ def test_agent_layout_becomes_prompts_with_tools_and_gt(tmp_path):
     ]
     assert first["tools"] == schemas("get_current_weather") and first["gt"] == ["19", "sunny"]
     assert second["tools"] == schemas("calculate_math") and second["gt"] == ["408"]
+    assert second["prompt"][2]["tool_calls"] == [
+        {"type": "function", "function": {"name": "calculate_math", "arguments": '{"expression": "6*7"}'}}
+    ]
     assert third == calculator
 
 

@@ -15,7 +15,9 @@ Why environments: TRL 1.16's GRPOTrainer takes either one `tools` list, rendered
 chosen by the example's `environment` column; that example's prompt is rendered, and its reply parsed, with that
 environment's tools only. Records declare different tool sets, so each distinct set becomes one environment class
 whose static methods are its declared tools (`tool_environments`): every prompt offers exactly the tools its record
-declares, as upstream renders them, not a union of tools the data never offered together.
+declares, not a union of tools the data never offered together. TRL renders a tool from its function, so the prompt
+shows what `get_json_schema` reads back: name, description, each argument's type, description and enum, and which
+are required; a declared default (still applied) or a nested schema (`items`, inner properties) is not shown.
 """
 
 import importlib
