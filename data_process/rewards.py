@@ -4,11 +4,20 @@ TRL calls `f(prompts=..., completions=..., completion_ids=..., **dataset_columns
 arrives as a keyword. Completions are strings or, for conversational prompts, lists of messages whose
 last entry is the assistant's reply. A reply states its final answer on a line `答案：X` / `Answer: X`
 (what data_process.synth teaches); any thinking inside <think>...</think> is ignored.
+
+The agent rewards score a whole tool-use trajectory (`data_process.trajectories`): `gt` (the share of a record's
+`gt` values its final answer states), `valid_calls` (valid minus invalid calls over all calls, against the tools the
+record declares in its `tools` column) and `unfinished` (-1 for a trajectory that never answers). Upstream MiniMind
+sums the same three ideas into one clipped score; here they stay separate functions so each is logged under its
+own name and weighted with `--reward_weights`.
 """
 
 import datetime
 import re
 import unicodedata
+
+from data_process.tool_schema import schemas_by_name
+from data_process.trajectories import completion_messages, count_calls, finished, gt_hits
 
 ANSWER_LINE = re.compile(r"(?:答案|最终答案|answer|final answer)\s*[:：]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
@@ -102,11 +111,53 @@ def length_penalty(prompts=None, completions=None, max_chars=400, **kwargs):
     return [-min(max(n - max_chars, 0) / max_chars, 1.0) for n in lengths]
 
 
-REWARD_FUNCTIONS = {"accuracy": accuracy_reward, "format": format_reward, "length": length_penalty}
+def per_sample(column, count: int) -> list:
+    """A reward column as one value per completion (None for every one when the dataset lacks it)."""
+    return list(column) if column is not None else [None] * count
+
+
+def gt_reward(prompts=None, completions=None, gt=None, answer=None, **kwargs):
+    """The share of a record's `gt` values its final answer states (`trajectories.gt_hits`); a record without `gt`
+    is checked against its `answer`; 0.0 for a trajectory that never answers."""
+    rewards = []
+    for completion, values, reference in zip(
+        completions, per_sample(gt, len(completions)), per_sample(answer, len(completions))
+    ):
+        values = values if values is not None else [reference] if reference is not None else []
+        hits = gt_hits(completion_messages(completion), values)
+        rewards.append(sum(hits) / len(hits) if hits else None)
+    return rewards
+
+
+def valid_calls_reward(prompts=None, completions=None, tools=None, **kwargs):
+    """(valid - invalid) / calls over a trajectory's tool calls, checked against the tools its record declares
+    (`tools`: JSON text or a list of schemas): +1 when every call is valid, -1 when none is; 0.0 without calls, so a
+    direct answer is judged by the other rewards alone."""
+    rewards = []
+    for completion, declared in zip(completions, per_sample(tools, len(completions))):
+        valid, invalid = count_calls(completion_messages(completion), schemas_by_name(declared))
+        rewards.append((valid - invalid) / (valid + invalid) if valid + invalid else 0.0)
+    return rewards
+
+
+def unfinished_penalty(prompts=None, completions=None, **kwargs):
+    """-1.0 for a trajectory that never answers (it ends on a tool call or an open tag), else 0.0."""
+    return [0.0 if finished(completion_messages(c)) else -1.0 for c in completions]
+
+
+REWARD_FUNCTIONS = {
+    "accuracy": accuracy_reward,
+    "format": format_reward,
+    "length": length_penalty,
+    "gt": gt_reward,
+    "valid_calls": valid_calls_reward,
+    "unfinished": unfinished_penalty,
+}
 
 
 def get_reward_functions(names):
-    """Reward functions by name (`accuracy`, `format`, `length`), e.g. from a recipe's YAML list."""
+    """Reward functions by name (`accuracy`, `format`, `length`, `gt`, `valid_calls`, `unfinished`), e.g. from a
+    recipe's YAML list."""
     unknown = [n for n in names if n not in REWARD_FUNCTIONS]
     if unknown:
         expected = ", ".join(REWARD_FUNCTIONS)

@@ -1,5 +1,6 @@
 r"""Group relative policy optimisation (TRL's GRPOTrainer) of an SFT model on prompts scored by reward functions
-and/or a reward model; the SFT folder, frozen, is the reference for the KL term. Optionally with the calculator tool.
+and/or a reward model; the SFT folder, frozen, is the reference for the KL term. Optionally with the calculator tool,
+or with the tools each agent record declares.
 
 ```bash
 # CPU demo on the built-in corpus, from the SFT model (minimind-tiny, a few minutes)
@@ -10,6 +11,11 @@ python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml --model_name_or_p
 python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml --model_name_or_path runs/sft-tiny \
     --dataset_name data/synth/rl_tools.jsonl --use_tools true --reward_funcs accuracy format \
     --tool_eval_dataset data/synth/eval/rl_tools.jsonl --max_completion_length 160 --output_dir runs/grpo-tools-tiny
+
+# Agentic RL: records in upstream's agent layout offer the tools they declare; rewards on the whole trajectory
+python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml --model_name_or_path runs/sft-tiny \
+    --dataset_name data/synth/agent.jsonl --use_tools true --reward_funcs gt valid_calls unfinished \
+    --tool_eval_dataset data/synth/eval/agent.jsonl --max_completion_length 256 --output_dir runs/grpo-agent-tiny
 
 # One GPU, the 64M model; a trained reward model next to the reward functions; loss, beta, group size are flags
 python recipes/grpo.py --config recipes/configs/grpo_64m.yaml --model_name_or_path runs/sft-64m \

@@ -1,14 +1,21 @@
-"""Reward functions: TRL GRPO call convention, conversational completions, answer normalisation."""
+"""Reward functions: TRL GRPO call convention, conversational completions, answer normalisation, and the agent
+rewards on hand-made tool-use trajectories."""
+
+import json
 
 import pytest
 
+from data_process.demo_tools import DEMO_TOOL_SCHEMAS
 from data_process.rewards import (
     accuracy_reward,
     answers_match,
     extract_answer,
     format_reward,
     get_reward_functions,
+    gt_reward,
     length_penalty,
+    unfinished_penalty,
+    valid_calls_reward,
 )
 
 
@@ -61,3 +68,52 @@ def test_reward_functions_by_name():
     assert get_reward_functions(["accuracy", "format"]) == [accuracy_reward, format_reward]
     with pytest.raises(ValueError, match="unknown reward function\\(s\\) speed"):
         get_reward_functions(["speed"])
+
+
+def call(name, **arguments):
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+WEATHER = call("get_current_weather", location="Paris")
+TRAJECTORIES = [
+    # a valid call, its result, and an answer stating both gt values
+    [
+        {"role": "assistant", "content": "", "tool_calls": [WEATHER]},
+        {"role": "tool", "content": '{"temperature_c": 19, "condition": "sunny"}'},
+        {"role": "assistant", "content": "<think>copy it</think>It is Sunny and 19°C in Paris."},
+    ],
+    # an undeclared tool, then a call missing its argument; the answer states one of two values
+    [
+        {"role": "assistant", "content": "", "tool_calls": [call("get_stock_price", symbol="X")]},
+        {"role": "tool", "content": "error"},
+        {"role": "assistant", "content": "", "tool_calls": [call("get_current_weather")]},
+        {"role": "tool", "content": "error"},
+        {"role": "assistant", "content": "Probably 19 degrees."},
+    ],
+    # a malformed block left as text (never run): the trajectory never answers
+    [{"role": "assistant", "content": '<tool_call>\n{"name": "get_current_weather", "arguments": {"loc'}],
+    # the tool rounds ran out while it was still calling
+    [
+        {"role": "assistant", "content": "", "tool_calls": [WEATHER]},
+        {"role": "tool", "content": "{}"},
+        {"role": "assistant", "content": "", "tool_calls": [WEATHER]},
+    ],
+    # a direct answer without calls
+    "sunny, 19",
+]
+
+
+def test_agent_rewards_on_hand_made_trajectories():
+    tools = json.dumps([DEMO_TOOL_SCHEMAS["get_current_weather"], DEMO_TOOL_SCHEMAS["get_current_time"]])
+    columns = {"gt": [["19", "sunny"]] * 5, "tools": [tools] * 5, "completion_ids": [[1]] * 5, "trainer_state": None}
+    assert gt_reward(completions=TRAJECTORIES, **columns) == [1.0, 0.5, 0.0, 0.0, 1.0]
+    assert valid_calls_reward(completions=TRAJECTORIES, **columns) == [1.0, -1.0, -1.0, 1.0, 0.0]
+    assert unfinished_penalty(completions=TRAJECTORIES, **columns) == [0.0, 0.0, -1.0, -1.0, 0.0]
+
+
+def test_gt_reward_compares_numbers_with_a_relative_tolerance_and_falls_back_to_answer():
+    replies = ["About 3.11 miles.", "3.2 miles", "1,234.5 yuan", "HELLO   World!"]
+    gt = [["3.1069"], ["3.1069"], [1234.5], ["hello world"]]
+    assert gt_reward(completions=replies, gt=gt) == [1.0, 0.0, 1.0, 1.0]
+    assert gt_reward(completions=["Answer: 42"], gt=None, answer=["42"]) == [1.0]
+    assert gt_reward(completions=["Answer: 42"]) == [None]

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from data_process.demo_tools import DEMO_TOOL_SCHEMAS
 from data_process.jsonl import read_jsonl
 from data_process.rewards import accuracy_reward, extract_answer, format_reward
 from data_process.synth import (
@@ -23,6 +24,7 @@ from data_process.synth import (
 )
 from data_process.synth.__main__ import main
 from data_process.tools import CALCULATOR_TOOL, calculator
+from recipes.training.rl import read_rl_records
 
 TRAINING_KINDS = ("pretrain", "sft", "dpo", "rl")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
@@ -80,7 +82,7 @@ def test_same_seed_same_bytes_other_seed_differs(tiny_corpus, tmp_path):
     build_corpus(tmp_path / "again", size="tiny", seed=0)
     other = build_corpus(tmp_path / "other", size="tiny", seed=1)
     written = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.json*"))
-    assert len(written) == 19  # 5 training files, 7 in eval/, 6 in dev/, manifest.json
+    assert len(written) == 22  # 6 training files, 8 in eval/, 7 in dev/, manifest.json
     for name in written:
         assert (tmp_path / "again" / name).read_bytes() == (tiny_corpus["eval"].parent / name).read_bytes()
     for kind in (*TRAINING_KINDS, "completion"):
@@ -96,7 +98,7 @@ def test_corpus_is_bilingual_and_multi_turn(tiny_corpus):
 
 
 def test_eval_and_dev_questions_never_appear_in_training_or_each_other(tiny_corpus):
-    fields = {"sft": "conversations", "dpo": "chosen", "rl": "prompt"}
+    fields = {"sft": "conversations", "dpo": "chosen", "rl": "prompt", "agent": "conversations"}
     train, held_out = set(), {"eval": set(), "dev": set()}
     for kind, field in fields.items():
         train |= user_questions(read_jsonl(tiny_corpus[kind]), field)
@@ -251,3 +253,32 @@ def test_rl_tools_questions_need_the_calculator_and_keep_their_held_out_expressi
     training = small_corpus["sft"].read_text(encoding="utf-8") + small_corpus["rl_tools"].read_text(encoding="utf-8")
     assert len(split["eval"]) > 100 and not any(f'"{e}"' in training or f" {e}。" in training for e in split["eval"])
     assert not split["eval"] & split["train"]
+
+
+AGENT_NEEDS = {
+    "agent_weather": {"get_current_weather"},
+    "agent_weather2": {"get_current_weather"},
+    "agent_time": {"get_current_time"},
+    "agent_unit": {"unit_converter"},
+    "agent_exchange": {"get_exchange_rate", "calculate_math"},
+    "agent_translate": {"translate_text"},
+    "agent_math": {"calculate_math"},
+}
+
+
+def test_agent_records_declare_several_tools_and_keep_their_held_out_questions(small_corpus):
+    """Agent records in upstream's layout read as GRPO prompts: each declares the demo tools its question needs and
+    others besides, with `gt`; no held-out question or math expression stands in a training file."""
+    questions = {}
+    for split, path in (("train", small_corpus["agent"]), ("eval", small_corpus["eval_agent"])):
+        records = read_rl_records(path)
+        assert {r["family"] for r in records} == set(AGENT_NEEDS)
+        for record in records:
+            names = {schema["function"]["name"] for schema in record["tools"]}
+            assert AGENT_NEEDS[record["family"]] < names <= set(DEMO_TOOL_SCHEMAS)
+            assert record["gt"] and [m["role"] for m in record["prompt"]] == ["system", "user"]
+        questions[split] = {r["prompt"][-1]["content"] for r in records}
+    assert len(questions["eval"]) > 100 and not questions["eval"] & questions["train"]
+    training = "\n".join(small_corpus[kind].read_text(encoding="utf-8") for kind in ("sft", "rl_tools", "agent"))
+    expressions = [re.search(r"\(?\d[\d +\-*/()]*\d\)?", q).group(0) for q in questions["eval"] if "*" in q]
+    assert expressions and not any(f" {e}" in training for e in expressions)

@@ -85,13 +85,13 @@ def test_upstream_layouts_read_as_the_project_formats(upstream_data, tiny_corpus
 
 
 def test_an_rl_record_in_no_known_layout_fails_at_its_line(tmp_path):
-    path = tmp_path / "agent_like.jsonl"
+    path = tmp_path / "unknown.jsonl"
     good = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}
-    write_jsonl(path, [good, {"turns": [], "gt": ["1"]}])
-    with pytest.raises(DataError, match=r"agent_like.jsonl:2: field 'prompt': missing \(keys: turns, gt\); expected"):
+    write_jsonl(path, [good, {"turns": [], "answer": "1"}])
+    with pytest.raises(DataError, match=r"unknown.jsonl:2: field 'prompt': missing \(keys: turns, answer\); expected"):
         read_rl_records(path)
     write_jsonl(path, [good, {"conversations": [{"role": "assistant", "content": "无"}]}])
-    with pytest.raises(DataError, match=r"agent_like.jsonl:2: field 'prompt': expected .* non-empty list"):
+    with pytest.raises(DataError, match=r"unknown.jsonl:2: field 'prompt': expected .* non-empty list"):
         read_rl_records(path)
 
 

@@ -15,7 +15,9 @@ keys) and small talk are training-only. `split_of` decides a key; `split_keys` r
 eval/completion.jsonl (and dev/completion.jsonl) probes generalisation: held-out arithmetic, comparison, counting, unit and date statements
 cut right before their answer. eval/trained_facts.jsonl is seen data on purpose: the training statement of
 every trained fact, cut the same way, to measure recall. rl_tools.jsonl and eval/rl_tools.jsonl ask for arithmetic
-too large to do by heart (family `calc`), for RL with the calculator tool.
+too large to do by heart (family `calc`), for RL with the calculator tool. agent.jsonl (and eval/, dev/) holds
+agent RL records in upstream MiniMind's layout: a system turn declaring several demo tools
+(`data_process.demo_tools`), a question that needs one or two of them, a placeholder assistant turn, and `gt`.
 
     python -m data_process.synth --out data/synth --size small --seed 0
 """

@@ -1,11 +1,22 @@
 """Record builders: items turned into pretraining paragraphs, chats, thinking and tool-call conversations, DPO
-pairs and RL prompts, each returned with the item keys it states."""
+pairs, RL prompts and agent RL records, each returned with the item keys it states."""
 
+import json
 import random
 
+from data_process.demo_tools import DEMO_TOOL_SCHEMAS, DEMO_TOOLS, PHRASES, TIMEZONES, WEATHER
 from data_process.synth.families import FAMILIES, Item, article, near_miss, pick, sample_item
 from data_process.synth.heldout import check_split, is_heldout, split_of, split_rows
-from data_process.synth.tables import ANSWER_PREFIX, CHITCHAT, RL_SYSTEM, SYSTEM_PROMPTS
+from data_process.synth.tables import (
+    AGENT_CURRENCIES,
+    AGENT_QUESTIONS,
+    AGENT_SYSTEM,
+    AGENT_UNIT_PAIRS,
+    ANSWER_PREFIX,
+    CHITCHAT,
+    RL_SYSTEM,
+    SYSTEM_PROMPTS,
+)
 from data_process.tools import CALCULATOR_TOOL, calculator
 
 
@@ -215,12 +226,114 @@ def rl_tools_record(rng, split="train"):
     return record, [f"calc:{expression}"]
 
 
+def call(name, **arguments):
+    """What a demo tool answers, read back from its JSON text."""
+    return json.loads(DEMO_TOOLS[name](**arguments))
+
+
+def _city(lang, row):
+    return row[1] if lang == "zh" else row[0]
+
+
+# Each agent task draws (key, question fields, tools it needs, gt values) in a language.
+def _weather_task(rng, lang):
+    row = pick(rng, WEATHER)
+    temperature = call("get_current_weather", location=row[0])["temperature_c"]
+    return f"agent_weather:{row[0]}", {"city": _city(lang, row)}, ["get_current_weather"], [temperature]
+
+
+def _weather2_task(rng, lang):
+    first, second = rng.sample(WEATHER, 2)
+    gt = [call("get_current_weather", location=row[0])["temperature_c"] for row in (first, second)]
+    fields = {"a": _city(lang, first), "b": _city(lang, second)}
+    return f"agent_weather2:{first[0]}:{second[0]}", fields, ["get_current_weather"], gt
+
+
+def _time_task(rng, lang):
+    """Two time zones at once: one zone alone gives too few keys to hold some out for both dev and eval."""
+    first, second = rng.sample(list(TIMEZONES), 2)
+    gt = [call("get_current_time", timezone=zone)["time"] for zone in (first, second)]
+    return f"agent_time:{first}:{second}", {"a": first, "b": second}, ["get_current_time"], gt
+
+
+def _unit_task(rng, lang):
+    source, target = pick(rng, AGENT_UNIT_PAIRS)
+    value = rng.randint(1, 500)
+    result = call("unit_converter", value=value, from_unit=source, to_unit=target)["result"]
+    fields = {"value": value, "source": source, "target": target}
+    return f"agent_unit:{value}:{source}:{target}", fields, ["unit_converter"], [result]
+
+
+def _exchange_task(rng, lang):
+    source, target = rng.sample(AGENT_CURRENCIES, 2)
+    amount = rng.randint(1, 50) * 10
+    rate = call("get_exchange_rate", from_currency=source, to_currency=target)["rate"]
+    fields = {"amount": amount, "source": source, "target": target}
+    return (
+        f"agent_exchange:{amount}:{source}:{target}",
+        fields,
+        ["get_exchange_rate", "calculate_math"],
+        [round(amount * rate, 2)],
+    )
+
+
+def _translate_task(rng, lang):
+    chinese, english = pick(rng, PHRASES)
+    to_english = rng.random() < 0.5
+    text, language = (chinese, "english") if to_english else (english, "chinese")
+    shown = {"zh": {"english": "英文", "chinese": "中文"}, "en": {"english": "English", "chinese": "Chinese"}}
+    gt = call("translate_text", text=text, target_language=language)["translated_text"]
+    fields = {"text": text, "language": shown[lang][language]}
+    return f"agent_translate:{text}:{language}", fields, ["translate_text"], [gt]
+
+
+def _math_task(rng, lang):
+    expression = _calculator_expression(rng)
+    result = call("calculate_math", expression=expression)["result"]
+    return f"calc:{expression}", {"expression": expression}, ["calculate_math"], [result]
+
+
+AGENT_TASKS = {
+    "weather": _weather_task,
+    "weather2": _weather2_task,
+    "time": _time_task,
+    "unit": _unit_task,
+    "exchange": _exchange_task,
+    "translate": _translate_task,
+    "math": _math_task,
+}
+
+
+def agent_record(rng, split="train"):
+    """An agent RL record in upstream MiniMind's layout: a system turn declaring the tools a question needs plus one
+    to three others (as JSON text in `tools`), the question, a placeholder assistant turn, and `gt`, the values the
+    tools' answers lead to (a math expression is keyed like the calculator records, so a held-out one is in no
+    training file)."""
+    lang = _lang(rng)
+    while True:
+        kind = pick(rng, list(AGENT_TASKS))
+        key, fields, needed, gt = AGENT_TASKS[kind](rng, lang)
+        if split_of(key) == split:
+            break
+    others = [name for name in DEMO_TOOL_SCHEMAS if name not in needed]
+    names = needed + rng.sample(others, rng.randint(1, 3))
+    rng.shuffle(names)
+    tools = json.dumps([DEMO_TOOL_SCHEMAS[name] for name in names], ensure_ascii=False)
+    conversations = [
+        {"role": "system", "content": AGENT_SYSTEM[lang], "tools": tools},
+        {"role": "user", "content": pick(rng, AGENT_QUESTIONS[kind][lang]).format(**fields)},
+        {"role": "assistant", "content": ""},
+    ]
+    return {"conversations": conversations, "gt": [str(value) for value in gt], "family": f"agent_{kind}"}, [key]
+
+
 MAKERS = {
     "pretrain": pretrain_doc,
     "sft": chat_record,
     "dpo": dpo_record,
     "rl": rl_record,
     "rl_tools": rl_tools_record,
+    "agent": agent_record,
 }
 
 

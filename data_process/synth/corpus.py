@@ -13,9 +13,17 @@ from data_process.synth.heldout import DEV_PERCENT, DEV_ROWS, HELDOUT_PERCENT, H
 from data_process.synth.probes import completion_probes, trained_fact_probes
 
 SIZES = {
-    "tiny": {"pretrain": 400, "sft": 300, "dpo": 120, "rl": 120, "rl_tools": 60, "eval": 40},
-    "small": {"pretrain": 30000, "sft": 8000, "dpo": 2000, "rl": 2000, "rl_tools": 1000, "eval": 400},
-    "medium": {"pretrain": 300000, "sft": 60000, "dpo": 12000, "rl": 12000, "rl_tools": 6000, "eval": 2000},
+    "tiny": {"pretrain": 400, "sft": 300, "dpo": 120, "rl": 120, "rl_tools": 60, "agent": 60, "eval": 40},
+    "small": {"pretrain": 30000, "sft": 8000, "dpo": 2000, "rl": 2000, "rl_tools": 1000, "agent": 1000, "eval": 400},
+    "medium": {
+        "pretrain": 300000,
+        "sft": 60000,
+        "dpo": 12000,
+        "rl": 12000,
+        "rl_tools": 6000,
+        "agent": 6000,
+        "eval": 2000,
+    },
 }
 
 
@@ -41,9 +49,10 @@ def split_keys(size="tiny", seed=0):
 
 
 def build_corpus(out_dir, size="tiny", seed=0):
-    """Write pretrain/sft/dpo/rl/rl_tools JSONL files, and eval/ and dev/ folders holding the same kinds of held-out
-    records plus completion probes; return their paths (`rl_tools` and `eval_rl_tools` are the calculator questions
-    for GRPO with tools, training and held-out). Settings are chosen on dev/ and reported on eval/."""
+    """Write pretrain/sft/dpo/rl/rl_tools/agent JSONL files, and eval/ and dev/ folders holding the same kinds of
+    held-out records plus completion probes; return their paths (`rl_tools` and `eval_rl_tools` are the calculator
+    questions for GRPO with tools, `agent` and `eval_agent` the agent RL records in upstream's layout, training and
+    held-out). Settings are chosen on dev/ and reported on eval/."""
     counts = _counts(size)
     out_dir = Path(out_dir)
     paths = {"eval": out_dir / "eval", "dev": out_dir / "dev"}
@@ -59,6 +68,7 @@ def build_corpus(out_dir, size="tiny", seed=0):
         probes = completion_probes(counts["eval"], seed, split)
         written[f"{split}/completion"] = write_jsonl(paths[split] / "completion.jsonl", probes)
     paths["eval_rl_tools"] = paths["eval"] / "rl_tools.jsonl"
+    paths["eval_agent"] = paths["eval"] / "agent.jsonl"
     paths["completion"] = paths["eval"] / "completion.jsonl"
     paths["trained_facts"] = paths["eval"] / "trained_facts.jsonl"
     written["eval/trained_facts"] = write_jsonl(paths["trained_facts"], trained_fact_probes())

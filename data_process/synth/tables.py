@@ -221,3 +221,50 @@ CHITCHAT = {
         ("Goodbye", "Goodbye! Have a nice day."),
     ],
 }
+AGENT_SYSTEM = {
+    "zh": "你可以调用下面的工具。需要时先调用工具，再根据工具的结果回答。",
+    "en": "You can call the tools below. Call one when you need it, then answer from its result.",
+}
+AGENT_QUESTIONS = {
+    "weather": {
+        "zh": ["{city}现在天气怎么样？气温多少度？", "查一下{city}的天气。"],
+        "en": ["What's the weather like in {city} right now?", "How warm is it in {city} today?"],
+    },
+    "weather2": {
+        "zh": ["{a}和{b}现在各是多少度？", "比较一下{a}和{b}的气温。"],
+        "en": ["What are the temperatures in {a} and {b} now?", "Compare the temperature in {a} and {b}."],
+    },
+    "time": {
+        "zh": ["{a} 和 {b} 两个时区现在各是几点？", "现在 {a} 和 {b} 分别是几点钟？"],
+        "en": ["What time is it now in {a} and in {b}?", "Tell me the current time in {a} and in {b}."],
+    },
+    "unit": {
+        "zh": ["{value} {source} 等于多少 {target}？", "把 {value} {source} 换算成 {target}。"],
+        "en": ["How many {target} is {value} {source}?", "Convert {value} {source} to {target}."],
+    },
+    "exchange": {
+        "zh": ["{amount} {source} 能换多少 {target}？", "按今天的汇率，{amount} {source} 是多少 {target}？"],
+        "en": ["How much {target} do {amount} {source} buy?", "Convert {amount} {source} to {target} at today's rate."],
+    },
+    "translate": {
+        "zh": ["把“{text}”翻译成{language}。", "“{text}”用{language}怎么说？"],
+        "en": ["Translate '{text}' into {language}.", "How do you say '{text}' in {language}?"],
+    },
+    "math": {
+        "zh": ["帮我算一下 {expression}。", "{expression} 等于多少？"],
+        "en": ["Work out {expression} for me.", "What is {expression}?"],
+    },
+}
+# Unit pairs the agent questions convert between (the names unit_converter knows), and the currencies they trade.
+AGENT_UNIT_PAIRS = [
+    ("km", "mile"),
+    ("mile", "km"),
+    ("kg", "pound"),
+    ("pound", "kg"),
+    ("m", "foot"),
+    ("inch", "cm"),
+    ("gallon", "liter"),
+    ("celsius", "fahrenheit"),
+    ("fahrenheit", "celsius"),
+]
+AGENT_CURRENCIES = ["USD", "CNY", "EUR", "GBP", "JPY", "AUD"]

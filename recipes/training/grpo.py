@@ -6,12 +6,15 @@ reward sources of `recipes.training.rl` (named functions from `data_process.rewa
 each guarded so a failing one is reported by name instead of ending the run), and a reply's advantage is its reward
 against its group's mean. With `beta > 0` (the default here; TRL's is 0) the frozen starting folder is the reference
 and the KL to it is both penalised and logged. With `--use_tools true` the policy may call the calculator while it
-answers, through TRL's tool loop (see `recipes.training.tool_use`). With `--difficulty_samples` it trains only on the
-prompts the starting policy answers sometimes right and sometimes wrong (`recipes.training.difficulty`).
+answers, through TRL's tool loop (see `recipes.training.tool_use`); records in upstream MiniMind's agent layout
+offer their own tools and carry `gt` (agentic RL, `recipes.training.agent`). With `--difficulty_samples` it trains
+only on the prompts the starting policy answers sometimes right and sometimes wrong (`recipes.training.difficulty`).
 
 Held-out numbers, before and after: greedy replies to `--chat_eval_dataset` scored by the same reward sources
 (`reward`, `reward/<name>`, `accuracy`, `task_accuracy`, `eot_rate`), the tool loop's `tool_call_rate` and
-`tool_accuracy` on `--tool_eval_dataset`, and after training the last logged `kl`.
+`tool_accuracy` on the calculator questions of `--tool_eval_dataset` and the agent numbers (`agent_call_rate`,
+`agent_valid_call_rate`, `agent_gt_hit_rate`, `agent_turns`) on its agent records, and after training the last
+logged `kl`.
 """
 
 import functools
@@ -23,10 +26,10 @@ import datasets
 from transformers import TrainerCallback
 
 from data_process.rewards import REWARD_FUNCTIONS
+from recipes.training.agent import agent_dataset, heldout_agent_metrics, is_agent, split_tool_probes
 from recipes.training.args import GRPOStageConfig
 from recipes.training.cli import RecipeParser
 from recipes.training.difficulty import prompts_to_train
-from recipes.training.evaluation import read_probes
 from recipes.training.intervals import merge_metrics
 from recipes.training.lifecycle import HeldOutProbes, Logged, Probe, finish_run, start_run, turn_off_eval_without_data
 from recipes.training.lora import lora_config
@@ -39,8 +42,9 @@ from recipes.training.rl import (
     build_reward_functions,
     heldout_rl_metrics,
     read_heldout_records,
-    read_rl_records,
+    read_located_rl_records,
 )
+from recipes.training.tool_registry import build_registry
 from recipes.training.tool_use import TOOLS, heldout_tool_metrics
 from recipes.training.trainer import GRPOStageTrainer
 
@@ -58,15 +62,33 @@ class GRPOScriptArguments(RLScriptArguments):
     use_tools: bool = field(
         default=False,
         metadata={
-            "help": f"Let the policy call tools ({', '.join(TOOLS)}) while it answers, through TRL's tool loop; "
-            "train on questions that need them, e.g. rl_tools.jsonl."
+            "help": f"Let the policy call tools while it answers, through TRL's tool loop: {', '.join(TOOLS)} for "
+            "`rl` records (e.g. rl_tools.jsonl); agent records (e.g. agent.jsonl) offer the tools they declare."
+        },
+    )
+    tools_module: str | None = field(
+        default=None,
+        metadata={
+            "help": "A module (pkg.mod) whose public functions with type hints and a docstring join the tool "
+            "registry (built in: calculator and stand-ins of upstream's demo tools); its names win."
+        },
+    )
+    tool_timeout: float = field(
+        default=3.0, metadata={"help": "Seconds a tool call may run before it answers an error message."}
+    )
+    skip_unknown_tools: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out (and count) records that declare a tool the registry lacks, instead of stopping at "
+            "the first one."
         },
     )
     tool_eval_dataset: str | None = field(
         default=None,
         metadata={
-            "help": "Held-out questions for the calculator (`rl` records, e.g. eval/rl_tools.jsonl) answered greedily "
-            "with the tool loop before and after training: tool_call_rate, tool_accuracy."
+            "help": "Held-out tool questions answered greedily with the tool loop before and after training: "
+            "calculator `rl` records (e.g. eval/rl_tools.jsonl: tool_call_rate, tool_accuracy) and/or agent records "
+            "(e.g. eval/agent.jsonl: agent_call_rate, agent_valid_call_rate, agent_gt_hit_rate, agent_turns)."
         },
     )
     tool_eval_samples: int = field(default=100, metadata={"help": "Questions of --tool_eval_dataset to ask."})
@@ -182,38 +204,53 @@ def check_config(script_args: GRPOScriptArguments, training_args: GRPOTrainingCo
         raise ValueError(f"--reward_funcs: unknown {', '.join(unknown)}; expected from {', '.join(REWARD_FUNCTIONS)}")
 
 
-def load_prompts(script_args: GRPOScriptArguments) -> datasets.Dataset:
-    """The training prompts as chat messages, with their other columns (answer, family, ...) for the rewards. The
-    tool list a record carries is dropped: which tools the policy has is --use_tools' choice."""
-    records = read_rl_records(script_args.dataset_name, script_args.dataset_train_split)
+def load_prompts(script_args: GRPOScriptArguments, registry: dict) -> tuple[datasets.Dataset, dict | None, dict]:
+    """The training prompts as chat messages, with their other columns (answer, gt, family, ...) for the rewards;
+    TRL's environments when agent records offer their own tools (`recipes.training.agent`), else None; and what the
+    result reports about them. Without agent records the tool list a record carries is dropped: which tools the
+    policy has is --use_tools' choice."""
+    located = read_located_rl_records(script_args.dataset_name, script_args.dataset_train_split)
+    records = [record for _, record in located]
+    agents = sum(1 for r in records if is_agent(r))
     with_tools = sum(1 for r in records if r.get("tools"))
     if with_tools and not script_args.use_tools:
         logger.warning(
-            f"{with_tools} of {len(records)} prompts list tools, but --use_tools is false: they are asked "
-            "without the calculator"
+            f"{with_tools} of {len(records)} prompts list tools, but --use_tools is false: they are asked without tools"
         )
-    rows = [{**{k: v for k, v in r.items() if k != "tools"}, "prompt": as_messages(r["prompt"])} for r in records]
-    return datasets.Dataset.from_list(rows)
+    if not (agents and script_args.use_tools):
+        rows = [{**{k: v for k, v in r.items() if k != "tools"}, "prompt": as_messages(r["prompt"])} for r in records]
+        return datasets.Dataset.from_list(rows), None, {"agent_records": agents}
+    rows, environments, info = agent_dataset(
+        located, registry, script_args.tool_timeout, script_args.skip_unknown_tools, script_args.reward_funcs
+    )
+    rows = [{**row, "prompt": as_messages(row["prompt"])} for row in rows]
+    return datasets.Dataset.from_list(rows), environments, info
 
 
-def read_tool_probes(script_args: GRPOScriptArguments) -> list[dict]:
+def read_tool_probes(script_args: GRPOScriptArguments, registry: dict) -> tuple[list[dict], list[dict]]:
+    """The first --tool_eval_samples held-out tool questions: calculator questions and agent records."""
     if not script_args.tool_eval_dataset:
-        return []
-    probes = read_probes(script_args.tool_eval_dataset)[: script_args.tool_eval_samples]
-    missing = [i + 1 for i, probe in enumerate(probes) if "prompt" not in probe or "answer" not in probe]
-    if missing or not probes:
-        raise ValueError(
-            f"--tool_eval_dataset {script_args.tool_eval_dataset}:{missing[0] if missing else 1}: "
-            "tool questions need `prompt` and `answer`"
-        )
-    return probes
+        return [], []
+    located = read_located_rl_records(script_args.tool_eval_dataset)[: script_args.tool_eval_samples]
+    return split_tool_probes(located, registry, script_args.skip_unknown_tools)
 
 
 def heldout_metrics(
-    model, tokenizer, script_args, reward_funcs, weights, chat_probes, tool_probes, max_tool_calling_iterations
+    model,
+    tokenizer,
+    script_args,
+    reward_funcs,
+    weights,
+    chat_probes,
+    tool_probes,
+    agent_probes,
+    registry,
+    max_tool_calling_iterations,
 ) -> dict:
-    """What the stage reports before and after: reward-scored greedy replies and the tool loop's numbers."""
+    """What the stage reports before and after: reward-scored greedy replies and the tool loop's numbers, for the
+    calculator questions and for the agent records."""
     metrics = {}
+    iterations = max_tool_calling_iterations or 2
     if chat_probes:
         metrics = merge_metrics(
             metrics,
@@ -230,23 +267,35 @@ def heldout_metrics(
         metrics = merge_metrics(
             metrics,
             heldout_tool_metrics(
+                model, tokenizer, tool_probes, script_args.tool_eval_max_new_tokens, max_iterations=iterations
+            ),
+        )
+    if agent_probes:
+        metrics = merge_metrics(
+            metrics,
+            heldout_agent_metrics(
                 model,
                 tokenizer,
-                tool_probes,
+                agent_probes,
+                registry,
+                script_args.tool_timeout,
                 script_args.tool_eval_max_new_tokens,
-                max_iterations=max_tool_calling_iterations or 2,
+                max_iterations=iterations,
             ),
         )
     return metrics
 
 
 def build_trainer(script_args, training_args, model_args, callbacks=None, probes=None):
-    """The trainer (prompts read and checked, policy and reward sources loaded) and its held-out probes (the `rl`
-    probe with --chat_eval_dataset or --tool_eval_dataset)."""
+    """The trainer (prompts read and checked, policy and reward sources loaded), its held-out probes (the `rl`
+    probe with --chat_eval_dataset or --tool_eval_dataset), the difficulty filter's counts and what the agent
+    records brought (see `load_prompts`)."""
     check_config(script_args, training_args)
     tokenizer = resolve_tokenizer(model_args)
-    train_dataset = load_prompts(script_args)
-    chat_probes, tool_probes = read_heldout_records(script_args), read_tool_probes(script_args)
+    registry = build_registry(script_args.tools_module)
+    train_dataset, environments, agent = load_prompts(script_args, registry)
+    chat_probes = read_heldout_records(script_args)
+    tool_probes, agent_probes = read_tool_probes(script_args, registry)
     turn_off_eval_without_data(training_args, None)  # held-out numbers come from the probe below
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
     kept, difficulty = prompts_to_train(
@@ -264,14 +313,14 @@ def build_trainer(script_args, training_args, model_args, callbacks=None, probes
     reward_funcs = build_reward_functions(
         script_args, model_args, tokenizer, training_args.device, training_args.trust_remote_code
     )
+    tools = agent.get("toolsets") or (list(TOOLS) if script_args.use_tools else [])
     logger.info(
         f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} prompts; rewards "
         f"{[f.__name__ for f in reward_funcs]}; num_generations={training_args.num_generations}, "
-        f"beta={training_args.beta}, loss_type={training_args.loss_type}, "
-        f"tools={list(TOOLS) if script_args.use_tools else []}"
+        f"beta={training_args.beta}, loss_type={training_args.loss_type}, tools={tools}"
     )
     held_out = HeldOutProbes(probes or [], training_args.output_dir)
-    if chat_probes or tool_probes:
+    if chat_probes or tool_probes or agent_probes:
         measure = functools.partial(
             heldout_metrics,
             tokenizer=tokenizer,
@@ -280,6 +329,8 @@ def build_trainer(script_args, training_args, model_args, callbacks=None, probes
             weights=training_args.reward_weights,
             chat_probes=chat_probes,
             tool_probes=tool_probes,
+            agent_probes=agent_probes,
+            registry=registry,
             max_tool_calling_iterations=training_args.max_tool_calling_iterations,
         )
         held_out.probes.insert(0, Probe("rl", measure))
@@ -291,11 +342,12 @@ def build_trainer(script_args, training_args, model_args, callbacks=None, probes
         processing_class=tokenizer,
         peft_config=lora_config(model_args, "CAUSAL_LM"),
         callbacks=[*(callbacks or []), held_out],
-        tools=list(TOOLS.values()) if script_args.use_tools else None,
+        tools=list(TOOLS.values()) if script_args.use_tools and environments is None else None,
+        environment_factory=environments,
     )
     if training_args.max_kl is not None:
         trainer.add_callback(KLLimitCallback(training_args.max_kl))
-    return trainer, held_out, difficulty
+    return trainer, held_out, difficulty, agent
 
 
 def sampling_options(training_args: GRPOTrainingConfig) -> dict:
@@ -317,10 +369,11 @@ def grpo(
     probes: list[Probe] | None = None,
 ) -> dict:
     """Train the policy with GRPO and save a complete folder; return the run's result (see `lifecycle`) with
-    held-out reward, per-source rewards, accuracy, eot_rate, tool_call_rate, tool_accuracy and `kl` before and
-    after."""
+    held-out reward, per-source rewards, accuracy, eot_rate, tool_call_rate, tool_accuracy, the agent numbers and
+    `kl` before and after; `agent` says how many agent records were read, left out and which tool sets they
+    offer."""
     resume = start_run(training_args)
-    trainer, held_out, difficulty = build_trainer(script_args, training_args, model_args, callbacks, probes)
+    trainer, held_out, difficulty, agent = build_trainer(script_args, training_args, model_args, callbacks, probes)
     train_output = trainer.train(resume_from_checkpoint=resume)
     result = finish_run(trainer, train_output, held_out, logged=(KL,), merge_lora=True)
     history = trainer.state.log_history
@@ -337,6 +390,7 @@ def grpo(
         kl_limit_warning=kl_stop.warning if kl_stop else None,
         train_prompts=len(trainer.train_dataset),
         difficulty=difficulty,
+        agent=agent,
     )
     logger.info(
         f"Saved the GRPO model to {training_args.output_dir}: "

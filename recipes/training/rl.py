@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 
+from data_process.agent_records import LAYOUT, agent_prompt, is_agent_record
 from data_process.jsonl import expand_inputs, iter_records
 from data_process.records import DataError, validate_prompt, validate_rl
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
@@ -34,9 +35,10 @@ class RLScriptArguments(ScriptArguments, ChatEvalArguments):
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Prompts to train on: `rl` records ({prompt: text or messages, answer, family}) or chats whose "
-            "last assistant turn is the reply to generate (upstream MiniMind's rlaif.jsonl), in a JSONL file, folder "
-            "or glob, or a Hub dataset id. Without reward functions that need `answer`, the prompt is enough."
+            "help": "Prompts to train on: `rl` records ({prompt: text or messages, answer, family}), chats whose "
+            "last assistant turn is the reply to generate (upstream MiniMind's rlaif.jsonl), or upstream's agent "
+            "records ({conversations: tools on the system turn, gt}), in a JSONL file, folder or glob, or a Hub "
+            "dataset id. Without reward functions that need `answer` or `gt`, the prompt is enough."
         },
     )
     reward_funcs: list[str] = field(
@@ -90,48 +92,57 @@ def chat_as_prompt(record: dict) -> dict:
 
 
 def rl_record(record: dict) -> dict:
-    """A checked prompt record: `prompt` records as they are, chats through `chat_as_prompt`. An answer is checked
+    """A checked record in the one form the RL stages read: agent records become prompt records with `tools` and
+    `gt`, other chats prompt records through `chat_as_prompt`, prompt records stay as they are. An answer is checked
     when present (reward functions read it); prompt-only records are fine otherwise."""
+    if is_agent_record(record):
+        return agent_prompt(record)
     if "prompt" not in record and ("conversations" in record or "messages" in record):
         record = chat_as_prompt(record)
     elif "prompt" not in record:
-        keys = ", ".join(record) or "none"
         raise ValueError(
-            f"field 'prompt': missing (keys: {keys}); expected `prompt` (text or messages) or a chat "
-            "(`conversations`/`messages`) whose last assistant turn is the reply to generate"
+            f"field 'prompt': missing (keys: {', '.join(record) or 'none'}); expected `prompt` (text or messages; "
+            "with `answer` for the accuracy reward), a chat whose last assistant turn is the reply to generate "
+            f"(upstream's rlaif.jsonl), or {LAYOUT}"
         )
     (validate_rl if "answer" in record else validate_prompt)(record)
     return record
 
 
-def _file_rl_records(path) -> list[dict]:
-    records = []
+def _located_file_records(path) -> list[tuple[str, dict]]:
+    located = []
     for line, _, _, record in iter_records(path):
         try:
-            records.append(rl_record(record))
+            located.append((f"{path}:{line}", rl_record(record)))
         except ValueError as err:
             raise DataError(f"{path}:{line}: {err}") from None
-    return records
+    return located
 
 
-def read_rl_records(name: str, split: str = "train", limit: int | None = None) -> list[dict]:
-    """Prompt records of local JSONL files (a file, folder or glob) or of a Hub dataset split, checked line by line:
-    a bad line raises DataError naming `file:line` and the field."""
+def read_located_rl_records(name: str, split: str = "train") -> list[tuple[str, dict]]:
+    """(`file:line`, record) of every prompt record of local JSONL files (a file, folder or glob) or of a Hub
+    dataset split (`name[split]:row`), checked line by line (a bad line raises DataError naming `file:line` and the
+    field) and read by `rl_record`."""
     name = str(name)
     if not any(ch in name for ch in "*?["):
         name = check_name_or_path(name, "dataset")
     if Path(name).exists() or any(ch in name for ch in "*?["):
-        records = [record for path in expand_inputs([name]) for record in _file_rl_records(path)]
+        located = [item for path in expand_inputs([name]) for item in _located_file_records(path)]
     else:
-        records = []
+        located = []
         for row, record in enumerate(datasets.load_dataset(name, split=split)):
             try:
-                records.append(rl_record(record))
+                located.append((f"{name}[{split}]:{row}", rl_record(record)))
             except ValueError as err:
                 raise ValueError(f"{name}[{split}]:{row}: {err}") from None
-    if not records:
+    if not located:
         raise ValueError(f"dataset {name}: no prompts")
-    return records[:limit]
+    return located
+
+
+def read_rl_records(name: str, split: str = "train", limit: int | None = None) -> list[dict]:
+    """The records of `read_located_rl_records`, the first `limit` of them."""
+    return [record for _, record in read_located_rl_records(name, split)][:limit]
 
 
 def read_heldout_records(script_args: RLScriptArguments) -> list[dict]:

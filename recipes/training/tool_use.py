@@ -56,30 +56,36 @@ def tool_loop_transcripts(
     model,
     tokenizer,
     conversations: list[list[dict]],
-    tools: dict | None = None,
+    tools: dict | list[dict] | None = None,
     max_new_tokens: int = 64,
     max_iterations: int = 2,
     batch_size: int = 32,
 ) -> list[list[dict]]:
-    """The messages each conversation gains when the model answers greedily with `tools` at hand: assistant turns,
-    each tool call followed by its tool message, at most `max_iterations` rounds of calls. The last message is
-    always the model's (calls in it past the limit are not run). `max_new_tokens` bounds each assistant turn."""
+    """The messages each conversation gains when the model answers greedily with `tools` at hand (one name ->
+    function dict for all, or one per conversation: agent records each offer their own): assistant turns, each tool
+    call followed by its tool message, at most `max_iterations` rounds of calls. The last message is always the
+    model's (calls in it past the limit are not run). `max_new_tokens` bounds each assistant turn."""
     tools = TOOLS if tools is None else tools
-    schemas = list(tools.values())
+    toolsets = tools if isinstance(tools, list) else [tools] * len(conversations)
     was_training = model.training
     model.eval()
     transcripts = [[] for _ in conversations]
     active = list(range(len(conversations)))
     try:
         for iteration in range(max_iterations + 1):
-            prompts = chat_prompt_ids(tokenizer, [conversations[i] + transcripts[i] for i in active], tools=schemas)
+            prompts = [
+                chat_prompt_ids(
+                    tokenizer, [conversations[i] + transcripts[i]], tools=list(toolsets[i].values()) or None
+                )[0]
+                for i in active
+            ]
             replies = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
             still_calling = []
             for i, reply in zip(active, replies):
                 message = parse_reply(reply.text).message()
                 transcripts[i].append(message)
                 if message.get("tool_calls") and iteration < max_iterations:
-                    transcripts[i] += [run_tool_call(call, tools) for call in message["tool_calls"]]
+                    transcripts[i] += [run_tool_call(call, toolsets[i]) for call in message["tool_calls"]]
                     still_calling.append(i)
             active = still_calling
             if not active:
