@@ -25,6 +25,7 @@ import random
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from data_process.convert import convert_record
 from data_process.jsonl import expand_inputs, iter_lines, parse_line
@@ -348,3 +349,19 @@ def load_chat_dataset(
         raise ValueError(f"dataset {name_or_path} has no usable conversation")
     logger.info("loaded %d conversations from %s", len(rows), name_or_path)
     return rows, rejected
+
+
+def conversation_tokens(rows, tokenizer, max_length=None, num_proc=None) -> np.ndarray:
+    """The tokens of each conversation as the chat template lays it out (tools included), cut at `max_length` as
+    SFT cuts it: what a conversation weighs in training."""
+
+    def count(batch):
+        texts = [
+            tokenizer.apply_chat_template(messages, tools=json.loads(tools) if tools else None, tokenize=False)
+            for messages, tools in zip(batch["messages"], batch["tools"])
+        ]
+        return {"tokens": [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]}
+
+    counted = rows.map(count, batched=True, remove_columns=rows.column_names, num_proc=num_proc, desc="count tokens")
+    tokens = np.asarray(counted["tokens"], dtype=np.int64)
+    return np.minimum(tokens, max_length) if max_length else tokens

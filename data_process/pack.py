@@ -257,6 +257,21 @@ def check_blocks(dataset, name: str, block_size: int, vocab_size: int) -> None:
         )
 
 
+def row_counts(rows, eos_token_id) -> tuple[np.ndarray, np.ndarray]:
+    """(documents, tokens) of each packed row. A best-fit row lists its documents in `seq_lengths`; a stream block
+    (all of one length) counts those that end in it (their eos), so a document cut across blocks counts once."""
+    documents, tokens = [], []
+    for batch in rows.with_format("arrow").iter(batch_size=10 * PACK_BATCH_DOCS):
+        ids = batch.column("input_ids")
+        tokens.append(pc.list_value_length(ids).to_numpy(zero_copy_only=False))
+        if "seq_lengths" in batch.column_names:
+            documents.append(pc.list_value_length(batch.column("seq_lengths")).to_numpy(zero_copy_only=False))
+        else:
+            is_eos = pc.list_flatten(ids).to_numpy(zero_copy_only=False) == eos_token_id
+            documents.append(is_eos.reshape(len(ids), -1).sum(axis=1))
+    return np.concatenate(documents).astype(np.int64), np.concatenate(tokens).astype(np.int64)
+
+
 def load_blocks(
     name,
     tokenizer,

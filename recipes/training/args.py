@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import trl
 
+from data_process.mixture import MixtureSource, read_mixture
+
 
 def resolve_precision(bf16: bool | None, fp16: bool | None, use_cpu: bool = False) -> tuple[bool, bool]:
     """Pick (bf16, fp16) for flags left unset (None): bf16 on GPUs that have it, fp16 with loss scaling on older
@@ -104,6 +106,35 @@ class ScriptArguments(trl.ScriptArguments):
     eval_dataset_name: str | None = field(
         default=None, metadata={"help": "Held-out data for evaluation, in any --dataset_name form."}
     )
+
+
+@dataclass
+class MixtureScriptArguments(ScriptArguments):
+    """Data arguments of the stages that train on a weighted mixture of sources instead of one --dataset_name
+    (pretraining, distillation, SFT). The mixture is read as the arguments are parsed, so a mistake in it stops the
+    command before any model loads; the field then holds its `MixtureSource` entries, as TRL's mixture config holds
+    its `DatasetConfig`s."""
+
+    dataset_mixture: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data as a weighted mixture instead of --dataset_name: a YAML file listing {path, weight, "
+            "split} entries (a recipe file may hold the list itself). Weights are shares of the tokens (pretraining) "
+            "or conversations (SFT); see data_process.mixture."
+        },
+    )
+
+    def __post_init__(self):
+        self.dataset_mixture = training_mixture(self)
+
+
+def training_mixture(args: MixtureScriptArguments) -> tuple[MixtureSource, ...] | None:
+    """The entries of --dataset_mixture, None without one; refused beside --dataset_name."""
+    if args.dataset_mixture is None:
+        return None
+    if args.dataset_name:
+        raise ValueError("--dataset_name and --dataset_mixture both given: pass one (a mixture lists every source)")
+    return read_mixture(args.dataset_mixture)
 
 
 @dataclass

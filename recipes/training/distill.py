@@ -200,7 +200,9 @@ def distill(
     tokenizer = shared_tokenizer(model_args)
     student = build_model(model_args, tokenizer, script_args.block_size, training_args.trust_remote_code)
     teacher = load_teacher(model_args, student, tokenizer, training_args.trust_remote_code)
-    train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer, student.config.vocab_size)
+    train_dataset, eval_dataset, mixture = load_datasets(
+        script_args, training_args, tokenizer, student.config.vocab_size
+    )
     turn_off_eval_without_data(training_args, eval_dataset)
     logger.info(
         f"student {count_parameters(student) / 1e6:.2f}M parameters, teacher {count_parameters(teacher) / 1e6:.2f}M; "
@@ -218,6 +220,7 @@ def distill(
         resume,
         callbacks,
         probes,
+        mixture=mixture,
         teacher=teacher,
     )
 

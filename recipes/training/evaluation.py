@@ -47,7 +47,9 @@ class ChatEvalArguments:
     )
     chat_eval_samples: int = field(
         default=400,
-        metadata={"help": "Questions of --chat_eval_dataset to ask (400 keep a 95% interval near +-0.05 or narrower)."},
+        metadata={
+            "help": "Questions of --chat_eval_dataset to ask (400 keep a 95%% interval near +-0.05 or narrower)."
+        },
     )
     chat_eval_max_new_tokens: int = field(default=96, metadata={"help": "Longest greedy reply, in tokens."})
 

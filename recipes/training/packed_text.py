@@ -5,12 +5,14 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+from datasets import concatenate_datasets
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from data_process.collators import PackedBlockCollator, PackedRowsCollator
-from data_process.pack import load_blocks
+from data_process.mixture import mix
+from data_process.pack import load_blocks, row_counts
 from modeling_miniminds import get_config
-from recipes.training.args import MiniMindsDefaults, ModelArguments, ScriptArguments
+from recipes.training.args import MiniMindsDefaults, MixtureScriptArguments, ModelArguments, training_mixture
 from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run
 from recipes.training.models import load_causal_lm
 from recipes.training.trainer import MiniMindsTrainerMixin
@@ -22,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class PretrainScriptArguments(ScriptArguments):
+class PretrainScriptArguments(MixtureScriptArguments):
     """Data options of the pretraining stage."""
 
     dataset_name: str | None = field(
@@ -36,8 +38,8 @@ class PretrainScriptArguments(ScriptArguments):
     eval_split_size: float = field(
         default=0.005,
         metadata={
-            "help": "Without --eval_dataset_name: blocks held out from the training data, as a fraction (< 1) or a "
-            "count (>= 1). 0 disables evaluation."
+            "help": "Without --eval_dataset_name: blocks held out from the training data (from each source of a "
+            "mixture), as a fraction (< 1) or a count (>= 1). 0 disables evaluation."
         },
     )
     block_size: int = field(default=512, metadata={"help": "Tokens per packed training sequence."})
@@ -172,9 +174,15 @@ def build_model(model_args: PretrainModelArguments, tokenizer, block_size: int, 
 
 
 def load_datasets(script_args: PretrainScriptArguments, training_args: PretrainConfig, tokenizer, vocab_size: int):
-    """Training blocks and held-out blocks (None when evaluation is off)."""
-    if not script_args.dataset_name:
-        raise ValueError("pass --dataset_name: the training text (a file, folder, glob, packed dataset or Hub id)")
+    """Training blocks, held-out blocks (None when evaluation is off) and, with --dataset_mixture, what the mixture
+    holds of each source (else None). A mixture's held-out blocks come out of each source before it is sampled, so
+    no copy of a held-out block is trained on when a source repeats."""
+    sources = training_mixture(script_args)
+    if not (script_args.dataset_name or sources):
+        raise ValueError(
+            "pass --dataset_name (the training text: a file, folder, glob, packed dataset or Hub id) or "
+            "--dataset_mixture"
+        )
     blocks = dict(
         tokenizer=tokenizer,
         block_size=script_args.block_size,
@@ -185,29 +193,47 @@ def load_datasets(script_args: PretrainScriptArguments, training_args: PretrainC
     )
     if script_args.packing == "best_fit" and not script_args.document_mask:
         raise ValueError("--packing best_fit keeps every document on its own; it needs --document_mask true")
+    if sources:
+        named = [(source.path, source.split) for source in sources]
+    else:
+        named = [(script_args.dataset_name, script_args.dataset_train_split)]
     with training_args.main_process_first(desc="tokenize and pack"):
-        train = load_blocks(script_args.dataset_name, split=script_args.dataset_train_split, **blocks)
+        parts = [load_blocks(name, split=split, **blocks) for name, split in named]
         evaluation = None
         if script_args.eval_dataset_name:
             evaluation = load_blocks(script_args.eval_dataset_name, **blocks)
         elif script_args.eval_split_size > 0 and training_args.eval_strategy != "no":
-            size = script_args.eval_split_size
-            size = int(size) if size >= 1 else size
-            if (isinstance(size, int) and size >= len(train)) or len(train) < 2:
-                raise ValueError(
-                    f"--eval_split_size {script_args.eval_split_size} leaves no training data out of {len(train)} "
-                    "blocks; lower it or pass --eval_dataset_name."
-                )
-            split = train.train_test_split(test_size=size, seed=training_args.seed)
-            train, evaluation = split["train"], split["test"]
-    if evaluation is not None and ("seq_lengths" in train.column_names) != ("seq_lengths" in evaluation.column_names):
+            size, seed = script_args.eval_split_size, training_args.seed
+            splits = [hold_out(part, size, seed, name) for part, (name, _) in zip(parts, named)]
+            parts = [train for train, _ in splits]
+            evaluation = concatenate_datasets([held for _, held in splits])
+    best_fit = "seq_lengths" in parts[0].column_names
+    if evaluation is not None and best_fit != ("seq_lengths" in evaluation.column_names):
         raise ValueError(
             f"{script_args.eval_dataset_name}: packed differently from the training data (best_fit rows against full "
             "blocks); pack both the same way"
         )
+    if sources:
+        counts = [dict(zip(("documents", "tokens"), row_counts(part, tokenizer.eos_token_id))) for part in parts]
+        train, mixture = mix(parts, sources, counts, "tokens", training_args.seed, script_args.max_train_blocks)
+        return train, evaluation, mixture
+    train = parts[0]
     if script_args.max_train_blocks is not None:
         train = train.select(range(min(script_args.max_train_blocks, len(train))))
-    return train, evaluation
+    return train, evaluation, None
+
+
+def hold_out(train, size: float, seed: int, name: str) -> tuple:
+    """(training, held-out) blocks of the dataset `name`: `size` of them held out, a fraction (< 1) or a count
+    (>= 1)."""
+    count_or_fraction = int(size) if size >= 1 else size
+    if (isinstance(count_or_fraction, int) and count_or_fraction >= len(train)) or len(train) < 2:
+        raise ValueError(
+            f"--eval_split_size {size} leaves no training data out of the {len(train)} blocks of {name}; lower it or "
+            "pass --eval_dataset_name."
+        )
+    split = train.train_test_split(test_size=count_or_fraction, seed=seed)
+    return split["train"], split["test"]
 
 
 def rows_collator(train_dataset, tokenizer, document_mask: bool):
@@ -227,11 +253,12 @@ def train_on_blocks(
     resume: str | None,
     callbacks: list | None = None,
     probes: list[Probe] | None = None,
+    mixture: dict | None = None,
     **trainer_kwargs,
 ) -> dict:
     """The run pretraining and distillation share: train on the (training, held-out) packed blocks with the probes
-    before and after, save the complete model folder and return the run's result (see `lifecycle`).
-    `trainer_kwargs` (the distillation teacher) go to `trainer_class`."""
+    before and after, save the complete model folder and return the run's result (see `lifecycle`), with what a
+    `mixture` held of each source under `mixture`. `trainer_kwargs` (the distillation teacher) go to `trainer_class`."""
     held_out = HeldOutProbes(probes or [], training_args.output_dir)
     train_dataset, eval_dataset = datasets
     trainer = trainer_class(
@@ -245,6 +272,8 @@ def train_on_blocks(
         **trainer_kwargs,
     )
     result = finish_run(trainer, trainer.train(resume_from_checkpoint=resume), held_out, logged=LM_EVAL)
+    if mixture is not None:
+        result["mixture"] = mixture
     logger.info(f"Saved the model to {training_args.output_dir}: {result}")
     trainer.end()
     return result

@@ -28,13 +28,13 @@ def pretrain(
     probes: list[Probe] | None = None,
 ) -> dict:
     """Pretrain and save a complete model folder; return the run's result (see `lifecycle`): held-out eval loss and
-    perplexity, with any `probes`, before and after."""
+    perplexity, with any `probes`, before and after, and with --dataset_mixture what it held of each source."""
     if model_args.use_peft:
         raise ValueError("--use_peft: pretraining trains every weight; LoRA belongs to the post-training stages")
     resume = start_run(training_args)
     tokenizer = resolve_tokenizer(model_args)
     model = build_model(model_args, tokenizer, script_args.block_size, training_args.trust_remote_code)
-    train_dataset, eval_dataset = load_datasets(script_args, training_args, tokenizer, model.config.vocab_size)
+    train_dataset, eval_dataset, mixture = load_datasets(script_args, training_args, tokenizer, model.config.vocab_size)
     turn_off_eval_without_data(training_args, eval_dataset)
     logger.info(
         f"{count_parameters(model) / 1e6:.2f}M parameters; {len(train_dataset)} training blocks of "
@@ -52,6 +52,7 @@ def pretrain(
         resume,
         callbacks,
         probes,
+        mixture=mixture,
     )
 
 

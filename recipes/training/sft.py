@@ -15,15 +15,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from peft import PeftModel
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from data_process.assistant_masks import with_assistant_masks
-from data_process.chat import load_chat_dataset, read_system_prompts
+from data_process.chat import conversation_tokens, load_chat_dataset, read_system_prompts
 from data_process.collators import PackedRowsCollator
+from data_process.mixture import mix
 from modeling_miniminds.export.merge_lora import merge_lora
-from recipes.training.args import ModelArguments, ScriptArguments, SFTStageConfig
+from recipes.training.args import MixtureScriptArguments, ModelArguments, SFTStageConfig, training_mixture
 from recipes.training.cli import RecipeParser
 from recipes.training.evaluation import ChatEvalArguments, read_chat_probes
 from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SFTScriptArguments(ScriptArguments, ChatEvalArguments):
+class SFTScriptArguments(MixtureScriptArguments, ChatEvalArguments):
     """Data options of the SFT stage."""
 
     dataset_name: str | None = field(
@@ -52,8 +54,8 @@ class SFTScriptArguments(ScriptArguments, ChatEvalArguments):
     skip_bad: bool = field(
         default=False,
         metadata={
-            "help": "Count and set aside bad records (in output_dir/train.rejected.jsonl, eval.rejected.jsonl) instead "
-            "of stopping at the first one."
+            "help": "Count and set aside bad records (in output_dir/train.rejected.jsonl, eval.rejected.jsonl; a "
+            "mixture's entries in train.<entry>.rejected.jsonl) instead of stopping at the first one."
         },
     )
     system_prompts: list[str] | None = field(
@@ -147,28 +149,59 @@ class SFTRecipeTrainer(SFTStageTrainer):
             save_base_model_files(model.get_base_model(), output_dir or self.args.output_dir)
 
 
-def load_datasets(script_args: SFTScriptArguments, training_args: SFTRecipeConfig):
-    """Training and held-out conversations (None without --eval_dataset_name) and the number of records skipped."""
-    if not script_args.dataset_name:
-        raise ValueError("pass --dataset_name: the chat data (a file, folder, glob or Hub id)")
+def load_datasets(script_args: SFTScriptArguments, training_args: SFTRecipeConfig, tokenizer):
+    """Training and held-out conversations (None without --eval_dataset_name), the number of records skipped and,
+    with --dataset_mixture, what the mixture holds of each source (else None)."""
+    sources = training_mixture(script_args)
+    if not (script_args.dataset_name or sources):
+        raise ValueError("pass --dataset_name (the chat data: a file, folder, glob or Hub id) or --dataset_mixture")
     output_dir = Path(training_args.output_dir)
     options = {"skip_bad": script_args.skip_bad, "write_rejected": training_args.should_save}
+    augment = {
+        "system_prompts": read_system_prompts(script_args.system_prompts),
+        "system_prompt_ratio": script_args.system_prompt_ratio,
+        "seed": training_args.seed,
+    }
     with training_args.main_process_first(desc="load chat data"):
-        train, train_rejected = load_chat_dataset(
-            script_args.dataset_name,
-            split=script_args.dataset_train_split,
-            rejected_path=output_dir / "train.rejected.jsonl",
-            system_prompts=read_system_prompts(script_args.system_prompts),
-            system_prompt_ratio=script_args.system_prompt_ratio,
-            seed=training_args.seed,
-            **options,
-        )
+        if sources:
+            train, train_rejected, mixture = _mixture(sources, training_args, tokenizer, **options, **augment)
+        else:
+            train, train_rejected = load_chat_dataset(
+                script_args.dataset_name,
+                split=script_args.dataset_train_split,
+                rejected_path=output_dir / "train.rejected.jsonl",
+                **options,
+                **augment,
+            )
+            mixture = None
         evaluation, eval_rejected = None, 0
         if script_args.eval_dataset_name:
             evaluation, eval_rejected = load_chat_dataset(
                 script_args.eval_dataset_name, rejected_path=output_dir / "eval.rejected.jsonl", **options
             )
-    return train, evaluation, {"train": train_rejected, "eval": eval_rejected}
+    return train, evaluation, {"train": train_rejected, "eval": eval_rejected}, mixture
+
+
+def _mixture(sources, training_args: SFTRecipeConfig, tokenizer, **options):
+    """The mixture's conversations, the records its sources skipped (each entry's in its own
+    `train.<entry>.rejected.jsonl`) and what it holds of each source. Weights are shares of conversations."""
+    output_dir = Path(training_args.output_dir)
+    loaded = [
+        load_chat_dataset(
+            source.path, split=source.split, rejected_path=output_dir / f"train.{index}.rejected.jsonl", **options
+        )
+        for index, source in enumerate(sources, 1)
+    ]
+    parts = [rows for rows, _ in loaded]
+    counts = [
+        {
+            "documents": np.ones(len(rows), dtype=np.int64),
+            "tokens": conversation_tokens(rows, tokenizer, training_args.max_length, training_args.dataset_num_proc),
+        }
+        for rows in parts
+    ]
+    train, mixture = mix(parts, sources, counts, "documents", training_args.seed)
+    return train, sum(rejected for _, rejected in loaded), mixture
 
 
 def trl_marks_assistant_tokens(tokenizer) -> bool:
@@ -203,7 +236,8 @@ def sft(
 ) -> dict:
     """Fine-tune and save the model (or its LoRA adapter); return the run's result (see `lifecycle`) with the
     held-out numbers before and after training: assistant-token `eval_loss` and `perplexity`, and on held-out
-    questions accuracy, task_accuracy, eot_rate, per_family and samples."""
+    questions accuracy, task_accuracy, eot_rate, per_family and samples; with --dataset_mixture, what it held of each
+    source (`mixture`)."""
     if model_args.merge_on_save and not model_args.use_peft:
         raise ValueError("--merge_on_save merges LoRA adapters; pass it with --use_peft true")
     if not model_args.model_name_or_path:
@@ -211,7 +245,7 @@ def sft(
     resume = start_run(training_args)
     tokenizer = resolve_tokenizer(model_args)
     model = load_causal_lm(model_args, tokenizer, training_args.trust_remote_code)
-    train_dataset, eval_dataset, rejected = load_datasets(script_args, training_args)
+    train_dataset, eval_dataset, rejected, mixture = load_datasets(script_args, training_args, tokenizer)
     train_dataset, eval_dataset = mask_assistant_spans([train_dataset, eval_dataset], tokenizer, training_args)
     turn_off_eval_without_data(training_args, eval_dataset)
     chat = chat_probe(tokenizer, read_chat_probes(script_args), script_args.chat_eval_max_new_tokens)
@@ -237,6 +271,8 @@ def sft(
         merge_lora(training_args.output_dir, training_args.output_dir)
     trainer.accelerator.wait_for_everyone()
     result["rejected"] = rejected
+    if mixture is not None:
+        result["mixture"] = mixture
     logger.info(f"Saved to {training_args.output_dir}: before {result['before']}, after {result['after']}")
     trainer.end()
     return result
