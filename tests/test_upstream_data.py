@@ -19,6 +19,7 @@ from data_process.jsonl import read_jsonl, write_jsonl
 from data_process.loading import load_text_dataset
 from data_process.records import DataError
 from modeling_miniminds import MiniMindForCausalLM, get_config
+from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.training import dpo, grpo, ppo, reward, sft
 from recipes.training.preference import read_pairs
 from recipes.training.rl import read_rl_records
@@ -93,6 +94,29 @@ def test_an_rl_record_in_no_known_layout_fails_at_its_line(tmp_path):
     write_jsonl(path, [good, {"conversations": [{"role": "assistant", "content": "无"}]}])
     with pytest.raises(DataError, match=r"unknown.jsonl:2: field 'prompt': expected .* non-empty list"):
         read_rl_records(path)
+
+
+@pytest.mark.skipif(not UPSTREAM_TOKENIZER.is_dir(), reason="upstream MiniMind tokenizer folder (../shared) absent")
+def test_replies_in_upstream_template_parse_back_for_the_tool_loop():
+    """TRL's tool loop reads calls out of replies through the tokenizer's response template: upstream's template
+    writes replies as the project's does, so loading it attaches the same one."""
+    tokenizer = load_tokenizer(UPSTREAM_TOKENIZER)
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "6 * 7"}}}
+    reply = {
+        "role": "assistant",
+        "content": "Let me work it out.",
+        "reasoning_content": "A product.",
+        "tool_calls": [call],
+    }
+    question = [{"role": "user", "content": "6 * 7?"}]
+    prompt = tokenizer.apply_chat_template(question, tokenize=False)
+    rendered = tokenizer.apply_chat_template([*question, reply], tokenize=False)[len(prompt) :]
+    assert tokenizer.parse_response(rendered.rstrip("\n"), prefix="") == reply
+    generated = tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.parse_response("Answer: 42<|im_end|>", prefix=generated) == {
+        "role": "assistant",
+        "content": "Answer: 42",
+    }
 
 
 def stage(module, model, dataset, output_dir, *flags):

@@ -88,10 +88,17 @@ RESPONSE_TEMPLATE = {
 }
 
 
+def writes_replies_alike(chat_template) -> bool:
+    """Whether a template lays out replies as CHAT_TEMPLATE does: ChatML turns whose tool calls are <tool_call> JSON
+    blocks after the thinking and the content. The project's template and upstream MiniMind's (Qwen's layout) do."""
+    return isinstance(chat_template, str) and f"{BOS}assistant" in chat_template and TOOL_OPEN in chat_template
+
+
 def add_response_template(tokenizer):
-    """Let `tokenizer.parse_response` read replies of the MiniMinds chat template (tool calls included); a tokenizer
-    with another template, or one that already has a response template, is returned unchanged."""
-    if tokenizer.chat_template == CHAT_TEMPLATE and getattr(tokenizer, "response_template", None) is None:
+    """Let `tokenizer.parse_response` read replies (tool calls included) of the MiniMinds chat template or one that
+    writes replies alike (upstream MiniMind's), as TRL's tool loop needs; a tokenizer with another template, or one
+    that already has a response template, is returned unchanged."""
+    if writes_replies_alike(tokenizer.chat_template) and getattr(tokenizer, "response_template", None) is None:
         tokenizer.response_template = RESPONSE_TEMPLATE
     return tokenizer
 
