@@ -576,9 +576,12 @@ def test_launcher_configs_are_valid():
         config = json.loads((REPO / "ds_configs" / name).read_text())
         assert config["train_micro_batch_size_per_gpu"] == "auto"
         assert config["zero_optimization"]["stage"] == int(name[4])
-    for name, kind in (("ddp.yaml", "MULTI_GPU"), ("zero2.yaml", "DEEPSPEED"), ("zero3.yaml", "DEEPSPEED")):
+    launchers = (("ddp.yaml", "MULTI_GPU"), ("multi_cpu.yaml", "MULTI_GPU"), ("zero2.yaml", "DEEPSPEED"))
+    for name, kind in (*launchers, ("zero3.yaml", "DEEPSPEED")):
         config = yaml.safe_load((REPO / "ds_configs" / name).read_text())
         assert config["distributed_type"] == kind and config["mixed_precision"] == "no"
+    # accelerate starts several processes only through its multi-GPU launcher; on CPU the recipes switch to gloo
+    assert yaml.safe_load((REPO / "ds_configs" / "multi_cpu.yaml").read_text())["num_processes"] == 2
 
 
 def test_train_loss_is_reported_when_no_step_was_logged(tmp_path, tiny_corpus, tiny_tokenizer_dir):
