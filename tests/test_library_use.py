@@ -1,0 +1,54 @@
+"""What a user of transformers, TRL and PEFT does with a MiniMinds folder, in a Python that never imports MiniMinds
+(issue 17): the README's snippet for TRL and PEFT runs as written, and each setting it names is needed."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_miniminds import MiniMindForCausalLM, get_config
+from modeling_miniminds.tokenizer import load_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tiny_tokenizer_dir, tmp_path_factory):
+    """A saved, randomly initialised minimind-tiny with the tiny tokenizer: all an outside user gets."""
+    folder = tmp_path_factory.mktemp("library-use") / "model"
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def readme_block(heading: str) -> str:
+    """The first python block of the README section under `heading`."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split(f"\n{heading}\n", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def run_outside(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python that asserts at the end that it never imported MiniMinds."""
+    check = "\nimport sys\nassert not [m for m in sys.modules if m.startswith(('modeling_miniminds', 'recipes'))]\n"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    command = [sys.executable, "-c", code + check]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_readme_trl_and_peft_snippet_runs_and_needs_both_settings(model_folder, tiny_corpus, tmp_path):
+    code = readme_block("### With TRL and PEFT directly")
+    code = code.replace("runs/demo/sft", str(model_folder)).replace("runs/demo/data/dpo.jsonl", str(tiny_corpus["dpo"]))
+    code = code.replace("report_to=[])", "report_to=[], use_cpu=True)")  # as its comment says, without a GPU
+    done = run_outside(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    without_trust = run_outside(code.replace("trust_remote_code=True, max_steps", "max_steps"), tmp_path)
+    assert "contains custom code which must be executed" in without_trust.stderr  # the reference reload
+    without_targets = run_outside(code.replace(', target_modules="all-linear"', ""), tmp_path)
+    assert "Please specify `target_modules`" in without_targets.stderr
