@@ -1,9 +1,10 @@
 """Chat data for supervised fine-tuning: any supported format in, checked conversations out, as the columns TRL's
 SFTTrainer renders through the chat template.
 
-A record may be in the project's SFT format (`{"conversations": [...], "tools": [...]}`), upstream MiniMind's (the
-tool list as JSON text in a system message's `tools`, `tool_calls` as JSON text), ShareGPT (`from`/`value`),
-Alpaca or OpenAI `messages`; data_process.convert recognises and converts each. Every record becomes one row:
+A record may be in the project's SFT format (`{"messages": [...], "tools": [...]}`, the built-in corpus's, or with
+the turns under `conversations`), upstream MiniMind's (the tool list as JSON text in a system message's `tools`,
+`tool_calls` as JSON text), ShareGPT (`from`/`value`), Alpaca or OpenAI `messages`; data_process.convert recognises
+and converts each. Every record becomes one row:
 
     {"messages": [{"role", "content", "reasoning_content", "tool_calls"}, ...], "tools": JSON text or None}
 
@@ -29,7 +30,7 @@ import datasets
 from data_process.convert import convert_record
 from data_process.jsonl import expand_inputs, iter_lines, parse_line
 from data_process.loading import is_saved_dataset
-from data_process.records import DataError, data_error_in
+from data_process.records import DataError, data_error_in, turns_field
 from data_process.rejected import RejectedWriter, rejected_path_for
 from modeling_miniminds.cli.paths import check_name_or_path
 
@@ -66,7 +67,8 @@ def _json_value(value, field):
 
 
 def _turns_field(record):
-    return "messages" if "messages" in record else "conversations"
+    """The record's turns field; for a layout without one (Alpaca, ...) `conversations`, what convert writes."""
+    return turns_field(record) or "conversations"
 
 
 def _decode_tool_calls(record):

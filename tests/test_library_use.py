@@ -52,3 +52,24 @@ def test_readme_trl_and_peft_snippet_runs_and_needs_both_settings(model_folder, 
     assert "contains custom code which must be executed" in without_trust.stderr  # the reference reload
     without_targets = run_outside(code.replace(', target_modules="all-linear"', ""), tmp_path)
     assert "Please specify `target_modules`" in without_targets.stderr
+
+
+def test_trl_sft_trainer_reads_the_corpus_sft_file_as_conversations(tiny_corpus, tiny_tokenizer_dir, tmp_path):
+    """Issue 17: the corpus wrote its chats under `conversations`, and TRL's SFTTrainer with assistant_only_loss
+    stopped at `load_dataset("json", ...)` of them: "the dataset is not conversational". Loss goes on assistant
+    tokens only."""
+    from datasets import load_dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    chats = load_dataset("json", data_files=str(tiny_corpus["sft"]), split="train")
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer)))
+    args = SFTConfig(
+        output_dir=str(tmp_path), assistant_only_loss=True, max_length=256, use_cpu=True, bf16=False, report_to=[]
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=chats, processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trained = batch["labels"] != -100
+    assert 0 < trained.sum() < (batch["input_ids"] != tokenizer.pad_token_id).sum()  # replies only, not prompts
+    assert (batch["input_ids"][trained] == tokenizer.eos_token_id).any()  # end of turn is trained

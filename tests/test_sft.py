@@ -457,6 +457,18 @@ def test_script_reports_a_bad_record_and_skip_bad_sets_them_aside(random_base, t
     assert json.loads(rejected[0]["raw"]) == records[1]
 
 
+def test_corpus_chats_render_the_same_under_messages_and_conversations(tiny_corpus):
+    """Issue 17: the corpus moved its chats from `conversations` to `messages` (what TRL reads); every training row
+    (follow-ups, thinking, calculator calls and their tools) must stay what it was, so the demo's numbers do not move."""
+    records = list(read_jsonl(tiny_corpus["sft"], validate="sft"))
+    assert all("messages" in record and "conversations" not in record for record in records)
+    kinds = {"reasoning_content", "tool_calls"}
+    assert kinds <= {key for record in records for message in record["messages"] for key in message}
+    for record in records:
+        renamed = {("conversations" if key == "messages" else key): value for key, value in record.items()}
+        assert to_chat_row(renamed) == to_chat_row(record)
+
+
 def test_every_chat_format_converts_to_the_same_conversation(tmp_path):
     """Project format, ShareGPT, Alpaca, OpenAI messages and upstream MiniMind's JSON-text tools and tool calls."""
     plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
