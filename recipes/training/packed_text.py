@@ -189,7 +189,7 @@ def load_datasets(script_args: PretrainScriptArguments, training_args: PretrainC
         train = load_blocks(script_args.dataset_name, split=script_args.dataset_train_split, **blocks)
         evaluation = None
         if script_args.eval_dataset_name:
-            evaluation = load_blocks(script_args.eval_dataset_name, **blocks)
+            evaluation = load_blocks(script_args.eval_dataset_name, split=script_args.dataset_test_split, **blocks)
         elif script_args.eval_split_size > 0 and training_args.eval_strategy != "no":
             size = script_args.eval_split_size
             size = int(size) if size >= 1 else size

@@ -13,12 +13,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-
-from data_process.jsonl import expand_inputs, iter_records
-from data_process.records import validate_prompt, validate_rl
+from data_process.jsonl import iter_records
+from data_process.records import DataError, validate_prompt, validate_rl
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
-from modeling_miniminds.cli.paths import check_name_or_path
+from data_process.sources import resolve_source
 from recipes.training.args import ModelArguments, ScriptArguments
 from recipes.training.evaluation import ChatEvalArguments, chat_replies, reply_accuracy
 from recipes.training.intervals import ITEMS
@@ -83,22 +81,19 @@ def check_rl_record(record: dict) -> None:
 
 
 def read_rl_records(name: str, split: str = "train", limit: int | None = None) -> list[dict]:
-    """Prompt records of local JSONL files (a file, folder or glob) or of a Hub dataset split, checked line by line:
-    a bad line raises DataError naming `file:line` and the field."""
-    name = str(name)
-    if not any(ch in name for ch in "*?["):
-        name = check_name_or_path(name, "dataset")
-    if Path(name).exists() or any(ch in name for ch in "*?["):
-        records = [
-            record for path in expand_inputs([name]) for _, _, _, record in iter_records(path, validate=check_rl_record)
-        ]
-    else:
-        records = list(datasets.load_dataset(name, split=split))
-        for row, record in enumerate(records):
-            try:
-                check_rl_record(record)
-            except ValueError as err:
-                raise ValueError(f"{name}[{split}]:{row}: {err}") from None
+    """Prompt records of `split` of local JSONL or parquet files (a file, folder or glob), a saved dataset or a Hub
+    dataset (see data_process.sources), checked record by record: a bad one raises DataError naming `file:line`
+    (`name[split]:row` for a table) and the field."""
+    source = resolve_source(name, split)
+    name = source.name
+    records = [record for path in source.files for _, _, _, record in iter_records(path, validate=check_rl_record)]
+    table = list(source.table or ())
+    for row, record in enumerate(table):
+        try:
+            check_rl_record(record)
+        except ValueError as err:
+            raise DataError(f"{name}[{split}]:{row}: {err}") from None
+    records += table
     if not records:
         raise ValueError(f"dataset {name}: no prompts")
     return records[:limit]
@@ -107,7 +102,7 @@ def read_rl_records(name: str, split: str = "train", limit: int | None = None) -
 def read_heldout_records(script_args: RLScriptArguments) -> list[dict]:
     """The first --chat_eval_samples records of --chat_eval_dataset (else --eval_dataset_name); none without either."""
     name = script_args.chat_eval_dataset or script_args.eval_dataset_name
-    return read_rl_records(name, limit=script_args.chat_eval_samples) if name else []
+    return read_rl_records(name, script_args.dataset_test_split, script_args.chat_eval_samples) if name else []
 
 
 def as_messages(prompt) -> list[dict]:

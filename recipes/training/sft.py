@@ -163,7 +163,10 @@ def load_datasets(script_args: SFTScriptArguments, training_args: SFTRecipeConfi
         evaluation, eval_rejected = None, 0
         if script_args.eval_dataset_name:
             evaluation, eval_rejected = load_chat_dataset(
-                script_args.eval_dataset_name, rejected_path=output_dir / "eval.rejected.jsonl", **options
+                script_args.eval_dataset_name,
+                split=script_args.dataset_test_split,
+                rejected_path=output_dir / "eval.rejected.jsonl",
+                **options,
             )
     return train, evaluation, {"train": train_rejected, "eval": eval_rejected}
 
