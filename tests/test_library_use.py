@@ -12,6 +12,8 @@ import torch
 
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.tokenizer import load_tokenizer
+from recipes.training.pretraining import make_parser as pretrain_parser
+from recipes.training.pretraining import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +75,28 @@ def test_trl_sft_trainer_reads_the_corpus_sft_file_as_conversations(tiny_corpus,
     trained = batch["labels"] != -100
     assert 0 < trained.sum() < (batch["input_ids"] != tokenizer.pad_token_id).sum()  # replies only, not prompts
     assert (batch["input_ids"][trained] == tokenizer.eos_token_id).any()  # end of turn is trained
+
+
+def test_a_run_folder_card_states_the_run_and_its_quick_start_runs(tiny_corpus, tiny_tokenizer_dir, tmp_path):
+    """Issue 17: the README.md in a run's folder was TRL's draft (`model="None"`, no `trust_remote_code`), whose
+    quick start failed. It is the project's card: the stage, data, steps, held-out numbers, and loading code that
+    runs as written in a Python without MiniMinds."""
+    out, held_out = tmp_path / "pretrain", Path(tiny_corpus["eval"]) / "pretrain.jsonl"
+    argv = ["--config", str(REPO / "recipes" / "configs" / "pretrain_tiny.yaml"), "--output_dir", str(out)]
+    argv += ["--dataset_name", str(tiny_corpus["pretrain"]), "--eval_dataset_name", str(held_out)]
+    argv += ["--tokenizer_name_or_path", str(tiny_tokenizer_dir), "--max_steps", "3", "--block_size", "64"]
+    result = pretrain(
+        *pretrain_parser().parse_args_and_config([*argv, "--report_to", "none", "--disable_tqdm", "true"])
+    )
+
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert 'model="None"' not in card and "`MiniMindForCausalLM` (model_type `minimind`)" in card
+    assert (
+        "Trained by the MiniMinds `pretrain` stage (`recipes/pretrain.py`) from scratch for 3 optimizer steps." in card
+    )
+    assert f"Trained on `{tiny_corpus['pretrain']}`; held-out data: `{held_out}`." in card
+    assert f"- eval_loss: {result['after']['eval_loss']:.4g}" in card
+    assert f'AutoTokenizer.from_pretrained("{out}", trust_remote_code=True)' in card
+    assert f'AutoModelForCausalLM.from_pretrained("{out}", trust_remote_code=True)' in card
+    done = run_outside(re.search(r"```python\n(.*?)```", card, re.S).group(1), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_run_card
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -98,6 +99,7 @@ def test_tiny_model_learns_and_saves_a_complete_model(tmp_path, tiny_corpus, tin
     saved = AutoModelForCausalLM.from_pretrained(out)
     assert result["num_parameters"] == result["trainable_parameters"] == saved.num_parameters()
     assert result["output_dir"] == str(out)
+    assert "from scratch for 60 optimizer steps" in assert_run_card(out, "pretrain")
 
     records = read_metrics(out / METRICS_FILE)
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from helpers import assert_run_card
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GenerationConfig, TrainerCallback
@@ -238,6 +239,7 @@ def test_sft_raises_heldout_accuracy_and_end_of_turn_rate(pretrained_base, tiny_
     assert after["eval_loss"] < 0.7 * before["eval_loss"]
     assert after["accuracy"] > before["accuracy"] or after["task_accuracy"] > before["task_accuracy"]
     assert after["eot_rate"] >= max(0.7, before["eot_rate"] + 0.3)
+    assert f"- eval_task_accuracy: {after['task_accuracy']:.4g}" in assert_run_card(out, "sft")  # held-out numbers
     assert result["train_loss"] < before["eval_loss"]
     state = json.loads((out / "trainer_state.json").read_text())
     assert (result["steps"], result["tokens"]) == (state["global_step"], state["num_input_tokens_seen"]) != (0, 0)
@@ -325,6 +327,7 @@ def test_lora_trains_only_adapters_and_the_merged_folder_reloads(random_base, ti
     assert done.returncode == 0, done.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "l.pt"), expected, rtol=1e-5, atol=1e-5)
 
+    assert f"from `{random_base}`" in assert_run_card(out, "sft")  # the merged folder's card, not the adapter's
     assert merge_lora_main([str(out / "adapter"), str(tmp_path / "merged")]) == 0  # the CLI gives the same weights
     for name, tensor in load_file(tmp_path / "merged" / "model.safetensors").items():
         torch.testing.assert_close(tensor, load_file(out / "model.safetensors")[name])

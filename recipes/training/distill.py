@@ -209,6 +209,7 @@ def distill(
     )
 
     return train_on_blocks(
+        "distill",
         DistillTrainer,
         student,
         tokenizer,

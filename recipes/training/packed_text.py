@@ -11,7 +11,7 @@ from data_process.collators import PackedBlockCollator, PackedRowsCollator
 from data_process.pack import load_blocks
 from modeling_miniminds import get_config
 from recipes.training.args import MiniMindsDefaults, ModelArguments, ScriptArguments
-from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run
+from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, RunCard, finish_run
 from recipes.training.models import load_causal_lm
 from recipes.training.trainer import MiniMindsTrainerMixin
 
@@ -218,6 +218,7 @@ def rows_collator(train_dataset, tokenizer, document_mask: bool):
 
 
 def train_on_blocks(
+    stage: str,
     trainer_class: type[PretrainTrainer],
     model,
     tokenizer,
@@ -230,8 +231,8 @@ def train_on_blocks(
     **trainer_kwargs,
 ) -> dict:
     """The run pretraining and distillation share: train on the (training, held-out) packed blocks with the probes
-    before and after, save the complete model folder and return the run's result (see `lifecycle`).
-    `trainer_kwargs` (the distillation teacher) go to `trainer_class`."""
+    before and after, save the complete model folder (its card naming `stage`) and return the run's result (see
+    `lifecycle`). `trainer_kwargs` (the distillation teacher) go to `trainer_class`."""
     held_out = HeldOutProbes(probes or [], training_args.output_dir)
     train_dataset, eval_dataset = datasets
     trainer = trainer_class(
@@ -244,7 +245,8 @@ def train_on_blocks(
         callbacks=[*(callbacks or []), held_out],
         **trainer_kwargs,
     )
-    result = finish_run(trainer, trainer.train(resume_from_checkpoint=resume), held_out, logged=LM_EVAL)
+    card = RunCard.of(stage, script_args)
+    result = finish_run(trainer, trainer.train(resume_from_checkpoint=resume), held_out, logged=LM_EVAL, card=card)
     logger.info(f"Saved the model to {training_args.output_dir}: {result}")
     trainer.end()
     return result

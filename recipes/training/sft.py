@@ -23,7 +23,16 @@ from modeling_miniminds.export.merge_lora import merge_lora
 from recipes.training.args import ModelArguments, ScriptArguments, SFTStageConfig
 from recipes.training.cli import RecipeParser
 from recipes.training.evaluation import ChatEvalArguments, read_chat_probes
-from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lifecycle import (
+    LM_EVAL,
+    HeldOutProbes,
+    Probe,
+    RunCard,
+    finish_run,
+    start_run,
+    turn_off_eval_without_data,
+    write_card,
+)
 from recipes.training.lora import lora_config, save_base_model_files
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
 from recipes.training.probes import chat_probe
@@ -208,9 +217,11 @@ def sft(
         f"bf16={training_args.bf16} fp16={training_args.fp16}"
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
-    result = finish_run(trainer, train_output, held_out, logged=LM_EVAL)
+    card = RunCard.of("sft", script_args)
+    result = finish_run(trainer, train_output, held_out, logged=LM_EVAL, card=card)
     if model_args.merge_on_save and training_args.should_save:
-        merge_lora(training_args.output_dir, training_args.output_dir)
+        merge_lora(training_args.output_dir, training_args.output_dir)  # moves the card to adapter/ with the adapter
+        write_card(training_args.output_dir, card, model_args.model_name_or_path)
     trainer.accelerator.wait_for_everyone()
     result["rejected"] = rejected
     logger.info(f"Saved to {training_args.output_dir}: before {result['before']}, after {result['after']}")
