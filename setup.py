@@ -31,7 +31,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_miniminds*", "data_process*", "recipes*"]),
     package_data={
-        "recipes": ["configs/*.yaml", "lm_eval_tasks/*.yaml"],
+        "recipes": ["configs/*.yaml", "lm_eval_tasks/*.yaml", "lm_eval_tasks/*.py"],
         "modeling_miniminds.serving": ["static/*.html"],
     },
     install_requires=[

@@ -1,9 +1,10 @@
 """Chat data for supervised fine-tuning: any supported format in, checked conversations out, as the columns TRL's
 SFTTrainer renders through the chat template.
 
-A record may be in the project's SFT format (`{"conversations": [...], "tools": [...]}`), upstream MiniMind's (the
-tool list as JSON text in a system message's `tools`, `tool_calls` as JSON text), ShareGPT (`from`/`value`),
-Alpaca or OpenAI `messages`; data_process.convert recognises and converts each. Every record becomes one row:
+A record may be in the project's SFT format (`{"messages": [...], "tools": [...]}`, the built-in corpus's, or with
+the turns under `conversations`), upstream MiniMind's (the tool list as JSON text in a system message's `tools`,
+`tool_calls` as JSON text), ShareGPT (`from`/`value`), Alpaca or OpenAI `messages`; data_process.convert recognises
+and converts each. Every record becomes one row:
 
     {"messages": [{"role", "content", "reasoning_content", "tool_calls"}, ...], "tools": JSON text or None}
 
@@ -20,7 +21,6 @@ every data tool.
 
 import json
 import logging
-import os
 import random
 from pathlib import Path
 
@@ -28,15 +28,13 @@ import datasets
 import numpy as np
 
 from data_process.convert import convert_record
-from data_process.jsonl import expand_inputs, iter_lines, parse_line
-from data_process.loading import is_saved_dataset
-from data_process.records import DataError, data_error_in
+from data_process.jsonl import iter_lines, parse_line
+from data_process.records import DataError, data_error_in, turns_field
 from data_process.rejected import RejectedWriter, rejected_path_for
-from modeling_miniminds.cli.paths import check_name_or_path
+from data_process.sources import resolve_source
 
 logger = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".jsonl", ".parquet")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TOOL_CALL_FEATURES = {
     "type": datasets.Value("string"),
@@ -67,7 +65,8 @@ def _json_value(value, field):
 
 
 def _turns_field(record):
-    return "messages" if "messages" in record else "conversations"
+    """The record's turns field; for a layout without one (Alpaca, ...) `conversations`, what convert writes."""
+    return turns_field(record) or "conversations"
 
 
 def _decode_tool_calls(record):
@@ -284,21 +283,11 @@ def _table_rows(dataset, name, skip_bad, system_prompts, ratio, seed):
 
 
 def _load_rows(name, split, skip_bad, system_prompts, ratio, seed):
-    name = os.path.expanduser(str(name))
-    is_glob = any(ch in name for ch in "*?[")
-    if not is_glob:
-        check_name_or_path(name, "dataset")
     options = {"skip_bad": skip_bad, "system_prompts": system_prompts, "ratio": ratio, "seed": seed}
-    if is_saved_dataset(name):
-        return _table_rows(datasets.load_from_disk(name), name, **options)
-    if not (is_glob or Path(name).exists()):
-        return _table_rows(datasets.load_dataset(name, split=split), name, **options)
-    files = expand_inputs([name], suffixes=DATA_SUFFIXES)
-    if all(p.suffix == ".parquet" for p in files):
-        table = datasets.load_dataset("parquet", data_files=[str(p) for p in files], split="train")
-        return _table_rows(table, name, **options)
-    if any(p.suffix == ".parquet" for p in files):
-        raise ValueError(f"{name}: expected .jsonl files or only .parquet files, not both")
+    source = resolve_source(name, split)
+    name, files = source.name, source.files
+    if source.table is not None:
+        return _table_rows(source.table, name, **options)
     if not any(raw.strip() for p in files for _, _, raw in iter_lines(p)):
         raise ValueError(f"dataset {name} is empty")
     stamps = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
@@ -333,7 +322,7 @@ def load_chat_dataset(
     write_rejected=True,
 ) -> tuple[datasets.Dataset, int]:
     """Conversations for SFT from local JSONL/parquet files, folders, globs, a saved dataset or a Hub id, and the
-    number of records skipped.
+    number of records skipped; `split` picks the split where there are several (see data_process.sources).
 
     Without `skip_bad` the first bad record raises DataError (`file:line: field ...`); with it, bad records are
     counted and written to `rejected_path` (default `<dataset>.rejected.jsonl`). `system_prompts` (with

@@ -19,7 +19,7 @@ from collections import Counter
 import torch
 from transformers import AutoModelForCausalLM, set_seed
 
-from data_process.records import validate_dpo
+from data_process.records import turns_field, validate_dpo
 from data_process.rejected import print_rejected
 from data_process.rewards import accuracy_reward, extract_answer
 from data_process.transform import JsonlTransform, add_io_arguments
@@ -41,16 +41,17 @@ DROP_REASONS = {
 
 def as_task(record: dict) -> tuple[list[dict], str | None, str | None]:
     """(prompt messages, reference reply or None, reference answer or None) of an `sft` or `rl` record."""
-    if "conversations" in record:
-        turns = record["conversations"]
+    field = turns_field(record)
+    if field:
+        turns = record[field]
         last = max(
             (i for i, m in enumerate(turns) if isinstance(m, dict) and m.get("role") == "assistant"), default=None
         )
         if last is None or last == 0:
-            raise ValueError("field 'conversations': needs a prompt and an assistant reply")
+            raise ValueError(f"field '{field}': needs a prompt and an assistant reply")
         reply = turns[last].get("content")
         if not isinstance(reply, str) or not reply.strip():
-            raise ValueError(f"field 'conversations[{last}].content': expected the reply text")
+            raise ValueError(f"field '{field}[{last}].content': expected the reply text")
         return turns[:last], reply, extract_answer(reply)
     if "prompt" in record and "answer" in record:
         prompt = record["prompt"]
@@ -59,7 +60,9 @@ def as_task(record: dict) -> tuple[list[dict], str | None, str | None]:
             raise ValueError("fields 'prompt' and 'answer': expected messages (or text) and a string")
         return prompt, None, record["answer"]
     keys = ", ".join(record) or "none"
-    raise ValueError(f"expected an sft record (conversations) or an rl record (prompt, answer); keys: {keys}")
+    raise ValueError(
+        f"expected an sft record (messages or conversations) or an rl record (prompt, answer); keys: {keys}"
+    )
 
 
 def answer_line(prompt: list[dict], answer: str) -> str:

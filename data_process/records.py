@@ -3,6 +3,9 @@ the error that names a bad field, so every tool and recipe rejects the same reco
 
 ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("pretrain", "sft", "dpo", "rl", "prompt")
+# Where an sft record keeps its turns: OpenAI's `messages` (what the built-in corpus writes and TRL's trainers read as
+# conversational data), or upstream MiniMind's `conversations`.
+TURNS_FIELDS = ("messages", "conversations")
 
 
 class DataError(ValueError):
@@ -63,10 +66,16 @@ def validate_pretrain(record, text_column="text"):
     _check_text(record[text_column], text_column)
 
 
+def turns_field(record) -> str | None:
+    """The field of `TURNS_FIELDS` that holds the record's turns (`messages` when both are there), else None."""
+    return next((field for field in TURNS_FIELDS if field in record), None)
+
+
 def validate_sft(record):
-    if "conversations" not in record:
-        raise ValueError(f"field 'conversations': missing (keys: {', '.join(record) or 'none'})")
-    validate_messages(record["conversations"], "conversations")
+    field = turns_field(record)
+    if field is None:
+        raise ValueError(f"field 'messages': missing (keys: {', '.join(record) or 'none'})")
+    validate_messages(record[field], field)
 
 
 def validate_dpo(record):
@@ -120,7 +129,7 @@ def detect_format(record):
     """Guess the project format of one record from its keys."""
     if "chosen" in record and "rejected" in record:
         return "dpo"
-    if "conversations" in record:
+    if turns_field(record):
         return "sft"
     if "prompt" in record:
         return "rl" if "answer" in record else "prompt"
@@ -157,7 +166,7 @@ def record_text(record):
     if fmt == "pretrain":
         parts = [record["text"]]
     elif fmt == "sft":
-        parts = list(_message_texts(record["conversations"]))
+        parts = list(_message_texts(record[turns_field(record)]))
     elif fmt == "dpo":
         parts = list(_message_texts(record["chosen"])) + [record["rejected"][-1].get("content") or ""]
     else:

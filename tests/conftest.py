@@ -101,7 +101,7 @@ def train_tiny_sft(corpus, tokenizer_dir, out, steps: int):
     tokenizer = load_tokenizer(tokenizer_dir)
     torch.manual_seed(0)
     model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer)))
-    data = Dataset.from_list([{"messages": r["conversations"]} for r in read_jsonl(corpus["sft"])])
+    data = Dataset.from_list([{"messages": r["messages"]} for r in read_jsonl(corpus["sft"])])
     args = SFTStageConfig(
         output_dir=str(out),
         max_steps=steps,

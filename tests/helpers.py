@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -104,3 +105,12 @@ def raw_request(served, method, path, body=b"", headers=None):
     return response.status, (
         json.loads(text) if response.getheader("content-type", "").startswith("application/json") else text
     )
+
+
+def assert_run_card(folder, stage: str) -> str:
+    """The run folder's README.md is the project's card for `stage`, loading through remote code (issue 17: it was
+    TRL's draft, `model="None"` without `trust_remote_code`, whose quick start failed). Returns the card."""
+    card = (Path(folder) / "README.md").read_text(encoding="utf-8")
+    assert f"Trained by the MiniMinds `{stage}` stage (`recipes/{stage}.py`)" in card and 'model="None"' not in card
+    assert f'AutoTokenizer.from_pretrained("{folder}", trust_remote_code=True)' in card
+    return card

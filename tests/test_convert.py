@@ -59,6 +59,27 @@ def test_dense_export_loads_as_plain_qwen3_with_tokenizer(tmp_path, tiny_tokeniz
     torch.testing.assert_close(logits(back), logits(source), rtol=1e-5, atol=1e-5)
 
 
+def test_qwen3_export_samples_with_qwen3_defaults(tmp_path, tiny_tokenizer_dir):
+    """Issue 17: the export's generation config had no `do_sample`, so `transformers serve` ignored a request's
+    temperature and every reply was greedy."""
+    saved_model(tmp_path / "mm", tiny_tokenizer_dir)
+    assert main(["to-qwen3", str(tmp_path / "mm"), str(tmp_path / "qwen3")]) == 0
+    written = json.loads((tmp_path / "qwen3" / "generation_config.json").read_text())
+    assert {k: written.get(k) for k in ("do_sample", "temperature", "top_p", "top_k")} == {
+        "do_sample": True,
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": 20,
+    }
+    assert (written["bos_token_id"], written["eos_token_id"], written["pad_token_id"]) == (1, 2, 0)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "qwen3")
+    prompt = torch.tensor([[1, 40, 41]])
+    torch.manual_seed(0)
+    sampled = {tuple(model.generate(prompt, max_new_tokens=12)[0].tolist()) for _ in range(4)}
+    greedy = {tuple(model.generate(prompt, max_new_tokens=12, do_sample=False)[0].tolist()) for _ in range(2)}
+    assert len(sampled) > 1 and len(greedy) == 1  # a plain generate() samples; do_sample=False is greedy
+
+
 def test_moe_without_shared_experts_exports_to_qwen3_moe(tmp_path):
     moe = dict(use_moe=True, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True)
     source = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=256, **moe))

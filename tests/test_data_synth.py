@@ -58,7 +58,7 @@ def occurs_as_sentence(sentence, text):
 def eval_sentences(eval_dir):
     """Every statement of the eval split: pretraining text and the first line of each chosen assistant reply."""
     found = [s for r in read_jsonl(eval_dir / "pretrain.jsonl") for s in sentences(r["text"])]
-    chats = [r["conversations"] for r in read_jsonl(eval_dir / "sft.jsonl")]
+    chats = [r["messages"] for r in read_jsonl(eval_dir / "sft.jsonl")]
     chats += [r["chosen"] for r in read_jsonl(eval_dir / "dpo.jsonl")]
     for messages in chats:
         found += [s for m in messages if m["role"] == "assistant" for s in sentences(m["content"].split("\n")[0])]
@@ -92,13 +92,13 @@ def test_same_seed_same_bytes_other_seed_differs(tiny_corpus, tmp_path):
 def test_corpus_is_bilingual_and_multi_turn(tiny_corpus):
     texts = [r["text"] for r in read_jsonl(tiny_corpus["pretrain"])]
     assert any("等于" in t for t in texts) and any("equals" in t for t in texts)
-    conversations = [r["conversations"] for r in read_jsonl(tiny_corpus["sft"])]
+    conversations = [r["messages"] for r in read_jsonl(tiny_corpus["sft"])]
     assert any(c[0]["role"] == "system" for c in conversations)
     assert any(sum(m["role"] == "assistant" for m in c) >= 2 for c in conversations)
 
 
 def test_eval_and_dev_questions_never_appear_in_training_or_each_other(tiny_corpus):
-    fields = {"sft": "conversations", "dpo": "chosen", "rl": "prompt", "agent": "conversations"}
+    fields = {"sft": "messages", "dpo": "chosen", "rl": "prompt", "agent": "conversations"}
     train, held_out = set(), {"eval": set(), "dev": set()}
     for kind, field in fields.items():
         train |= user_questions(read_jsonl(tiny_corpus[kind]), field)
@@ -205,7 +205,7 @@ def test_unknown_size_is_rejected(tmp_path):
 def test_sft_has_follow_ups_thinking_and_calculator_conversations(small_corpus):
     """Every kind of SFT conversation the recipe trains on: follow-ups that need the previous answer, worked steps in
     `reasoning_content`, and calculator calls whose tool turn holds what data_process.tools computes."""
-    conversations = [(r["conversations"], r.get("tools")) for r in read_jsonl(small_corpus["sft"], validate="sft")]
+    conversations = [(r["messages"], r.get("tools")) for r in read_jsonl(small_corpus["sft"], validate="sft")]
     follow_ups = [c for c, _ in conversations if any(m["content"].startswith(("再", "And ", "Now take")) for m in c)]
     thinking = [c for c, _ in conversations if any(m.get("reasoning_content") for m in c)]
     tool_uses = [(c, tools) for c, tools in conversations if any(m.get("tool_calls") for m in c)]
@@ -228,7 +228,7 @@ def test_no_eval_reasoning_or_calculator_expression_appears_in_training(small_co
     eval/sft.jsonl stands in a training file."""
     steps, expressions = set(), set()
     for record in read_jsonl(small_corpus["eval"] / "sft.jsonl"):
-        for message in record["conversations"]:
+        for message in record["messages"]:
             steps |= set(sentences(message.get("reasoning_content") or ""))
             for call in message.get("tool_calls") or []:
                 expressions.add(json.dumps(call["function"]["arguments"], ensure_ascii=False))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_run_card
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from data_process.collators import PackedBlockCollator
@@ -188,6 +189,7 @@ def test_student_learns_more_from_the_teacher_than_alone(
     with torch.no_grad():
         held_out = model(**batch).loss.item()
     assert held_out == pytest.approx(distilled["after"]["eval_loss"], rel=1e-4)
+    assert_run_card(out, "distill")
 
 
 def test_document_loss_is_the_mean_cross_entropy_of_the_tokens_pretraining_predicts(tiny_corpus, tiny_tokenizer_dir):

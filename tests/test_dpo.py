@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port
+from helpers import assert_run_card, free_port
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -78,6 +78,7 @@ def test_dpo_raises_held_out_preference_and_reports_task_accuracy(trained, sft_f
     assert set(before) == set(after)
     assert {"preference_accuracy", "margin", "accuracy", "task_accuracy", "eot_rate", "per_family"} <= set(after)
     assert before["preference_accuracy"] == 0 and before["margin"] == 0
+    assert_run_card(out, "dpo")
     assert after["preference_accuracy"] >= 0.7 and after["margin"] > 0.5
     assert result["task_regression_warning"] is None and result["stuck_loss_warning"] is None
 

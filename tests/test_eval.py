@@ -275,16 +275,32 @@ def test_builtin_questions_have_four_distinct_choices_and_balanced_answers(tmp_p
 
 
 def lm_eval_task(name: str, task: str, data_files: dict, tasks_dir: Path, **overrides) -> None:
-    """A shipped task YAML with its data paths pointed at test files (the shipped ones name the demo's)."""
-    config = yaml.safe_load((TASKS / f"{name}.yaml").read_text(encoding="utf-8"))
-    config.update(task=task, dataset_kwargs={"data_files": {k: str(v) for k, v in data_files.items()}}, **overrides)
-    (tasks_dir / f"{task}.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    """A task YAML that includes a shipped one (lm-eval's `include`) with its data paths pointed at test files (the
+    shipped ones name the demo's)."""
+    data_files = {k: str(v) for k, v in data_files.items()}
+    config = {"include": str(TASKS / f"{name}.yaml"), "task": task, "dataset_kwargs": {"data_files": data_files}}
+    (tasks_dir / f"{task}.yaml").write_text(yaml.safe_dump({**config, **overrides}), encoding="utf-8")
+
+
+def test_task_data_files_are_read_against_the_repository_root_from_any_cwd(tiny_corpus, tmp_path, monkeypatch):
+    """Issue 17: `data_files` relative to the repository root were read against the working directory, so the
+    shipped tasks ran only from the root. The loader they name comes through lm-eval's own YAML loader."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    text_file = Path(tiny_corpus["eval"]) / "pretrain.jsonl"
+    monkeypatch.chdir(tmp_path)
+    config = load_yaml(TASKS / "miniminds_bpb.yaml", resolve_func=True)
+    dataset = config["custom_dataset"](**config["metadata"], data_files={"test": os.path.relpath(text_file, REPO)})
+    assert dataset["test"]["text"] == list(iter_texts([text_file]))
+    assert config["custom_dataset"](data_files={"test": str(text_file)})["test"].num_rows == dataset["test"].num_rows
 
 
 def test_lm_eval_harness_agrees_on_the_same_items(model_dir, loaded, tiny_corpus, tmp_path):
-    """The shipped YAMLs, run by `lm_eval --model hf ... --include_path` offline on the saved folder: the same
-    accuracies (cloze 0-shot, letters 0-shot, cloze 2-shot on one subject) and the same bits per byte, with a
-    48-token window so long contexts are cut and documents split the same way on both sides."""
+    """The shipped YAMLs, run by `lm_eval --model hf ... --include_path` offline on the saved folder from another
+    working directory than the repository root: the same accuracies (cloze 0-shot, letters 0-shot, cloze 2-shot on
+    one subject) and the same bits per byte, with a 48-token window so long contexts are cut and documents split the
+    same way on both sides."""
     pytest.importorskip("lm_eval")
     text_file = Path(tiny_corpus["eval"]) / "pretrain.jsonl"
     paths = write_builtin_mc(tmp_path / "data", count=60, per_subject=2)
@@ -296,7 +312,7 @@ def test_lm_eval_harness_agrees_on_the_same_items(model_dir, loaded, tiny_corpus
         write_jsonl(one_subject[split], rows)
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    lm_eval_task("miniminds_bpb", "t_bpb", {"test": text_file}, tasks)
+    lm_eval_task("miniminds_bpb", "t_bpb", {"test": os.path.relpath(text_file, REPO)}, tasks)  # from the root
     lm_eval_task("miniminds_mc", "t_mc", {"test": paths["mc"], "dev": paths["mc_dev"]}, tasks)
     lm_eval_task("miniminds_mc_letters", "t_letters", {"test": paths["mc"], "dev": paths["mc_dev"]}, tasks)
     lm_eval_task(
@@ -328,7 +344,7 @@ def test_lm_eval_harness_agrees_on_the_same_items(model_dir, loaded, tiny_corpus
         "--output_path",
         str(tmp_path / "lm_eval_out"),
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     (results_file,) = (tmp_path / "lm_eval_out").rglob("results_*.json")
     theirs = json.loads(results_file.read_text(encoding="utf-8"))["results"]

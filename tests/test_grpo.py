@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from helpers import assert_run_card
 from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.utils import get_json_schema
 
@@ -97,6 +98,7 @@ def test_grpo_raises_held_out_reward_while_kl_stays_small(trained, sft_folder):
     before, after = result["before"], result["after"]
     assert {"reward", "reward/format", "accuracy", "task_accuracy", "eot_rate"} <= set(before)
     assert after["reward"] > before["reward"] + 0.1
+    assert_run_card(out, "grpo")
     assert 0 < after["kl"] < KL_LIMIT and result["kl_max"] < KL_LIMIT
     assert result["steps"] == STEPS and result["tokens"] > 0 and result["tokens_per_second"] > 0
     assert result["reward_failures"] == {"format": 0} and result["output_dir"] == str(out)

@@ -152,7 +152,7 @@ def test_bad_line_names_file_and_line_or_is_set_aside(sft_folder, tmp_path, caps
         "8",
     ]
     assert main(argv) == 1
-    expected = "expected an sft record (conversations) or an rl record (prompt, answer); keys: text"
+    expected = "expected an sft record (messages or conversations) or an rl record (prompt, answer); keys: text"
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {data}:2: {expected}"
     assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
 

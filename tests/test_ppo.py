@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import free_port
+from helpers import assert_run_card, free_port
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -130,6 +130,7 @@ def test_ppo_on_a_reward_model_raises_the_held_out_reward(sft_folder, tiny_rewar
     assert json.loads((tmp_path / "all_results.json").read_text())["eval_kl"] == after["kl"]
     assert (tmp_path / "training_curves.png").stat().st_size > 0
     AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)  # a complete folder
+    assert_run_card(tmp_path, "ppo")
     start, end = load_file(sft_folder / "model.safetensors"), load_file(tmp_path / "model.safetensors")
     assert start.keys() == end.keys() and any(not torch.equal(start[k], end[k]) for k in start)
 

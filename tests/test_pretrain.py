@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_run_card
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -98,6 +99,7 @@ def test_tiny_model_learns_and_saves_a_complete_model(tmp_path, tiny_corpus, tin
     saved = AutoModelForCausalLM.from_pretrained(out)
     assert result["num_parameters"] == result["trainable_parameters"] == saved.num_parameters()
     assert result["output_dir"] == str(out)
+    assert "from scratch for 60 optimizer steps" in assert_run_card(out, "pretrain")
 
     records = read_metrics(out / METRICS_FILE)
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
@@ -576,9 +578,12 @@ def test_launcher_configs_are_valid():
         config = json.loads((REPO / "ds_configs" / name).read_text())
         assert config["train_micro_batch_size_per_gpu"] == "auto"
         assert config["zero_optimization"]["stage"] == int(name[4])
-    for name, kind in (("ddp.yaml", "MULTI_GPU"), ("zero2.yaml", "DEEPSPEED"), ("zero3.yaml", "DEEPSPEED")):
+    launchers = (("ddp.yaml", "MULTI_GPU"), ("multi_cpu.yaml", "MULTI_GPU"), ("zero2.yaml", "DEEPSPEED"))
+    for name, kind in (*launchers, ("zero3.yaml", "DEEPSPEED")):
         config = yaml.safe_load((REPO / "ds_configs" / name).read_text())
         assert config["distributed_type"] == kind and config["mixed_precision"] == "no"
+    # accelerate starts several processes only through its multi-GPU launcher; on CPU the recipes switch to gloo
+    assert yaml.safe_load((REPO / "ds_configs" / "multi_cpu.yaml").read_text())["num_processes"] == 2
 
 
 def test_train_loss_is_reported_when_no_step_was_logged(tmp_path, tiny_corpus, tiny_tokenizer_dir):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from modeling_miniminds.cli.paths import check_name_or_path, is_hub_id
+from recipes.training.args import WORLD_SIZE_VARIABLES, check_one_process_launch
 from recipes.training.callbacks import METRICS_FILE, read_metrics
 from recipes.training.checkpoints import is_complete_checkpoint
 
@@ -94,6 +95,45 @@ def test_model_path_typo_fails_at_once_and_suggests(base_args, tmp_path):
     assert (
         error_line(done) == "error: model runs/pretrain-tiy: no such file or folder; did you mean runs/pretrain-tiny?"
     )
+
+
+# The environment `accelerate launch --cpu --num_processes 2 ...` gives the one process it starts (accelerate 1.15).
+ACCELERATE_CPU_OF_TWO = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+def launched_with(monkeypatch, env: dict) -> None:
+    for name in (*WORLD_SIZE_VARIABLES, *ACCELERATE_CPU_OF_TWO):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_accelerate_cpu_launch_of_two_processes_is_one_error_line(base_args, monkeypatch, capsys):
+    """Issue 17: that launch trained one process and exited 0, as if two had trained."""
+    from recipes.pretrain import main, make_parser
+
+    args = make_parser().parse_args_and_config([str(arg) for arg in base_args])
+    launched_with(monkeypatch, ACCELERATE_CPU_OF_TWO)
+    with pytest.raises(SystemExit) as stopped:
+        main(*args)
+    assert stopped.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: accelerate launch was asked for several processes but started one")
+    assert "--config_file ds_configs/multi_cpu.yaml" in lines[-1] and (REPO / "ds_configs" / "multi_cpu.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},  # python recipes/sft.py
+        {"ACCELERATE_USE_CPU": "True"},  # accelerate launch --cpu: one process asked, one started
+        {**ACCELERATE_CPU_OF_TWO, "WORLD_SIZE": "2"},  # torchrun or accelerate's multi-process launcher
+        {**ACCELERATE_CPU_OF_TWO, "PMI_SIZE": "2"},  # a MULTI_CPU config run by mpirun
+    ],
+)
+def test_launches_that_started_what_they_asked_for_pass(env, monkeypatch):
+    launched_with(monkeypatch, env)
+    check_one_process_launch()
 
 
 def test_hub_ids_are_only_owner_slash_name(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_run_card
 from transformers import AutoModelForSequenceClassification
 
 from data_process.jsonl import read_jsonl
@@ -168,6 +169,22 @@ def test_remote_code_reload_scores_the_same(trained, tiny_corpus, tmp_path):
     local = AutoModelForSequenceClassification.from_pretrained(out).eval()
     expected = score_conversations(local, load_tokenizer(out), chats)
     assert reloaded["scores"] == pytest.approx(expected, abs=1e-4)
+
+    # The folder's card (issue 17: TRL's draft loaded no model) scores its example conversation as PPO would.
+    card = assert_run_card(out, "reward")
+    quick_start = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    example = [{"role": "user", "content": "What is 2+3?"}, {"role": "assistant", "content": "5"}]
+    assert repr(example).replace("'", '"') in quick_start
+    done = subprocess.run(
+        [sys.executable, "-c", quick_start],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    score = float(done.stdout.strip().splitlines()[-1])
+    assert score == pytest.approx(score_conversations(local, load_tokenizer(out), [example])[0], abs=1e-4)
 
 
 SYSTEM = {"role": "system", "content": "Be brief."}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from helpers import assert_run_card
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback
@@ -284,6 +285,7 @@ def test_sft_raises_heldout_accuracy_and_end_of_turn_rate(pretrained_base, tiny_
     assert after["eval_loss"] < 0.7 * before["eval_loss"]
     assert after["accuracy"] > before["accuracy"] or after["task_accuracy"] > before["task_accuracy"]
     assert after["eot_rate"] >= max(0.7, before["eot_rate"] + 0.3)
+    assert f"- eval_task_accuracy: {after['task_accuracy']:.4g}" in assert_run_card(out, "sft")  # held-out numbers
     assert result["train_loss"] < before["eval_loss"]
     state = json.loads((out / "trainer_state.json").read_text())
     assert (result["steps"], result["tokens"]) == (state["global_step"], state["num_input_tokens_seen"]) != (0, 0)
@@ -371,6 +373,7 @@ def test_lora_trains_only_adapters_and_the_merged_folder_reloads(random_base, ti
     assert done.returncode == 0, done.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / "l.pt"), expected, rtol=1e-5, atol=1e-5)
 
+    assert f"from `{random_base}`" in assert_run_card(out, "sft")  # the merged folder's card, not the adapter's
     assert merge_lora_main([str(out / "adapter"), str(tmp_path / "merged")]) == 0  # the CLI gives the same weights
     for name, tensor in load_file(tmp_path / "merged" / "model.safetensors").items():
         torch.testing.assert_close(tensor, load_file(out / "model.safetensors")[name])
@@ -501,6 +504,18 @@ def test_script_reports_a_bad_record_and_skip_bad_sets_them_aside(random_base, t
     assert [(r["file"], r["line"]) for r in rejected] == [(str(data), 2), (str(data), 4)]
     assert "cannot follow 'user'" in rejected[0]["reason"] and "not valid JSON" in rejected[1]["reason"]
     assert json.loads(rejected[0]["raw"]) == records[1]
+
+
+def test_corpus_chats_render_the_same_under_messages_and_conversations(tiny_corpus):
+    """Issue 17: the corpus moved its chats from `conversations` to `messages` (what TRL reads); every training row
+    (follow-ups, thinking, calculator calls and their tools) must stay what it was, so the demo's numbers do not move."""
+    records = list(read_jsonl(tiny_corpus["sft"], validate="sft"))
+    assert all("messages" in record and "conversations" not in record for record in records)
+    kinds = {"reasoning_content", "tool_calls"}
+    assert kinds <= {key for record in records for message in record["messages"] for key in message}
+    for record in records:
+        renamed = {("conversations" if key == "messages" else key): value for key, value in record.items()}
+        assert to_chat_row(renamed) == to_chat_row(record)
 
 
 def test_every_chat_format_converts_to_the_same_conversation(tmp_path):

@@ -67,7 +67,7 @@ def base_folder(tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tiny_corpus):
-    sft = [{"messages": r["conversations"]} for r in read_jsonl(tiny_corpus["sft"])][:16]
+    sft = [{"messages": r["messages"]} for r in read_jsonl(tiny_corpus["sft"])][:16]
     pairs = [{"chosen": r["chosen"], "rejected": r["rejected"]} for r in read_jsonl(tiny_corpus["dpo"])][:16]
     rl = [{"prompt": r["prompt"], "answer": r["answer"]} for r in read_jsonl(tiny_corpus["rl"])][:8]
     return {"sft": Dataset.from_list(sft), "dpo": Dataset.from_list(pairs), "rl": Dataset.from_list(rl)}

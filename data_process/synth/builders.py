@@ -68,7 +68,7 @@ def sft_record(rng, split="train"):
             item = sample_item(rng, lang, split)
             messages += [{"role": "user", "content": item.question}, _assistant(item)]
             keys.append(item.key)
-    return {"conversations": messages}, keys
+    return {"messages": messages}, keys
 
 
 FULL_STOP = {"zh": "。", "en": "."}
@@ -116,7 +116,7 @@ def follow_up_record(rng):
     messages = _system(rng, lang)
     for item in (first, second):
         messages += [{"role": "user", "content": item.question}, _assistant(item)]
-    return {"conversations": messages}, [first.key, key]
+    return {"messages": messages}, [first.key, key]
 
 
 def _chain(rng, lang, split):
@@ -143,7 +143,7 @@ def thinking_record(rng, split="train"):
     question = pick(rng, CHAIN_QUESTIONS[lang]).format(expression=expression)
     reasoning = ("" if lang == "zh" else " ").join(steps)
     reply = {"role": "assistant", "content": _final_reply(lang, expression, result), "reasoning_content": reasoning}
-    return {"conversations": _system(rng, lang) + [{"role": "user", "content": question}, reply]}, keys
+    return {"messages": _system(rng, lang) + [{"role": "user", "content": question}, reply]}, keys
 
 
 def _calculator_expression(rng):
@@ -167,7 +167,7 @@ def tool_record(rng, split="train"):
         {"role": "tool", "content": result},
         {"role": "assistant", "content": _final_reply(lang, expression, result)},
     ]
-    return {"conversations": messages, "tools": [CALCULATOR_TOOL]}, [f"calc:{expression}"]
+    return {"messages": messages, "tools": [CALCULATOR_TOOL]}, [f"calc:{expression}"]
 
 
 def chat_record(rng, split="train"):

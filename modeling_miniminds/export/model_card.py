@@ -5,7 +5,8 @@
 
 The card lists the architecture and sizes from `config.json`, the parameter count from the safetensors headers (no
 weights loaded), the data and the stages run with their metrics when a `report.json` (from `recipes.demo`, in the
-folder or the one above) or an `all_results.json` (from any recipe) is found, and how to load the model.
+folder or the one above) or an `all_results.json` (from any recipe) is found, and how to load the model. Every
+recipe also writes it as the README.md of its output folder, naming its stage, data and steps.
 """
 
 import json
@@ -120,8 +121,17 @@ def architecture_rows(config: dict, parameters: int | None) -> list[tuple[str, s
     return rows
 
 
-def training_lines(report: dict, results: dict) -> list[str]:
-    lines = []
+def run_lines(stage: str | None, base_model: str | None, steps: int | None) -> list[str]:
+    """One sentence on the run that saved the weights, when a recipe wrote the card."""
+    if stage is None:
+        return []
+    start = f" from `{base_model}`" if base_model else " from scratch" if stage == "pretrain" else ""
+    counted = f" for {steps} optimizer steps" if steps is not None else ""
+    return [f"Trained by the MiniMinds `{stage}` stage (`recipes/{stage}.py`){start}{counted}.", ""]
+
+
+def training_lines(report: dict, results: dict, run: list[str] = ()) -> list[str]:
+    lines = list(run)
     stages = {name: stage for name, stage in report.get("stages", {}).items() if isinstance(stage, dict)}
     if stages:
         lines += [
@@ -136,12 +146,30 @@ def training_lines(report: dict, results: dict) -> list[str]:
             lines.append(f"| {name} | {stage.get('seconds', '')} | {shown} |")
         lines.append("")
     if results:
-        lines += ["Final metrics of the run that saved these weights (`all_results.json`):", ""]
+        lines += [
+            "Final metrics of the run that saved these weights (`all_results.json`; `eval_*` on held-out data):",
+            "",
+        ]
         lines += [f"- {key}: {format_value(value)}" for key, value in results.items()]
         lines.append("")
     return lines or [
         "No `report.json` or `all_results.json` was found next to the weights, so no metrics are listed.",
         "",
+    ]
+
+
+def reward_usage_lines(repo_id: str) -> list[str]:
+    """A reward model scores a whole conversation: the score of its last token."""
+    return [
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)',
+        f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}", trust_remote_code=True)',
+        'messages = [{"role": "user", "content": "What is 2+3?"}, {"role": "assistant", "content": "5"}]',
+        'inputs = tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)',
+        "print(model(**inputs).logits[0, 0].item())  # the reward: higher is preferred",
+        "```",
     ]
 
 
@@ -157,12 +185,14 @@ def usage_lines(repo_id: str, config: dict, gguf_files: list[Path]) -> list[str]
         ]
     remote = "auto_map" in config
     architecture = (config.get("architectures") or ["?"])[0]
+    if architecture.endswith("ForSequenceClassification"):
+        return reward_usage_lines(repo_id)
     note = ["", f"`{architecture}` is a transformers class: the model also loads without `trust_remote_code`."]
     return [
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", trust_remote_code=True)',
         f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)',
         'messages = [{"role": "user", "content": "What is 2+3?"}]',
         'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
@@ -173,13 +203,23 @@ def usage_lines(repo_id: str, config: dict, gguf_files: list[Path]) -> list[str]
     ]
 
 
-def model_card(folder: Path, repo_id: str, gguf_files=(), data: str | None = None) -> ModelCard:
-    """The card for `folder` (a model folder; for a GGUF push, the MiniMind folder it came from)."""
+def model_card(
+    folder: Path,
+    repo_id: str,
+    gguf_files=(),
+    data: str | None = None,
+    stage: str | None = None,
+    base_model: str | None = None,
+) -> ModelCard:
+    """The card for `folder` (a model folder; for a GGUF push, the MiniMind folder it came from). A recipe passes
+    its `stage` and the model it started from (the steps come from the folder's `trainer_state.json`); its card
+    leaves out a `report.json`, which a previous demo may have left next to the folder."""
     folder = Path(folder)
     config = read_json(folder / "config.json")
-    report = find_report(folder)
+    report = find_report(folder) if stage is None else {}
     gguf_files = [Path(path) for path in gguf_files]
     rows = architecture_rows(config, count_parameters(folder))
+    run = run_lines(stage, base_model, read_json(folder / "trainer_state.json").get("global_step"))
     weights = sorted(folder.glob("*.safetensors"))
     if weights and not gguf_files:
         size = sum(path.stat().st_size for path in weights)
@@ -197,7 +237,7 @@ def model_card(folder: Path, repo_id: str, gguf_files=(), data: str | None = Non
         converted=", converted to GGUF for llama.cpp and Ollama" if gguf_files else "",
         rows=rows,
         data=data or describe_data(report),
-        training="\n".join(training_lines(report, read_json(folder / "all_results.json"))),
+        training="\n".join(training_lines(report, read_json(folder / "all_results.json"), run)),
         usage="\n".join(usage_lines(repo_id, config, gguf_files)),
     )
 

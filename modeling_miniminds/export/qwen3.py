@@ -2,6 +2,10 @@
 
 A dense MiniMind with q/k-norm is Qwen3 with the same state dict; a MoE without shared experts is Qwen3-MoE with the
 experts stacked. Every conversion is checked by equal logits on a fixed input before it is written.
+
+The exported `generation_config.json` carries Qwen3's sampling defaults (`QWEN3_SAMPLING`): `transformers serve`
+applies a request's `temperature` only when the folder's config samples, so without them every request was greedy.
+The price: a plain `model.generate(...)` on the export samples too, unless called with `do_sample=False`.
 """
 
 from pathlib import Path
@@ -43,6 +47,8 @@ MOE_FIELDS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "no
 EXPERT = "model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"
 EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 MAX_LOGIT_DIFF = 1e-4
+# Qwen3's own generation defaults (the `generation_config.json` of its released checkpoints).
+QWEN3_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
 
 
 def to_qwen3_config(config: MiniMindConfig) -> Qwen3Config | Qwen3MoeConfig:
@@ -136,10 +142,18 @@ def copy_tokenizer(source: Path, output: Path) -> None:
         load_tokenizer(source).save_pretrained(output)
 
 
-def save_converted(source_model, converted, output: Path, tokenizer_dir: Path | None) -> float:
-    """Check logits, then write the converted model, the source's generation config and tokenizer."""
+def qwen3_generation_config(source: GenerationConfig) -> GenerationConfig:
+    """The source's special-token ids (eos stops at the end of a turn) with Qwen3's sampling defaults."""
+    ids = {name: getattr(source, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return GenerationConfig(**ids, **QWEN3_SAMPLING)
+
+
+def save_converted(
+    source_model, converted, output: Path, tokenizer_dir: Path | None, generation_config: GenerationConfig
+) -> float:
+    """Check logits, then write the converted model, its generation config and the source's tokenizer."""
     diff = check_same_logits(source_model, converted, source_model.config.vocab_size)
-    converted.generation_config = GenerationConfig.from_dict(source_model.generation_config.to_dict())
+    converted.generation_config = generation_config
     converted.save_pretrained(output)
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, output)
@@ -149,7 +163,7 @@ def save_converted(source_model, converted, output: Path, tokenizer_dir: Path | 
 def export_qwen3(source: Path, output: Path) -> float:
     """MiniMind folder -> Qwen3 folder; returns the max |logit diff|."""
     model = MiniMindForCausalLM.from_pretrained(source, dtype=torch.float32)
-    return save_converted(model, to_qwen3(model), output, source)
+    return save_converted(model, to_qwen3(model), output, source, qwen3_generation_config(model.generation_config))
 
 
 def import_qwen3(source: Path, output: Path) -> float:
@@ -159,4 +173,5 @@ def import_qwen3(source: Path, output: Path) -> float:
         raise ValueError(
             f"{source}: expected a Qwen3ForCausalLM or Qwen3MoeForCausalLM folder, got {type(model).__name__}"
         )
-    return save_converted(model, from_qwen3(model), output, source)
+    generation_config = GenerationConfig.from_dict(model.generation_config.to_dict())
+    return save_converted(model, from_qwen3(model), output, source, generation_config)

@@ -28,9 +28,30 @@ def resolve_precision(bf16: bool | None, fp16: bool | None, use_cpu: bool = Fals
     return bf16, fp16
 
 
+# Where launchers put the world size: torchrun, accelerate and deepspeed, then the MPI launchers.
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
 def launcher_world_size() -> int:
     """Processes started by torchrun, accelerate or deepspeed (1 when run as a plain script)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_one_process_launch() -> None:
+    """Refuse a launch that asked for several processes and got one.
+
+    `accelerate launch --cpu --num_processes 2` (and a `MULTI_CPU` config without `--mpirun_hostfile`) goes through
+    accelerate's single-process launcher: it starts this process alone, yet sets MASTER_ADDR/MASTER_PORT, which it
+    does only for a process count above 1, and ACCELERATE_USE_CPU, which only that launcher sets. No launcher set a
+    world size. The run would train alone and exit 0 as if two processes had."""
+    env = os.environ
+    launched_alone = not any(name in env for name in WORLD_SIZE_VARIABLES)
+    if launched_alone and "ACCELERATE_USE_CPU" in env and "MASTER_PORT" in env:
+        raise ValueError(
+            "accelerate launch was asked for several processes but started one: --cpu (or distributed_type "
+            "MULTI_CPU without mpirun) runs a single process. For several CPU processes use "
+            "`accelerate launch --config_file ds_configs/multi_cpu.yaml` (or torchrun --nproc_per_node N)"
+        )
 
 
 @dataclass
@@ -157,6 +178,7 @@ def setup_distributed(args) -> None:
     On GPUs accelerate initialises it; on CPU (`--use_cpu`) it only sets up torch.distributed, so the model would be
     sharded as if each process were alone.
     """
+    check_one_process_launch()
     _ = args.device
     if launcher_world_size() > 1 and args.world_size == 1:
         raise ValueError(

@@ -211,6 +211,7 @@ def distill(
     )
 
     return train_on_blocks(
+        "distill",
         DistillTrainer,
         student,
         tokenizer,

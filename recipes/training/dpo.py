@@ -17,7 +17,15 @@ from recipes.training.args import DPOStageConfig, ModelArguments
 from recipes.training.cli import RecipeParser
 from recipes.training.evaluation import ChatEvalArguments, read_chat_probes
 from recipes.training.intervals import ITEMS, paired_gains, share_items
-from recipes.training.lifecycle import HeldOutProbes, Logged, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lifecycle import (
+    HeldOutProbes,
+    Logged,
+    Probe,
+    RunCard,
+    finish_run,
+    start_run,
+    turn_off_eval_without_data,
+)
 from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
 from recipes.training.preference import PreferenceScriptArguments, load_preference_datasets, warn_if_dropped
@@ -271,7 +279,9 @@ def dpo(
     resume = start_run(training_args)
     trainer, held_out, rejected = build_trainer(script_args, training_args, model_args, callbacks, probes)
     train_output = trainer.train(resume_from_checkpoint=resume)
-    result = finish_run(trainer, train_output, held_out, logged=PREFERENCE_METRICS, merge_lora=True)
+    result = finish_run(
+        trainer, train_output, held_out, PREFERENCE_METRICS, merge_lora=True, card=RunCard.of("dpo", script_args)
+    )
     add_preference_items(result, len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0)
     stuck = next((c for c in trainer.callback_handler.callbacks if isinstance(c, StuckLossCallback)), None)
     regression = task_regression(result["before"], result["after"])

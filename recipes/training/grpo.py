@@ -31,7 +31,15 @@ from recipes.training.args import GRPOStageConfig
 from recipes.training.cli import RecipeParser
 from recipes.training.difficulty import prompts_to_train
 from recipes.training.intervals import merge_metrics
-from recipes.training.lifecycle import HeldOutProbes, Logged, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lifecycle import (
+    HeldOutProbes,
+    Logged,
+    Probe,
+    RunCard,
+    finish_run,
+    start_run,
+    turn_off_eval_without_data,
+)
 from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
 from recipes.training.rl import (
@@ -375,7 +383,7 @@ def grpo(
     resume = start_run(training_args)
     trainer, held_out, difficulty, agent = build_trainer(script_args, training_args, model_args, callbacks, probes)
     train_output = trainer.train(resume_from_checkpoint=resume)
-    result = finish_run(trainer, train_output, held_out, logged=(KL,), merge_lora=True)
+    result = finish_run(trainer, train_output, held_out, (KL,), merge_lora=True, card=RunCard.of("grpo", script_args))
     history = trainer.state.log_history
     kls = [h["kl"] for h in history if h.get("kl") is not None]
     failures = {

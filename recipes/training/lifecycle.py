@@ -4,7 +4,11 @@ train, probes after, the results files and the complete model folder, and one re
     resume = start_run(training_args)
     held_out = HeldOutProbes([Probe("chat", measure)], training_args.output_dir)
     trainer = StageTrainer(..., callbacks=[held_out])
-    result = finish_run(trainer, trainer.train(resume_from_checkpoint=resume), held_out, logged=LM_EVAL)
+    output = trainer.train(resume_from_checkpoint=resume)
+    result = finish_run(trainer, output, held_out, logged=LM_EVAL, card=RunCard.of("sft", script_args))
+
+The model folder gets the project's model card as its README.md (`write_card`): the stage, its data and steps, the
+held-out numbers, and a quick start that loads the folder through remote code.
 
 Every stage returns `seconds, steps, tokens, tokens_per_second, train_loss, num_parameters, trainable_parameters,
 before, after, gains, output_dir`, plus its own named extras, so a report needs no per-stage translation. `before`
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from transformers import IntervalStrategy, TrainerCallback, set_seed
 
+from modeling_miniminds.export.model_card import CARD, model_card
 from recipes.training.args import setup_distributed
 from recipes.training.checkpoints import prepare_output_dir, resolve_resume_checkpoint
 from recipes.training.intervals import merge_metrics, paired_gains
@@ -137,9 +142,45 @@ def numbers(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def save_run(trainer, tokenizer, train_output, extra_eval: dict | None = None, eval_metrics: dict | None = None):
+@dataclass(frozen=True)
+class RunCard:
+    """What a run's model card says beyond the folder's own files: the stage, the data it trained on and held out."""
+
+    stage: str
+    data: str | None = None
+    eval_data: str | None = None
+
+    @classmethod
+    def of(cls, stage: str, script_args) -> "RunCard":
+        """The card of a stage's arguments: its --dataset_name, or the sources and weights of its --dataset_mixture."""
+        mixture = getattr(script_args, "dataset_mixture", None)
+        data = script_args.dataset_name
+        if mixture:
+            data = ", ".join(f"{source.path} (weight {source.weight:g})" for source in mixture)
+        return cls(stage, data, script_args.eval_dataset_name)
+
+    def describe_data(self) -> str:
+        held_out = f"; held-out data: `{self.eval_data}`" if self.eval_data else ""
+        return f"Trained on `{self.data}`{held_out}."
+
+
+def write_card(folder: str | Path, card: RunCard, base_model: str | None = None) -> None:
+    """The project's model card as the folder's README.md, in place of TRL's draft (`model="None"`, loaded without
+    remote code, so its quick start failed)."""
+    written = model_card(folder, str(folder), data=card.describe_data(), stage=card.stage, base_model=base_model)
+    written.save(Path(folder) / CARD)
+
+
+def save_run(
+    trainer,
+    tokenizer,
+    train_output,
+    card: RunCard,
+    extra_eval: dict | None = None,
+    eval_metrics: dict | None = None,
+):
     """Write `train_results.json`, `eval_results.json` (`eval_metrics` plus `extra_eval` as `eval_<name>`) and
-    `all_results.json`, save the trainer state and the final model. Returns the eval metrics."""
+    `all_results.json`, save the trainer state, the final model and its card. Returns the eval metrics."""
     trainer.log_metrics("train", train_output.metrics)
     trainer.save_metrics("train", train_output.metrics)
     eval_metrics = dict(eval_metrics or {})
@@ -150,13 +191,24 @@ def save_run(trainer, tokenizer, train_output, extra_eval: dict | None = None, e
         trainer.save_metrics("eval", eval_metrics)
     trainer.save_state()
     save_final_model(trainer, tokenizer)
+    if trainer.args.should_save:
+        base_model = getattr(trainer.accelerator.unwrap_model(trainer.model).config, "_name_or_path", None)
+        write_card(trainer.args.output_dir, card, base_model or None)
     return eval_metrics
 
 
-def finish_run(trainer, train_output, held_out: HeldOutProbes | None = None, logged=(), merge_lora: bool = False):
+def finish_run(
+    trainer,
+    train_output,
+    held_out: HeldOutProbes | None = None,
+    logged=(),
+    merge_lora: bool = False,
+    *,
+    card: RunCard,
+):
     """After `train()`: stop here if a signal ended it, evaluate the final model, gather `before`/`after` (logged
     metrics, then the probes), fold a LoRA adapter into the weights when `merge_lora`, write the results files and
-    the model folder. Returns the result every stage shares."""
+    the model folder with its `card`. Returns the result every stage shares."""
     trainer.raise_if_interrupted()
     eval_metrics = evaluate_last_step(trainer)
     before, after = logged_metrics(trainer.state.log_history, logged)
@@ -178,7 +230,7 @@ def finish_run(trainer, train_output, held_out: HeldOutProbes | None = None, log
     }
     if merge_lora:
         merge_adapter(trainer)
-    save_run(trainer, trainer.processing_class, train_output, numbers(after), eval_metrics)
+    save_run(trainer, trainer.processing_class, train_output, card, numbers(after), eval_metrics)
     return result
 
 

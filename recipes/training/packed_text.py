@@ -13,7 +13,7 @@ from data_process.mixture import mix
 from data_process.pack import load_blocks, row_counts
 from modeling_miniminds import get_config
 from recipes.training.args import MiniMindsDefaults, MixtureScriptArguments, ModelArguments, training_mixture
-from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run
+from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, RunCard, finish_run
 from recipes.training.models import load_causal_lm
 from recipes.training.trainer import MiniMindsTrainerMixin
 
@@ -201,7 +201,7 @@ def load_datasets(script_args: PretrainScriptArguments, training_args: PretrainC
         parts = [load_blocks(name, split=split, **blocks) for name, split in named]
         evaluation = None
         if script_args.eval_dataset_name:
-            evaluation = load_blocks(script_args.eval_dataset_name, **blocks)
+            evaluation = load_blocks(script_args.eval_dataset_name, split=script_args.dataset_test_split, **blocks)
         elif script_args.eval_split_size > 0 and training_args.eval_strategy != "no":
             size, seed = script_args.eval_split_size, training_args.seed
             splits = [hold_out(part, size, seed, name) for part, (name, _) in zip(parts, named)]
@@ -244,6 +244,7 @@ def rows_collator(train_dataset, tokenizer, document_mask: bool):
 
 
 def train_on_blocks(
+    stage: str,
     trainer_class: type[PretrainTrainer],
     model,
     tokenizer,
@@ -257,8 +258,9 @@ def train_on_blocks(
     **trainer_kwargs,
 ) -> dict:
     """The run pretraining and distillation share: train on the (training, held-out) packed blocks with the probes
-    before and after, save the complete model folder and return the run's result (see `lifecycle`), with what a
-    `mixture` held of each source under `mixture`. `trainer_kwargs` (the distillation teacher) go to `trainer_class`."""
+    before and after, save the complete model folder (its card naming `stage`) and return the run's result (see
+    `lifecycle`), with what a `mixture` held of each source under `mixture`. `trainer_kwargs` (the distillation
+    teacher) go to `trainer_class`."""
     held_out = HeldOutProbes(probes or [], training_args.output_dir)
     train_dataset, eval_dataset = datasets
     trainer = trainer_class(
@@ -271,7 +273,8 @@ def train_on_blocks(
         callbacks=[*(callbacks or []), held_out],
         **trainer_kwargs,
     )
-    result = finish_run(trainer, trainer.train(resume_from_checkpoint=resume), held_out, logged=LM_EVAL)
+    card = RunCard.of(stage, script_args)
+    result = finish_run(trainer, trainer.train(resume_from_checkpoint=resume), held_out, logged=LM_EVAL, card=card)
     if mixture is not None:
         result["mixture"] = mixture
     logger.info(f"Saved the model to {training_args.output_dir}: {result}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from modeling_miniminds.inference import chat_prompt_ids
 from recipes.training.cli import RecipeParser
 from recipes.training.difficulty import prompts_to_train
-from recipes.training.lifecycle import finish_run, start_run
+from recipes.training.lifecycle import RunCard, finish_run, start_run
 from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
 from recipes.training.ppo_config import PPOConfig
@@ -141,7 +141,7 @@ def ppo(
     trainer.raise_if_interrupted()
     fingerprints = trainer.weight_fingerprints()
     trainer.model = trainer.policy  # the final model: the actor alone, without the critic
-    result = finish_run(trainer, train_output, trainer.probe, merge_lora=True)
+    result = finish_run(trainer, train_output, trainer.probe, merge_lora=True, card=RunCard.of("ppo", script_args))
     trainer.save_metrics("train", {**train_output.metrics, "train_weights_sha256_per_process": fingerprints})
     result.update(prompts=len(trainer.records) * trainer.accelerator.num_processes, difficulty=difficulty)
     logger.info(f"Saved the PPO model to {training_args.output_dir}: {json.dumps(result['after'], ensure_ascii=False)}")

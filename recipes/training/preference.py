@@ -20,10 +20,10 @@ from pathlib import Path
 import datasets
 
 from data_process.convert import convert_record
-from data_process.jsonl import expand_inputs, iter_records
+from data_process.jsonl import iter_records
 from data_process.records import DataError, validate_messages, validate_prompt
 from data_process.rejected import RejectedWriter
-from modeling_miniminds.cli.paths import check_name_or_path
+from data_process.sources import resolve_source
 from recipes.training.args import ScriptArguments
 
 logger = logging.getLogger(__name__)
@@ -115,21 +115,18 @@ def _checked(where: str, record: dict, raw: str, rejected):
 
 
 def read_pairs(name: str, split: str = "train", rejected=None) -> list[dict]:
-    """The checked pairs of local JSONL files (a file, folder or glob) or a Hub dataset split; bad lines raise
-    DataError, or go to `rejected` (a RejectedWriter) when given."""
-    name = str(name)
-    if not any(ch in name for ch in "*?["):
-        name = check_name_or_path(name, "dataset")
-    pairs = []
-    if Path(name).exists() or any(ch in name for ch in "*?["):
-        for path in expand_inputs([name]):
-            for line, _, raw, record in iter_records(path, rejected=rejected):
-                pair = _checked(f"{path}:{line}", record, raw.decode("utf-8", errors="replace"), rejected)
-                pairs += [pair] if pair else []
-    else:
-        for row, record in enumerate(datasets.load_dataset(name, split=split)):
-            pair = _checked(f"{name}[{split}]:{row}", record, json.dumps(record, ensure_ascii=False), rejected)
+    """The checked pairs of `split` of local JSONL or parquet files (a file, folder or glob), a saved dataset or a
+    Hub dataset (see data_process.sources); bad lines raise DataError, or go to `rejected` (a RejectedWriter) when
+    given."""
+    source = resolve_source(name, split)
+    name, pairs = source.name, []
+    for path in source.files:
+        for line, _, raw, record in iter_records(path, rejected=rejected):
+            pair = _checked(f"{path}:{line}", record, raw.decode("utf-8", errors="replace"), rejected)
             pairs += [pair] if pair else []
+    for row, record in enumerate(source.table or ()):
+        pair = _checked(f"{name}[{split}]:{row}", record, json.dumps(record, ensure_ascii=False), rejected)
+        pairs += [pair] if pair else []
     if not pairs:
         raise ValueError(f"dataset {name}: no usable preference pairs")
     return pairs

@@ -43,6 +43,7 @@ def pretrain(
     )
 
     return train_on_blocks(
+        "pretrain",
         PretrainTrainer,
         model,
         tokenizer,

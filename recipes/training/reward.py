@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from recipes.training.args import ModelArguments, RewardStageConfig
 from recipes.training.cli import RecipeParser
-from recipes.training.lifecycle import HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lifecycle import HeldOutProbes, Probe, RunCard, finish_run, start_run, turn_off_eval_without_data
 from recipes.training.lora import lora_config
 from recipes.training.models import count_parameters, resolve_tokenizer
 from recipes.training.preference import PreferenceScriptArguments, load_preference_datasets, warn_if_dropped
@@ -92,7 +92,7 @@ def reward(
         )
         held_out.probes.insert(0, Probe("pairwise", measure))
     train_output = trainer.train(resume_from_checkpoint=resume)
-    result = finish_run(trainer, train_output, held_out, merge_lora=True)
+    result = finish_run(trainer, train_output, held_out, merge_lora=True, card=RunCard.of("reward", script_args))
     result.update(
         train_pairs=len(trainer.train_dataset),
         eval_pairs=len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,

@@ -13,13 +13,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-
 from data_process.agent_records import LAYOUT, agent_prompt, is_agent_record
-from data_process.jsonl import expand_inputs, iter_records
+from data_process.jsonl import iter_records
 from data_process.records import DataError, validate_prompt, validate_rl
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
-from modeling_miniminds.cli.paths import check_name_or_path
+from data_process.sources import resolve_source
 from recipes.training.args import ModelArguments, ScriptArguments
 from recipes.training.evaluation import ChatEvalArguments, chat_replies, reply_accuracy
 from recipes.training.intervals import ITEMS
@@ -109,35 +107,25 @@ def rl_record(record: dict) -> dict:
     return record
 
 
-def _located_file_records(path) -> list[tuple[str, dict]]:
-    located = []
-    for line, _, _, record in iter_records(path):
-        try:
-            located.append((f"{path}:{line}", rl_record(record)))
-        except ValueError as err:
-            raise DataError(f"{path}:{line}: {err}") from None
-    return located
-
-
 def read_located_rl_records(name: str, split: str = "train") -> list[tuple[str, dict]]:
-    """(`file:line`, record) of every prompt record of local JSONL files (a file, folder or glob) or of a Hub
-    dataset split (`name[split]:row`), checked line by line (a bad line raises DataError naming `file:line` and the
-    field) and read by `rl_record`."""
-    name = str(name)
-    if not any(ch in name for ch in "*?["):
-        name = check_name_or_path(name, "dataset")
-    if Path(name).exists() or any(ch in name for ch in "*?["):
-        located = [item for path in expand_inputs([name]) for item in _located_file_records(path)]
-    else:
-        located = []
-        for row, record in enumerate(datasets.load_dataset(name, split=split)):
-            try:
-                located.append((f"{name}[{split}]:{row}", rl_record(record)))
-            except ValueError as err:
-                raise ValueError(f"{name}[{split}]:{row}: {err}") from None
-    if not located:
-        raise ValueError(f"dataset {name}: no prompts")
-    return located
+    """(`file:line`, record) of every prompt record of `split` of local JSONL or parquet files (a file, folder or
+    glob), a saved dataset or a Hub dataset (see data_process.sources; `name[split]:row` for a table), read by
+    `rl_record`: a bad record raises DataError naming where it is and the field."""
+    source = resolve_source(name, split)
+    located = []
+    for path in source.files:
+        for line, _, _, record in iter_records(path):
+            located.append((f"{path}:{line}", record))
+    located += [(f"{source.name}[{split}]:{row}", record) for row, record in enumerate(source.table or ())]
+    checked = []
+    for where, record in located:
+        try:
+            checked.append((where, rl_record(record)))
+        except ValueError as err:
+            raise DataError(f"{where}: {err}") from None
+    if not checked:
+        raise ValueError(f"dataset {source.name}: no prompts")
+    return checked
 
 
 def read_rl_records(name: str, split: str = "train", limit: int | None = None) -> list[dict]:
@@ -148,7 +136,7 @@ def read_rl_records(name: str, split: str = "train", limit: int | None = None) -
 def read_heldout_records(script_args: RLScriptArguments) -> list[dict]:
     """The first --chat_eval_samples records of --chat_eval_dataset (else --eval_dataset_name); none without either."""
     name = script_args.chat_eval_dataset or script_args.eval_dataset_name
-    return read_rl_records(name, limit=script_args.chat_eval_samples) if name else []
+    return read_rl_records(name, script_args.dataset_test_split, script_args.chat_eval_samples) if name else []
 
 
 def as_messages(prompt) -> list[dict]:

@@ -28,7 +28,16 @@ from modeling_miniminds.export.merge_lora import merge_lora
 from recipes.training.args import MixtureScriptArguments, ModelArguments, SFTStageConfig, training_mixture
 from recipes.training.cli import RecipeParser
 from recipes.training.evaluation import ChatEvalArguments, read_chat_probes
-from recipes.training.lifecycle import LM_EVAL, HeldOutProbes, Probe, finish_run, start_run, turn_off_eval_without_data
+from recipes.training.lifecycle import (
+    LM_EVAL,
+    HeldOutProbes,
+    Probe,
+    RunCard,
+    finish_run,
+    start_run,
+    turn_off_eval_without_data,
+    write_card,
+)
 from recipes.training.lora import lora_config, save_base_model_files
 from recipes.training.models import count_parameters, load_causal_lm, resolve_tokenizer
 from recipes.training.probes import chat_probe
@@ -177,7 +186,10 @@ def load_datasets(script_args: SFTScriptArguments, training_args: SFTRecipeConfi
         evaluation, eval_rejected = None, 0
         if script_args.eval_dataset_name:
             evaluation, eval_rejected = load_chat_dataset(
-                script_args.eval_dataset_name, rejected_path=output_dir / "eval.rejected.jsonl", **options
+                script_args.eval_dataset_name,
+                split=script_args.dataset_test_split,
+                rejected_path=output_dir / "eval.rejected.jsonl",
+                **options,
             )
     return train, evaluation, {"train": train_rejected, "eval": eval_rejected}, mixture
 
@@ -266,9 +278,11 @@ def sft(
         f"bf16={training_args.bf16} fp16={training_args.fp16}"
     )
     train_output = trainer.train(resume_from_checkpoint=resume)
-    result = finish_run(trainer, train_output, held_out, logged=LM_EVAL)
+    card = RunCard.of("sft", script_args)
+    result = finish_run(trainer, train_output, held_out, logged=LM_EVAL, card=card)
     if model_args.merge_on_save and training_args.should_save:
-        merge_lora(training_args.output_dir, training_args.output_dir)
+        merge_lora(training_args.output_dir, training_args.output_dir)  # moves the card to adapter/ with the adapter
+        write_card(training_args.output_dir, card, model_args.model_name_or_path)
     trainer.accelerator.wait_for_everyone()
     result["rejected"] = rejected
     if mixture is not None:

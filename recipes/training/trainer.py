@@ -5,7 +5,8 @@
 It works unchanged under Trainer, SFTTrainer, RewardTrainer, DPOTrainer and GRPOTrainer: it leaves `compute_loss`
 to the trainer (TRL adds the MoE load-balancing loss itself) and adds atomic checkpoints, weight decay on >=2-D
 weights only, the min-lr schedules, tokens/s in the logs and on the progress bar, eval perplexity for language-model
-losses, `metrics.jsonl` plus a loss/lr plot, and a Ctrl-C that saves a checkpoint before stopping.
+losses, `metrics.jsonl` plus a loss/lr plot, and a Ctrl-C that saves a checkpoint before stopping. It writes no
+TRL draft model card: the run writes the project's with the final model.
 """
 
 import math
@@ -47,6 +48,10 @@ class MiniMindsTrainerMixin:
             self.remove_callback(ProgressCallback)
             self.add_callback(TokenProgressCallback(self.throughput))
         self._staging_root = None
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Nothing at checkpoints: TRL's draft names `model="None"` and loads without remote code, so its quick start
+        failed. The run writes the project's card with the final model (`lifecycle.write_card`)."""
 
     def get_decay_parameter_names(self, model) -> list[str]:
         """Weight decay on matrices (>=2-D) only: never on norms, biases or other vectors, whatever their names."""
