@@ -195,6 +195,8 @@ def test_pretraining_on_a_mixture_from_a_recipe_file(tmp_path, tiny_corpus, tiny
 
     result = pretrain(script_args, training_args, model_args)
     assert result["steps"] == 4 and result["mixture"] == mixture
+    card = (tmp_path / "run" / "README.md").read_text(encoding="utf-8")
+    assert f"{tiny_corpus['pretrain']} (weight 3), {domain} (weight 1)" in card
 
     script_args.eval_split_size = 6  # blocks from each source: all the small one has
     with pytest.raises(
