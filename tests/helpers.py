@@ -11,11 +11,43 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from transformers import TrainerCallback
 
 from modeling_miniminds import MiniMindConfig, MiniMindForCausalLM, get_config
 from modeling_miniminds.inference import Delta
 
 VOCAB = 256
+CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+QUIET = ("--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true")
+
+
+class ScriptedPolicy(TrainerCallback):
+    """Makes the policy's `generate` answer each prompt with `reply(prompt_text)` from the start of training: a tiny
+    test model cannot learn a long tool prompt in a test's time, yet TRL's tool loop (render the tools, parse the
+    calls, run them, generate again, reward the trajectory) and the held-out loop must run for real."""
+
+    def __init__(self, tokenizer, reply):
+        self.tokenizer, self.reply = tokenizer, reply
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.generate = self.generate
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        replies = []
+        for ids, mask in zip(input_ids, attention_mask):
+            prompt = self.tokenizer.decode(ids[mask.bool()])
+            replies.append(torch.tensor(self.tokenizer(self.reply(prompt), add_special_tokens=False).input_ids))
+        width = max(len(r) for r in replies)
+        padded = [torch.cat([r, r.new_full((width - len(r),), self.tokenizer.pad_token_id)]) for r in replies]
+        return torch.cat([input_ids, torch.stack(padded).to(input_ids.device)], dim=1)
+
+
+def stage_args(parser, recipe: str, model, dataset, output_dir, *flags):
+    """A stage's arguments as its script parses them: the recipe file `recipes/configs/<recipe>.yaml`, the model to
+    start from, the data and the output folder, quiet on the CPU, then `flags` (paths and numbers welcome)."""
+    argv = ["--config", CONFIGS / f"{recipe}.yaml", "--model_name_or_path", model, "--dataset_name", dataset]
+    argv += ["--output_dir", output_dir, *QUIET, *flags]
+    return parser.parse_args_and_config([str(arg) for arg in argv])
 
 
 def tiny_config(**overrides) -> MiniMindConfig:

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import TrainerCallback
+from helpers import ScriptedPolicy, stage_args
 from transformers.utils import get_json_schema
 
 from data_process.demo_tools import DEMO_TOOL_SCHEMAS, DEMO_TOOLS
@@ -234,51 +233,9 @@ def scripted_reply(prompt: str) -> str:
     return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(arguments)}}}\n</tool_call><|im_end|>'
 
 
-class ScriptedAgent(TrainerCallback):
-    """The policy's `generate`, scripted by `scripted_reply`: the tiny model cannot learn a 1000-token tool prompt in
-    a test's time, yet TRL's loop (per-record tools rendered, calls parsed and run, rewards on the trajectory) and the
-    held-out loop must run for real."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        model.generate = self.generate
-
-    def generate(self, input_ids, attention_mask, **kwargs):
-        replies = []
-        for ids, mask in zip(input_ids, attention_mask):
-            prompt = self.tokenizer.decode(ids[mask.bool()])
-            replies.append(torch.tensor(self.tokenizer(scripted_reply(prompt), add_special_tokens=False).input_ids))
-        width = max(len(r) for r in replies)
-        padded = [torch.cat([r, r.new_full((width - len(r),), self.tokenizer.pad_token_id)]) for r in replies]
-        return torch.cat([input_ids, torch.stack(padded).to(input_ids.device)], dim=1)
-
-
 def recipe_args(model, dataset, out, *overrides):
-    argv = [
-        "--config",
-        str(REPO / "recipes" / "configs" / "grpo_tiny.yaml"),
-        "--model_name_or_path",
-        str(model),
-        "--dataset_name",
-        str(dataset),
-        "--output_dir",
-        str(out),
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--use_cpu",
-        "true",
-        "--use_tools",
-        "true",
-        "--reward_funcs",
-        "gt",
-        "valid_calls",
-        "unfinished",
-    ]
-    return make_parser().parse_args_and_config(argv + list(map(str, overrides)))
+    rewards = ["--reward_funcs", "gt", "valid_calls", "unfinished"]
+    return stage_args(make_parser(), "grpo_tiny", model, dataset, out, "--use_tools", "true", *rewards, *overrides)
 
 
 def logged(out, key):
@@ -294,7 +251,12 @@ def test_scripted_agent_through_trl_tool_loop_and_the_held_out_loop(
     flags += ["--num_generations", 2, "--per_device_train_batch_size", 18, "--max_steps", 1, "--logging_steps", 1]
     flags += ["--max_completion_length", 400, "--tool_eval_max_new_tokens", 200, "--beta", 0]
     script_args, training_args, model_args = recipe_args(quick_sft_folder, agent_file, tmp_path, *flags)
-    result = grpo(script_args, training_args, model_args, callbacks=[ScriptedAgent(load_tokenizer(quick_sft_folder))])
+    result = grpo(
+        script_args,
+        training_args,
+        model_args,
+        callbacks=[ScriptedPolicy(load_tokenizer(quick_sft_folder), scripted_reply)],
+    )
     assert result["steps"] == 1 and result["agent"]["agent_records"] == len(CASES)
     assert result["agent"]["skipped_records"] == 0 and len(result["agent"]["toolsets"]) == 8
     assert logged(tmp_path, "tools/call_frequency") == [1.0]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import stage_args
 from transformers import AutoModelForCausalLM
 
 from data_process.jsonl import read_jsonl
@@ -105,27 +106,9 @@ def every_third_prompt_is_middling(monkeypatch, samples: int) -> None:
 
 def one_step_args(stage, quick_sft_folder, tiny_corpus, out, *flags):
     """One training step of `stage` from its tiny recipe on the tiny corpus's prompts, four held-out questions."""
-    argv = [
-        "--config",
-        str(REPO / "recipes" / "configs" / f"{stage.__name__.rsplit('.', 1)[-1]}_tiny.yaml"),
-        "--model_name_or_path",
-        str(quick_sft_folder),
-        "--dataset_name",
-        str(tiny_corpus["rl"]),
-        "--output_dir",
-        str(out),
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--use_cpu",
-        "true",
-        "--max_steps",
-        "1",
-        "--chat_eval_samples",
-        "4",
-    ]
-    return stage.make_parser().parse_args_and_config(argv + list(flags))
+    recipe = f"{stage.__name__.rsplit('.', 1)[-1]}_tiny"
+    steps = ["--max_steps", 1, "--chat_eval_samples", 4]
+    return stage_args(stage.make_parser(), recipe, quick_sft_folder, tiny_corpus["rl"], out, *steps, *flags)
 
 
 def test_grpo_trains_on_the_middling_prompts_and_reports_the_split(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_run_card, free_port
+from helpers import assert_run_card, free_port, stage_args
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -37,28 +37,10 @@ def sft_folder(quick_sft_folder):
 
 
 def recipe_args(model, corpus, out, *overrides, held_out=True):
-    argv = [
-        "--config",
-        str(REPO / "recipes" / "configs" / "dpo_tiny.yaml"),
-        "--model_name_or_path",
-        str(model),
-        "--dataset_name",
-        str(corpus["dpo"]),
-        "--output_dir",
-        str(out),
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-    ]
-    if held_out:
-        argv += [
-            "--eval_dataset_name",
-            str(Path(corpus["eval"]) / "dpo.jsonl"),
-            "--chat_eval_dataset",
-            str(Path(corpus["eval"]) / "rl.jsonl"),
-        ]
-    return make_parser().parse_args_and_config(argv + list(map(str, overrides)))
+    eval_sets = ["--eval_dataset_name", Path(corpus["eval"]) / "dpo.jsonl"]
+    eval_sets += ["--chat_eval_dataset", Path(corpus["eval"]) / "rl.jsonl"]
+    flags = [*(eval_sets if held_out else []), *overrides]
+    return stage_args(make_parser(), "dpo_tiny", model, corpus["dpo"], out, *flags)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from helpers import assert_run_card
-from transformers import AutoModelForCausalLM, TrainerCallback
+from helpers import ScriptedPolicy, assert_run_card, stage_args
+from transformers import AutoModelForCausalLM
 from transformers.utils import get_json_schema
 
 from data_process.jsonl import read_jsonl
@@ -45,23 +45,7 @@ def sft_folder(quick_sft_folder):
 
 
 def recipe_args(model, dataset, out, *overrides):
-    argv = [
-        "--config",
-        str(REPO / "recipes" / "configs" / "grpo_tiny.yaml"),
-        "--model_name_or_path",
-        str(model),
-        "--dataset_name",
-        str(dataset),
-        "--output_dir",
-        str(out),
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--use_cpu",
-        "true",
-    ]
-    return make_parser().parse_args_and_config(argv + list(map(str, overrides)))
+    return stage_args(make_parser(), "grpo_tiny", model, dataset, out, *overrides)
 
 
 def logged(out, key):
@@ -282,27 +266,6 @@ def scripted_reply(prompt: str) -> str:
     return CALL.format(EXPRESSION.search(turn.split("<|im_end|>")[0]).group(0))
 
 
-class ScriptedToolUse(TrainerCallback):
-    """Makes the policy's `generate` answer with `scripted_reply`: the tiny test model cannot learn the 550-token
-    tool prompt in a test's time, yet the loop (parse the call, run the calculator, append the tool message,
-    generate again, reward the final reply) must run for real, in TRL's training and in the evaluation."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        model.generate = self.generate
-
-    def generate(self, input_ids, attention_mask, **kwargs):
-        replies = []
-        for ids, mask in zip(input_ids, attention_mask):
-            prompt = self.tokenizer.decode(ids[mask.bool()])
-            replies.append(torch.tensor(self.tokenizer(scripted_reply(prompt), add_special_tokens=False).input_ids))
-        width = max(len(r) for r in replies)
-        padded = [torch.cat([r, r.new_full((width - len(r),), self.tokenizer.pad_token_id)]) for r in replies]
-        return torch.cat([input_ids, torch.stack(padded).to(input_ids.device)], dim=1)
-
-
 def test_calculator_through_trl_tool_loop_and_the_evaluation(sft_folder, tiny_corpus, tmp_path):
     """Every rollout calls the calculator, TRL runs it and the policy answers from its result: the accuracy reward
     is 1 for each. The held-out tool loop scores the same way."""
@@ -325,7 +288,7 @@ def test_calculator_through_trl_tool_loop_and_the_evaluation(sft_folder, tiny_co
         160,
     ]
     script_args, training_args, model_args = recipe_args(sft_folder, tiny_corpus["rl_tools"], tmp_path, *flags)
-    callback = ScriptedToolUse(load_tokenizer(sft_folder))
+    callback = ScriptedPolicy(load_tokenizer(sft_folder), scripted_reply)  # a tiny model can't learn the tool prompt
     result = grpo(script_args, training_args, model_args, callbacks=[callback])
     assert logged(tmp_path, "tools/call_frequency") == [1.0, 1.0]
     assert logged(tmp_path, "tools/failure_frequency") == [0.0, 0.0]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_run_card, free_port
+from helpers import assert_run_card, free_port, stage_args
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -60,33 +60,9 @@ def sft_folder(tiny_sft_folder):
 
 
 def ppo_args(sft_folder, corpus, out, *overrides):
-    argv = [
-        "--config",
-        str(CONFIG),
-        "--model_name_or_path",
-        str(sft_folder),
-        "--dataset_name",
-        str(corpus["rl"]),
-        "--chat_eval_dataset",
-        str(Path(corpus["eval"]) / "rl.jsonl"),
-        "--chat_eval_samples",
-        "16",
-        "--chat_eval_max_new_tokens",
-        "24",
-        "--rollout_batch_size",
-        "8",
-        "--max_completion_length",
-        "24",
-        "--output_dir",
-        str(out),
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--use_cpu",
-        "true",
-    ]
-    return make_parser().parse_args_and_config(argv + list(map(str, overrides)))
+    held_out = ["--chat_eval_dataset", Path(corpus["eval"]) / "rl.jsonl", "--chat_eval_samples", 16]
+    sizes = ["--chat_eval_max_new_tokens", 24, "--rollout_batch_size", 8, "--max_completion_length", 24]
+    return stage_args(make_parser(), "ppo_tiny", sft_folder, corpus["rl"], out, *held_out, *sizes, *overrides)
 
 
 def test_ppo_on_a_reward_model_raises_the_held_out_reward(sft_folder, tiny_reward_folder, tiny_corpus, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_run_card
+from helpers import assert_run_card, stage_args
 from transformers import AutoModelForSequenceClassification
 
 from data_process.jsonl import read_jsonl
@@ -49,24 +49,8 @@ def base_folder(tokenizer, tmp_path_factory):
 
 
 def recipe_args(model, corpus, out, *overrides):
-    argv = [
-        "--config",
-        str(REPO / "recipes" / "configs" / "reward_tiny.yaml"),
-        "--model_name_or_path",
-        str(model),
-        "--dataset_name",
-        str(corpus["dpo"]),
-        "--eval_dataset_name",
-        str(Path(corpus["eval"]) / "dpo.jsonl"),
-        "--output_dir",
-        str(out),
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        *map(str, overrides),
-    ]
-    return make_parser().parse_args_and_config(argv)
+    held_out = ["--eval_dataset_name", Path(corpus["eval"]) / "dpo.jsonl"]
+    return stage_args(make_parser(), "reward_tiny", model, corpus["dpo"], out, *held_out, *overrides)
 
 
 @pytest.fixture(scope="module")

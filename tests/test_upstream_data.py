@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import stage_args
 from transformers import AutoTokenizer
 
 from data_process.chat import load_chat_dataset, to_chat_row
@@ -26,7 +27,6 @@ from recipes.training.rl import read_rl_records
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM_TOKENIZER = REPO.parent / "shared" / "upstream-minimind-tokenizer"
-QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true"]
 
 
 def turns_of(record):
@@ -120,10 +120,9 @@ def test_replies_in_upstream_template_parse_back_for_the_tool_loop():
 
 
 def stage(module, model, dataset, output_dir, *flags):
-    """Run one stage in-process on `dataset` from `model`, parsed by its own parser as its script does."""
-    function = getattr(module, module.__name__.rsplit(".", 1)[1])
-    argv = ["--model_name_or_path", model, "--dataset_name", dataset, "--output_dir", output_dir, *flags, *QUIET]
-    return function(*module.make_parser().parse_args_and_config([str(arg) for arg in argv]))
+    """Run one stage in-process on `dataset` from `model`, from its tiny recipe, as its script does."""
+    name = module.__name__.rsplit(".", 1)[1]
+    return getattr(module, name)(*stage_args(module.make_parser(), f"{name}_tiny", model, dataset, output_dir, *flags))
 
 
 @pytest.mark.skipif(not UPSTREAM_TOKENIZER.is_dir(), reason="upstream MiniMind tokenizer folder (../shared) absent")
