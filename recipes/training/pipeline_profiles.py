@@ -2,6 +2,7 @@
 checked against each stage's own flags, and the dry run's caps and shrunk model."""
 
 import json
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +160,11 @@ def recipe_path(profile: Profile, stage: str) -> Path:
 
 
 def shrunk_config(preset: str, out: Path) -> str:
+    """The preset at the dry run's shape, written by a rename: every process of a launch writes it."""
     values = get_config(preset).to_dict() | DRY_RUN_MODEL
     path = out / f"dry_run_{Path(preset).stem}.json"
+    staged = out / f".{path.name}.{os.getpid()}"
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=2), encoding="utf-8")
+    staged.write_text(json.dumps(values, indent=2), encoding="utf-8")
+    os.replace(staged, path)
     return str(path)

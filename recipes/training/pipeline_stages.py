@@ -85,7 +85,7 @@ def training_files(run: Run, corpus: dict) -> dict[str, str]:
             "ppo": corpus["rl"],
             "grpo": corpus["rl"],
         }
-    routed = fetch_hub(run.stages, run.out / "hub") if run.data == "hub" else route_folder(run.data, run.stages)
+    routed = fetch_hub(run.stages) if run.data == "hub" else route_folder(run.data, run.stages)
     return {stage: str(path) for stage, path in routed.items()}
 
 
@@ -160,32 +160,30 @@ RELOAD_SCRIPT = """
 import json, sys
 sys.modules["modeling_miniminds"] = None  # any import of MiniMinds now fails: the folder must carry its code
 from recipes.training.evaluation import score_folder
-print(json.dumps(score_folder(sys.argv[1], {"heldout_completion": sys.argv[2], "trained_fact_recall": sys.argv[3]})))
+print(json.dumps(score_folder(sys.argv[1], json.loads(sys.argv[2]))))
 """
 
 
 def stage_model(run: Run, done: dict) -> tuple[dict, None]:
     """Reload the saved folder in a fresh Python where MiniMinds cannot be imported (trust_remote_code only) and
-    score the held-out probes again, and the trained facts (seen data, reported as recall)."""
+    score the held-out probes again, and, when it trained on the built-in corpus, its facts (seen data, reported
+    as recall)."""
     corpus = done["corpus"]
-    command = [
-        sys.executable,
-        "-c",
-        RELOAD_SCRIPT,
-        done["pretrain"],
-        str(Path(corpus["held_out"]) / "completion.jsonl"),
-        corpus["trained_facts"],
-    ]
+    probes = {"heldout_completion": str(Path(corpus["held_out"]) / "completion.jsonl")}
+    if run.data == "builtin":
+        probes["trained_fact_recall"] = corpus["trained_facts"]
+    command = [sys.executable, "-c", RELOAD_SCRIPT, done["pretrain"], json.dumps(probes)]
     result = subprocess.run(command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise RuntimeError(f"Reloading {done['pretrain']} through trust_remote_code failed:\n{result.stderr[-3000:]}")
     scores = json.loads(result.stdout.strip().splitlines()[-1])
-    return {
+    entry = {
         "model_class": scores["model_class"],
         "completion_accuracy": interval(scores["heldout_completion"][ITEMS]["accuracy"]),
-        "trained_fact_recall": interval(scores["trained_fact_recall"][ITEMS]["accuracy"]),
-        "samples": scores["heldout_completion"]["samples"],
-    }, None
+    }
+    if "trained_fact_recall" in scores:
+        entry["trained_fact_recall"] = interval(scores["trained_fact_recall"][ITEMS]["accuracy"])
+    return entry | {"samples": scores["heldout_completion"]["samples"]}, None
 
 
 def stage_distill(run: Run, done: dict) -> tuple[dict, None]:
