@@ -295,3 +295,17 @@ def rerun_skips_finished_stages_and_resumes_the_interrupted_one(profile, out, re
     assert f"Resuming from {out / 'grpo' / 'checkpoint-1'}" in caplog.text
     assert entries["grpo"]["steps"] == 2 and entries["sft"] == report["stages"]["sft"]
     assert json.loads((out / ".pipeline" / "grpo.json").read_text(encoding="utf-8"))["entry"] == entries["grpo"]
+
+
+def test_nproc_trains_a_stage_in_several_processes_with_the_same_global_batch(tmp_path, monkeypatch):
+    """`NPROC=2` on CPU: the runner makes the corpus and tokenizer itself, then pretraining runs under accelerate
+    launch in 2 processes (gloo), each a micro-batch of 2 rows, and writes its marker for the runner to read."""
+    monkeypatch.setenv("NPROC", "2")
+    out = tmp_path / "run"
+    entries = main(
+        ["--profile", "minimind-64m", "--dry_run", "--stages", "tokenizer", "pretrain", "--output_dir", str(out)]
+    )
+    assert list(entries) == ["corpus", "tokenizer", "pretrain"]
+    marker = json.loads((out / ".pipeline" / "pretrain.json").read_text(encoding="utf-8"))
+    assert marker["settings"]["pretrain.global_batch_size"] == 4  # 2 rows x 2 processes, no accumulation
+    assert entries["pretrain"]["steps"] == 2 and entries["pretrain"]["tokens"] == 2 * 4 * 64  # steps x rows x block

@@ -343,7 +343,7 @@ def build_pipeline(argv: list[str]) -> Pipeline:
     args = make_parser().parse_args(argv)
     profile = PROFILES[args.profile]
     out = Path(args.output_dir or f"runs/{profile.name}{'-dry_run' if args.dry_run else ''}")
-    flags = dry_run_flags(profile, out) if args.dry_run else {}
+    flags = dry_run_flags(profile, out, max(args.nproc, launcher_world_size())) if args.dry_run else {}
     for stage, values in stage_overrides(args.overrides, profile.stages).items():
         flags[stage] = flags.get(stage, {}) | values
     run = Run(

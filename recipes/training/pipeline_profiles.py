@@ -72,7 +72,6 @@ DRY_RUN_FLAGS = {
     "max_steps": 2,
     "per_device_train_batch_size": 2,
     "per_device_eval_batch_size": 4,
-    "global_batch_size": 2,
     "gradient_accumulation_steps": 1,
     "block_size": 64,
     "max_length": 256,
@@ -140,15 +139,17 @@ def stage_overrides(texts: list[str], stages) -> dict[str, dict]:
     return overrides
 
 
-def dry_run_flags(profile: Profile, out: Path) -> dict[str, dict]:
-    """Per training stage, the caps of `DRY_RUN_FLAGS` it has and, where it builds a model, the profile's model
-    shrunk (written to `<out>/dry_run_<preset>.json`)."""
+def dry_run_flags(profile: Profile, out: Path, processes: int) -> dict[str, dict]:
+    """Per training stage, the caps of `DRY_RUN_FLAGS` it has, one micro-batch per process and step, and, where
+    it builds a model, the profile's model shrunk (written to `<out>/dry_run_<preset>.json`)."""
     flags = {}
+    global_batch = {"global_batch_size": DRY_RUN_FLAGS["per_device_train_batch_size"] * processes}
     for stage in profile.stages:
         if stage not in STAGE_MODULES:
             continue
         parser = STAGE_MODULES[stage].make_parser()
-        flags[stage] = {key: value for key, value in DRY_RUN_FLAGS.items() if key in parser.valid_flags}
+        caps = DRY_RUN_FLAGS | global_batch
+        flags[stage] = {key: value for key, value in caps.items() if key in parser.valid_flags}
         if "model_config" in parser.valid_flags:
             preset = parser.parse_args_and_config(["--config", str(recipe_path(profile, stage))])[2].model_config
             flags[stage]["model_config"] = shrunk_config(preset, out)
