@@ -64,6 +64,28 @@ def test_eta_is_steps_times_the_timed_step_and_mfu_its_flops_over_the_peak():
     assert mfu(64e6, 500_000, None) is None
 
 
+def test_moe_flops_count_the_experts_a_token_passes_through():
+    from modeling_miniminds import get_config
+    from recipes.training.pipeline_estimate import parameters
+
+    moe = get_config("minimind-moe")
+    routed = 8 * 4 * 3 * 640 * 1728  # layers x experts x (gate, up, down) x width x expert width
+    assert parameters(moe) == 145_031_040
+    assert parameters(moe, active=True) == 145_031_040 - routed * 3 // 4  # 65.4M: one routed expert of four
+    assert parameters(get_config("minimind-64m"), active=True) == parameters(get_config("minimind-64m"))
+
+
+def test_plan_table_rows_and_totals():
+    from recipes.training.pipeline_plan import StagePlan, format_plan
+
+    pretrain = StagePlan("pretrain", Path("d/pretrain_hq.jsonl"), 1_600_000_000, 400_000_000, 763, 399_769_600)
+    pretrain.disk, pretrain.step_seconds, pretrain.seconds, pretrain.mfu = 3_000_000_000, 1.6, 1220.8, 0.41
+    table = format_plan([StagePlan("tokenizer"), pretrain], "NVIDIA H100 80GB HBM3", 989.0)
+    assert "| pretrain | pretrain_hq.jsonl | 1.6 GB | 400.0M | 763 | 399.8M | 3.0 GB | 1.6 | 20m21s | 41% |" in table
+    assert "| tokenizer | - | - | - | - | - | - | - | - | - |" in table
+    assert "peak 989 TFLOPS. Disk needed: 3.0 GB. Training ETA: 20m21s" in table
+
+
 @pytest.mark.parametrize(
     ("name", "tflops"),
     [

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from modeling_miniminds import MiniMindForCausalLM, get_config
+from modeling_miniminds import get_config
 from modeling_miniminds.cli import FlagParser, command_main, did_you_mean
 from recipes.training.args import launcher_world_size
 from recipes.training.eval_lm import EvalConfig
-from recipes.training.pipeline_estimate import build_plan
+from recipes.training.pipeline_estimate import build_plan, parameters
 from recipes.training.pipeline_plan import clock, format_plan, mfu, peak_tflops
 from recipes.training.pipeline_profiles import (
     DRY_RUN_EVAL,
@@ -121,23 +121,12 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def active_parameters(folder: str) -> int:
-    """Parameters a token passes through: all but the routed experts a token skips (top-k of n)."""
-    config = get_config(folder)
-    with torch.device("meta"):
-        model = MiniMindForCausalLM(config)
-    total = sum(p.numel() for p in model.parameters())
-    experts = sum(p.numel() for name, p in model.named_parameters() if ".mlp.experts." in name)
-    skipped = 1 - config.num_experts_per_tok / config.num_experts if config.use_moe else 0
-    return round(total - experts * skipped)
-
-
 def gpu_numbers(entry: dict, artifact, peak: float | None, processes: int) -> dict:
     """Peak memory and MFU of a training stage that just ran on a GPU (nothing on CPU)."""
     if not torch.cuda.is_available() or not entry.get("tokens_per_second") or not artifact:
         return {}
     numbers = {"peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2)}
-    utilisation = mfu(active_parameters(artifact), entry["tokens_per_second"], peak, processes)
+    utilisation = mfu(parameters(get_config(artifact), active=True), entry["tokens_per_second"], peak, processes)
     return numbers | ({"mfu": round(utilisation, 4)} if utilisation is not None else {})
 
 
@@ -213,9 +202,10 @@ class Pipeline:
         if rank() != 0 or launcher_world_size() > 1:
             return []
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not self.cpu else "cpu"
-        plans = build_plan(self.run, self.chosen, self.done, device, self.nproc)
+        peak = self.peak if device != "cpu" else None
+        plans = build_plan(self.run, self.chosen, self.done, device, self.nproc, peak)
         print(f"Plan for {self.profile.name} in {self.run.out} ({self.nproc} process(es)):\n", flush=True)
-        print(format_plan(plans, device, self.peak if device != "cpu" else None) + "\n", flush=True)
+        print(format_plan(plans, device, peak) + "\n", flush=True)
         return plans
 
     def run_stage(self, stage: str) -> None:

@@ -21,6 +21,7 @@ from recipes.training.pipeline_plan import (
     disk_bytes,
     estimate_records,
     estimate_tokens,
+    mfu,
     planned_steps,
     step_seconds,
 )
@@ -74,9 +75,16 @@ def plan_tokenizer(run, done: dict, folder: Path):
     return train_tokenizer(iter(texts), folder, vocab_size=run.vocab_size)
 
 
-def parameters(config) -> int:
+def parameters(config, active: bool = False) -> int:
+    """The model's parameters; `active`: those a token passes through, all but the routed experts it skips (top-k
+    of n), which is what its FLOPs count."""
     with torch.device("meta"):
-        return sum(p.numel() for p in MiniMindForCausalLM(config).parameters())
+        model = MiniMindForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    if not (active and config.use_moe):
+        return total
+    experts = sum(p.numel() for name, p in model.named_parameters() if ".mlp.experts." in name)
+    return round(total - experts * (1 - config.num_experts_per_tok / config.num_experts))
 
 
 def future_artifacts(run, done: dict) -> dict:
@@ -118,9 +126,11 @@ def global_batch(stage: str, args, nproc: int) -> int:
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * nproc
 
 
-def stage_plan(run, stage: str, done: dict, timer: PassTimer, tokenizer, configs: dict, nproc: int) -> StagePlan:
-    """One training stage's row: its file's tokens, its steps and the tokens they read, its disk, its timed step.
-    `configs` holds the policy's shape (and distillation adds its student's)."""
+def stage_plan(run, stage: str, done: dict, timer: PassTimer, tokenizer, configs: dict, device: dict) -> StagePlan:
+    """One training stage's row: its file's tokens, its steps and the tokens they read, its disk, its timed step,
+    and for a packed stage the MFU that step implies. `configs` holds the policy's shape (distillation adds its
+    student's); `device` its `peak` TFLOPS and the `processes` per stage."""
+    nproc = device["processes"]
     path = done["corpus"]["files"][stage]
     sample = token_sample(path, tokenizer)
     file_bytes = Path(path).stat().st_size
@@ -136,16 +146,19 @@ def stage_plan(run, stage: str, done: dict, timer: PassTimer, tokenizer, configs
         for step in stage_passes(stage, args, script_args, sample.tokens_per_record)
     )
     trained = configs["student" if stage == "distill" else "policy"]
+    tokens = round(steps * batch * data_tokens / max(examples, 1))
+    tokens_per_second = tokens / (steps * per_step) if stage in PACKED and per_step else 0
     return StagePlan(
         stage=stage,
         file=Path(path),
         file_bytes=file_bytes,
         data_tokens=data_tokens,
         steps=steps,
-        tokens=round(steps * batch * data_tokens / max(examples, 1)),
+        tokens=tokens,
         disk=disk_bytes(parameters(trained), args.save_total_limit, 2 if stage == "ppo" else 1, data_tokens),
         seconds=steps * per_step,
         step_seconds=per_step,
+        mfu=mfu(parameters(trained, active=True), tokens_per_second, device["peak"], nproc),
         note=f"{sample.chars_per_token:.2f} chars/token on {sample.records} records",
     )
 
@@ -156,9 +169,10 @@ def policy_config(run, done: dict, vocab_size: int):
     return get_config(model_args.model_config, vocab_size=vocab_size)
 
 
-def build_plan(run, chosen, done: dict, device: str, nproc: int) -> list[StagePlan]:
+def build_plan(run, chosen, done: dict, device: str, nproc: int, peak: float | None) -> list[StagePlan]:
     """A row per chosen stage (timed where it trains), and a row for a routed file no stage reads."""
     timer = PassTimer(device if device == "cpu" else "cuda")
+    shape = {"peak": peak, "processes": nproc}
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = plan_tokenizer(run, done, Path(folder))
         done = future_artifacts(run, done)
@@ -166,7 +180,7 @@ def build_plan(run, chosen, done: dict, device: str, nproc: int) -> list[StagePl
         plans = []
         for stage in chosen:
             if stage in STAGE_MODULES:
-                plans.append(stage_plan(run, stage, done, timer, tokenizer, configs, nproc))
+                plans.append(stage_plan(run, stage, done, timer, tokenizer, configs, shape))
             else:
                 plans.append(StagePlan(stage=stage))
     files = done["corpus"]["files"]

@@ -115,6 +115,7 @@ class StagePlan:
     disk: int = 0
     seconds: float | None = None
     step_seconds: float | None = None
+    mfu: float | None = None
     note: str = ""
 
 
@@ -139,11 +140,17 @@ def clock(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def seconds_text(seconds: float | None) -> str:
+    if not seconds:
+        return "-"
+    return f"{seconds:.3g}" if seconds < 100 else clock(seconds)
+
+
 def format_plan(plans: list[StagePlan], device: str, peak: float | None) -> str:
     """The plan as a table: each stage's file, tokens, steps, disk and ETA, then the totals."""
     rows = [
-        "| stage | file | size | tokens (file) | steps | tokens (trained) | disk | s/step | ETA |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| stage | file | size | tokens (file) | steps | tokens (trained) | disk | s/step | ETA | MFU |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for plan in plans:
         cells = [
@@ -154,8 +161,9 @@ def format_plan(plans: list[StagePlan], device: str, peak: float | None) -> str:
             str(plan.steps) if plan.steps else "-",
             count(plan.tokens) if plan.tokens else "-",
             size(plan.disk) if plan.disk else "-",
-            f"{plan.step_seconds:.3g}" if plan.step_seconds else "-",
+            seconds_text(plan.step_seconds),
             clock(plan.seconds) if plan.seconds is not None else "-",
+            f"{plan.mfu:.0%}" if plan.mfu is not None else "-",
         ]
         rows.append("| " + " | ".join(cells) + " |" + (f" {plan.note}" if plan.note else ""))
     timed = sum(plan.seconds for plan in plans if plan.seconds is not None)

@@ -62,7 +62,8 @@ PROFILES = {
     ),
     "minimind-26m": Profile("minimind-26m", GPU_STAGES, gpu_recipes("26m", "26m")),
     "minimind-64m": Profile("minimind-64m", GPU_STAGES, gpu_recipes("64m", "64m")),
-    # ~47M parameters active per token, so the 64M model's post-training recipes fit it.
+    # ~65M parameters active per token (one routed expert of four, the shared one, attention, embeddings), about the
+    # 64M model's compute, so its post-training recipes fit.
     "minimind-moe": Profile("minimind-moe", GPU_STAGES, gpu_recipes("moe", "64m")),
 }
 
