@@ -121,6 +121,12 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def say(text: str) -> None:
+    """Print on the first process only: under a launcher every process runs the pipeline."""
+    if rank() == 0:
+        print(text, flush=True)
+
+
 def gpu_numbers(entry: dict, artifact, peak: float | None, processes: int) -> dict:
     """Peak memory and MFU of a training stage that just ran on a GPU (nothing on CPU)."""
     if not torch.cuda.is_available() or not entry.get("tokens_per_second") or not artifact:
@@ -176,7 +182,7 @@ class Pipeline:
                 self.done[stage], self.entries[stage] = marker["artifact"], marker["entry"]
                 if stage in self.chosen:
                     banners.finished.append(stage)
-                    print(f"==> {self.profile.name} stage {stage}: finished in an earlier run, skipped", flush=True)
+                    say(f"==> {self.profile.name} stage {stage}: finished in an earlier run, skipped")
                 continue
             if stage not in self.chosen:
                 continue
@@ -185,7 +191,7 @@ class Pipeline:
                 if self.plan_only:
                     return {}
                 banners.expected = expected or {plan.stage: plan.seconds or 0 for plan in plans}
-            print(banners.banner(stage), flush=True)
+            say(banners.banner(stage))
             self.run_stage(stage)
             banners.finished.append(stage)
         if self.plan_only:
@@ -261,9 +267,9 @@ def without_flags(argv: list[str], flags) -> list[str]:
 def launch_command(argv: list[str], stage: str, nproc: int) -> list[str]:
     """This run again, for one stage, under `accelerate launch` with `nproc` processes (which skip the plan: this
     process printed it)."""
-    kept = without_flags(argv, ("--stages", "--nproc", "--skip_plan"))
+    kept = without_flags(argv, ("--stages", "--nproc", "--launched"))
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc)]
-    return [*launcher, "-m", "recipes.pipeline", *kept, "--stages", stage, "--nproc", "1", "--skip_plan"]
+    return [*launcher, "-m", "recipes.pipeline", *kept, "--stages", stage, "--nproc", "1", "--launched"]
 
 
 def make_parser() -> FlagParser:
@@ -311,7 +317,8 @@ def make_parser() -> FlagParser:
         choices=["eval", "dev"],
         help="held-out split every stage is measured on: eval for the report, dev while choosing settings",
     )
-    parser.add_argument("--skip_plan", action="store_true", help=argparse.SUPPRESS)
+    # Set by the runner on the one stage it launches under accelerate: no plan (the runner printed it).
+    parser.add_argument("--launched", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -331,6 +338,11 @@ def chosen_stages(requested, profile: Profile, tokenizer: str | None) -> tuple[s
 
 def build_pipeline(argv: list[str]) -> Pipeline:
     args = make_parser().parse_args(argv)
+    if args.restart and launcher_world_size() > 1 and not args.launched:
+        raise ValueError(
+            "--restart under a launcher: its processes would race to forget the finished stages; run with NPROC=N "
+            "instead (the runner launches each stage), or into another --output_dir"
+        )
     profile = PROFILES[args.profile]
     out = Path(args.output_dir or f"runs/{profile.name}{'-dry_run' if args.dry_run else ''}")
     flags = dry_run_flags(profile, out, max(args.nproc, launcher_world_size())) if args.dry_run else {}
@@ -369,7 +381,7 @@ def build_pipeline(argv: list[str]) -> Pipeline:
         settings,
         nproc=args.nproc,
         peak=args.peak_tflops or peak_tflops(device),
-        plan=not args.skip_plan,
+        plan=not args.launched,
         plan_only=args.plan_only,
         cpu=args.dry_run,
     )
