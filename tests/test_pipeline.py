@@ -1,7 +1,7 @@
 """The pipeline runner: its plan's arithmetic on fixed numbers, the global batch kept on any number of processes,
 upstream files routed to stages (a folder the test writes, the Hub with `hf_hub_download` replaced), `--set` mistakes
-as one `error:` line, NPROC=2 through accelerate launch, and the dry run of every GPU profile end to end, then run again:
-finished stages skipped, an interrupted one resumed from its checkpoint."""
+as one `error:` line, NPROC=2 through accelerate launch, and the dry run of every GPU profile end to end, then run
+again: finished stages skipped, an interrupted one resumed from its checkpoint."""
 
 import json
 import shutil
