@@ -291,6 +291,7 @@ def test_dry_run_of_a_gpu_profile_runs_every_stage(profile, tmp_path, capsys, ca
     for stage in ("pretrain", "sft", "reward", "dpo", "ppo", "grpo"):
         assert entries[stage]["steps"] == 2, stage
         assert entries[stage]["tokens_per_second"] > 0, stage
+    assert "reward/reward_model" in entries["grpo"]["after"]  # upstream's prompts have no answer: the model scores
     config = json.loads((out / "pretrain" / "config.json").read_text(encoding="utf-8"))
     assert config["hidden_size"] == 64 and config["use_moe"] == (profile == "minimind-moe")
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))

@@ -358,6 +358,7 @@ def build_pipeline(argv: list[str]) -> Pipeline:
         data="builtin" if args.dry_run else args.data,
         tokenizer=args.tokenizer,
         tokenizer_docs=profile.tokenizer_docs,
+        grpo_reward_model=profile.grpo_reward_model,
         resume=not args.restart,
         flags=flags,
         eval_config=DRY_RUN_EVAL if args.dry_run else EvalConfig(),

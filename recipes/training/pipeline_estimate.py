@@ -100,7 +100,7 @@ def parsed_args(run, stage: str, done: dict, nproc: int) -> tuple:
     elif stage == "distill":
         paths = {"dataset_name": done["corpus"]["files"]["distill"], "teacher_name_or_path": done["pretrain"]}
     else:
-        paths = post_training_paths(stage, done)
+        paths = post_training_paths(run, stage, done)
     script_args, args, model_args = recipe_args(run, stage, run.out / stage, **paths)
     if nproc > 1 and args.global_batch_size:
         args = copy.copy(args)

@@ -35,13 +35,15 @@ EXPECTED_SECONDS = {
 @dataclass(frozen=True)
 class Profile:
     """A named set of stage recipes. GPU profiles train their tokenizer on at most `tokenizer_docs` documents of
-    each file; `expected_seconds` (the demo's) replaces the warm-up's ETA in the banners."""
+    each file and score GRPO's replies with the trained reward model too (`grpo_reward_model`: upstream's RL
+    prompts carry no answer to check); `expected_seconds` (the demo's) replaces the warm-up's ETA in the banners."""
 
     name: str
     stages: tuple[str, ...]
     recipes: dict[str, str]
     vocab_size: int = 6400
     tokenizer_docs: int | None = 200_000
+    grpo_reward_model: bool = True
     expected_seconds: dict[str, float] | None = None
 
 
@@ -58,6 +60,7 @@ PROFILES = {
         {stage: f"{stage}_tiny.yaml" for stage in TRAINING_STAGES},
         vocab_size=2048,
         tokenizer_docs=None,
+        grpo_reward_model=False,
         expected_seconds=EXPECTED_SECONDS,
     ),
     "minimind-26m": Profile("minimind-26m", GPU_STAGES, gpu_recipes("26m", "26m")),

@@ -56,6 +56,7 @@ class Run:
     tokenizer: str | None = None
     tokenizer_docs: int | None = None
     resume: bool = True
+    grpo_reward_model: bool = False
     stages: tuple[str, ...] = ()
     flags: dict[str, dict] = field(default_factory=dict)
     eval_config: EvalConfig = field(default_factory=EvalConfig)
@@ -216,9 +217,9 @@ def stage_distill(run: Run, done: dict) -> tuple[dict, None]:
     return student | entry | alone_entry, None
 
 
-def post_training_paths(stage: str, done: dict) -> dict:
+def post_training_paths(run: Run, stage: str, done: dict) -> dict:
     """Where a post-training stage starts from and what it reads: the model before it, its file, the held-out
-    files it reports on."""
+    files it reports on, and for PPO (and GRPO when the run says so) the reward model when one was trained."""
     held_out, files = Path(done["corpus"]["held_out"]), done["corpus"]["files"]
     chat_eval = held_out / "rl.jsonl"
     if stage == "sft":
@@ -229,9 +230,10 @@ def post_training_paths(stage: str, done: dict) -> dict:
         return start | {"eval_dataset_name": held_out / "dpo.jsonl"}
     if stage == "dpo":
         return start | {"eval_dataset_name": held_out / "dpo.jsonl", "chat_eval_dataset": chat_eval}
+    if done.get("reward") and (stage == "ppo" or run.grpo_reward_model):
+        start["reward_model_name_or_path"] = done["reward"]
     if stage == "ppo":
-        reward_model = {"reward_model_name_or_path": done["reward"]} if done.get("reward") else {}
-        return start | reward_model | {"chat_eval_dataset": chat_eval}
+        return start | {"chat_eval_dataset": chat_eval}
     # The calculator questions are asked before and after through the tool loop; training with the tool offered
     # (--use_tools true) needs a model that can already write a call, which the 0.7M-parameter demo model cannot
     # (it stops inside the JSON arguments), so GRPO trains without it unless a `--set` asks.
@@ -243,7 +245,7 @@ def stage_post_training(stage: str):
     function of the same name), reported from the result every stage returns."""
 
     def run_stage(run: Run, done: dict) -> tuple[dict, str]:
-        args = recipe_args(run, stage, run.out / stage, **post_training_paths(stage, done))
+        args = recipe_args(run, stage, run.out / stage, **post_training_paths(run, stage, done))
         result = getattr(STAGE_MODULES[stage], stage)(*args)
         return run_entry(result), args[1].output_dir
 
