@@ -253,27 +253,44 @@ def test_nproc_runs_each_training_stage_under_accelerate_launch():
     ]
 
 
-def test_plan_only_measures_upstream_files_and_stops(tmp_path, tiny_corpus, tiny_tokenizer_dir, capsys):
-    """`--data DIR` with upstream's names: the plan lists each file with its size and tokens, and nothing trains."""
+@pytest.mark.parametrize("source", ["folder", "hub"])
+def test_plan_only_measures_upstream_files_and_stops(
+    source, tmp_path, tiny_corpus, tiny_tokenizer_dir, capsys, monkeypatch
+):
+    """Upstream's files from `--data DIR` or `--data hub` (`hf_hub_download` replaced by a lookup in a folder): the
+    plan lists each file with its size and tokens, and nothing trains."""
+    import huggingface_hub
+
     folder = tmp_path / "minimind"
     folder.mkdir()
-    for source, name in [
+    for corpus_file, name in [
         ("pretrain", "pretrain_hq.jsonl"),
         ("sft", "sft_mini_512.jsonl"),
         ("dpo", "dpo.jsonl"),
         ("rl", "rlaif.jsonl"),
         ("rl", "agent_rl.jsonl"),
     ]:
-        shutil.copy(tiny_corpus[source], folder / name)
+        shutil.copy(tiny_corpus[corpus_file], folder / name)
+
+    def from_folder(repo_id, filename, **kwargs):
+        from huggingface_hub.errors import EntryNotFoundError
+
+        if not (folder / filename).is_file():
+            raise EntryNotFoundError(f"{filename} not found")
+        return str(folder / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", from_folder)
     out = tmp_path / "run"
     small_model = ["--set", "pretrain.model_config=minimind-micro", "--size", "tiny"]  # 26M: minutes on CPU
-    argv = ["--profile", "minimind-26m", "--data", str(folder), "--tokenizer", str(tiny_tokenizer_dir)]
+    data = str(folder) if source == "folder" else "hub"
+    argv = ["--profile", "minimind-26m", "--data", data, "--tokenizer", str(tiny_tokenizer_dir)]
     assert main([*argv, "--output_dir", str(out), "--plan_only", *small_model]) == {}
     plan = capsys.readouterr().out
     assert "Plan for minimind-26m" in plan and "Disk needed:" in plan
     for name in ("pretrain_hq.jsonl", "sft_mini_512.jsonl", "dpo.jsonl", "rlaif.jsonl"):
         assert f"| {name} |" in plan, name
-    assert "| agent | agent_rl.jsonl |" in plan and "no such stage in this checkout" in plan
+    # a folder's agent file is shown (no stage reads it yet); the Hub's is not downloaded
+    assert ("| agent | agent_rl.jsonl |" in plan) == (source == "folder")
     corpus = json.loads((out / ".pipeline" / "corpus.json").read_text(encoding="utf-8"))
     assert corpus["artifact"]["files"]["sft"] == str(folder / "sft_mini_512.jsonl")
     assert not (out / "pretrain").exists() and not (out / ".pipeline" / "tokenizer.json").exists()
