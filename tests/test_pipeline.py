@@ -235,6 +235,14 @@ def test_stages_and_their_inputs_are_checked_before_anything_runs(tmp_path, caps
     assert not (tmp_path / "data").exists()
 
 
+def test_a_mistyped_flag_is_refused_not_taken_for_an_abbreviation(tmp_path, capsys):
+    """argparse would read --profil as --profile and start the whole demo."""
+    with pytest.raises(SystemExit) as stop:
+        main(["--profil", "demo", "--output_dir", str(tmp_path)])
+    assert stop.value.code == 2 and "did you mean --profile?" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_nproc_runs_each_training_stage_under_accelerate_launch():
     argv = ["--profile", "minimind-64m", "--stages", "pretrain", "sft", "--nproc", "8", "--data", "hub"]
     command = launch_command(argv, "sft", 8)

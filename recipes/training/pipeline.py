@@ -273,9 +273,9 @@ def launch_command(argv: list[str], stage: str, nproc: int) -> list[str]:
 
 
 def make_parser() -> FlagParser:
-    parser = FlagParser(description=__doc__)
+    parser = FlagParser(description=__doc__, allow_abbrev=False)  # a mistyped flag must not start a long run
     parser.add_argument("--profile", default="demo", choices=sorted(PROFILES), help="which stage recipes run")
-    parser.add_argument("--output_dir", default=None, help="where every stage writes (default: runs/<profile>)")
+    parser.add_argument("--output_dir", default=None, help="where every stage writes; unset: runs/<profile>")
     parser.add_argument(
         "--data",
         default="builtin",
@@ -285,7 +285,7 @@ def make_parser() -> FlagParser:
     parser.add_argument(
         "--tokenizer", default=None, help="a tokenizer folder (e.g. upstream's) instead of training one"
     )
-    parser.add_argument("--stages", nargs="+", default=None, help="stages to run, in pipeline order (default: all)")
+    parser.add_argument("--stages", nargs="+", default=None, help="stages to run, in pipeline order; unset: all")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -306,10 +306,15 @@ def make_parser() -> FlagParser:
         "--nproc",
         type=int,
         default=int(os.environ.get("NPROC", "1")),
-        help="processes per training stage, started with accelerate launch (default: $NPROC or 1)",
+        help="processes per training stage, started with accelerate launch (the default comes from $NPROC)",
     )
-    parser.add_argument("--size", default=None, choices=["tiny", "small", "medium"], help="built-in corpus size")
-    parser.add_argument("--vocab_size", type=int, default=None, help="tokenizer vocabulary (default: the profile's)")
+    parser.add_argument(
+        "--size",
+        default=None,
+        choices=["tiny", "small", "medium"],
+        help="built-in corpus size; unset: small (tiny with --dry_run)",
+    )
+    parser.add_argument("--vocab_size", type=int, default=None, help="tokenizer vocabulary; unset: the profile's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--split",
