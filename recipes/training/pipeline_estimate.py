@@ -34,6 +34,7 @@ PACKED = {"pretrain": "block_size", "distill": "block_size", "sft": "max_length"
 
 
 def string_leaves(value) -> list[str]:
+    """Every string in a record whose layout no project format knows, so its tokens can still be counted."""
     if isinstance(value, str):
         return [value]
     items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
