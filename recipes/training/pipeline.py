@@ -92,19 +92,20 @@ def changed(old: dict, new: dict) -> str:
 @dataclass
 class Banners:
     """A banner with the overall ETA before each stage: the `expected` seconds of the stages left, scaled by how
-    fast the run has gone so far when they were measured on another machine (`scale`, the demo's), as they are when
-    the warm-up timed them here."""
+    fast the stages run so far went when they were measured on another machine (`scale`, the demo's), as they are
+    when the warm-up timed them here. Stages an earlier run finished count neither way."""
 
     label: str
     expected: dict[str, float]
     stages: tuple[str, ...]
     scale: bool = True
     finished: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
 
     def eta(self) -> float:
         done = sum(self.expected.get(name, 0) for name in self.finished)
-        left = sum(self.expected.get(name, 0) for name in self.stages if name not in self.finished)
+        left = sum(self.expected.get(name, 0) for name in self.stages if name not in self.finished + self.skipped)
         elapsed = time.perf_counter() - self.start
         return left * (elapsed / done if done and self.scale else 1.0)
 
@@ -181,7 +182,7 @@ class Pipeline:
             if marker is not None:
                 self.done[stage], self.entries[stage] = marker["artifact"], marker["entry"]
                 if stage in self.chosen:
-                    banners.finished.append(stage)
+                    banners.skipped.append(stage)
                     say(f"==> {self.profile.name} stage {stage}: finished in an earlier run, skipped")
                 continue
             if stage not in self.chosen:
