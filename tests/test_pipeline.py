@@ -75,6 +75,24 @@ def test_moe_flops_count_the_experts_a_token_passes_through():
     assert parameters(get_config("minimind-64m"), active=True) == parameters(get_config("minimind-64m"))
 
 
+def test_a_gpu_stage_reports_peak_memory_and_mfu(tmp_path, monkeypatch):
+    """What a training stage adds to its entry on a GPU (this machine has none: torch.cuda answers as one would)."""
+    import torch
+
+    from modeling_miniminds import get_config
+    from recipes.training.pipeline import gpu_numbers
+
+    get_config("minimind-64m").save_pretrained(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *args: 12_345_678_901)
+    entry = {"tokens_per_second": 500_000.0}
+    numbers = gpu_numbers(entry, str(tmp_path), peak=989.0, processes=1)
+    # 6 x 63.9M parameters x 500K tokens/s over 989 TFLOPS
+    assert numbers == {"peak_memory_gb": 12.35, "mfu": round(6 * 63_912_192 * 500_000 / 989e12, 4)}
+    assert "mfu" not in gpu_numbers(entry, str(tmp_path), peak=None, processes=1)  # a GPU the table does not know
+    assert gpu_numbers({"tokens_per_second": 0}, str(tmp_path), 989.0, 1) == {}  # the eval stage, the model reload
+
+
 def test_plan_table_rows_and_totals():
     from recipes.training.pipeline_plan import StagePlan, format_plan
 
