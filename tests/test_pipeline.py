@@ -242,6 +242,16 @@ def test_override_values_and_their_mistakes(capsys):
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (text, lines)
 
 
+def test_optional_stages_run_when_named():
+    from recipes.training.pipeline import chosen_stages
+
+    profile = PROFILES["minimind-64m"]
+    assert "distill" not in chosen_stages(None, profile, None)
+    assert chosen_stages(["pretrain", "distill"], profile, None) == ("corpus", "pretrain", "distill")
+    assert chosen_stages(None, profile, None, dry_run=True) == profile.stages
+    assert chosen_stages(["sft"], profile, "upstream/tokenizer") == ("corpus", "tokenizer", "sft")
+
+
 def test_stages_and_their_inputs_are_checked_before_anything_runs(tmp_path, capsys):
     for argv, message in [
         (["--stages", "sft", "ppo"], "sft starts from pretrain's output"),
@@ -327,18 +337,19 @@ def test_dry_run_of_a_gpu_profile_runs_every_stage(profile, tmp_path, capsys, ca
     """Every stage of the profile's recipes, two steps each on the tiny corpus on CPU: a recipe key that no longer
     parses, or a stage that no longer connects to the next, fails here before it fails on a GPU."""
     out = tmp_path / "dry"
+    stages = PROFILES[profile].stages  # the optional ones (distillation) included
     entries = main(["--profile", profile, "--dry_run", "--output_dir", str(out)])
-    assert list(entries) == list(GPU_STAGES)
+    assert list(entries) == list(stages)
     console = capsys.readouterr().out
-    assert f"Plan for {profile}" in console and f"==> {profile} stage 10/10: eval" in console
-    for stage in ("pretrain", "sft", "reward", "dpo", "ppo", "grpo"):
+    assert f"Plan for {profile}" in console and f"==> {profile} stage {len(stages)}/{len(stages)}: eval" in console
+    for stage in set(stages) & {"pretrain", "distill", "sft", "reward", "dpo", "ppo", "grpo"}:
         assert entries[stage]["steps"] == 2, stage
         assert entries[stage]["tokens_per_second"] > 0, stage
     assert "reward/reward_model" in entries["grpo"]["after"]  # upstream's prompts have no answer: the model scores
     config = json.loads((out / "pretrain" / "config.json").read_text(encoding="utf-8"))
     assert config["hidden_size"] == 64 and config["use_moe"] == (profile == "minimind-moe")
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert list(report["stages"]) == list(GPU_STAGES)
+    assert list(report["stages"]) == list(stages)
     assert (out / "report.md").read_text(encoding="utf-8").startswith(f"# MiniMinds {profile} report")
     if profile == "minimind-moe":
         rerun_skips_finished_stages_and_resumes_the_interrupted_one(profile, out, report, capsys, caplog)
@@ -348,7 +359,8 @@ def rerun_skips_finished_stages_and_resumes_the_interrupted_one(profile, out, re
     argv = ["--profile", profile, "--dry_run", "--output_dir", str(out)]
     assert main(argv) == report["stages"]  # every stage finished: nothing runs, the same report
     console = capsys.readouterr().out
-    assert console.count("finished in an earlier run, skipped") == len(GPU_STAGES) and "Plan for" not in console
+    stages = PROFILES[profile].stages
+    assert console.count("finished in an earlier run, skipped") == len(stages) and "Plan for" not in console
     # A stop during GRPO's second step: its marker not written, its step-1 checkpoint complete.
     (out / ".pipeline" / "grpo.json").unlink()
     (out / ".pipeline" / "eval.json").unlink()
@@ -357,7 +369,8 @@ def rerun_skips_finished_stages_and_resumes_the_interrupted_one(profile, out, re
     with caplog.at_level("INFO", logger="recipes.training.lifecycle"):
         entries = main(argv)
     console = capsys.readouterr().out
-    assert "==> minimind-moe stage 9/10: grpo" in console and "stage sft: finished in an earlier run" in console
+    assert f"==> minimind-moe stage {stages.index('grpo') + 1}/{len(stages)}: grpo" in console
+    assert "stage sft: finished in an earlier run" in console
     assert f"Resuming from {out / 'grpo' / 'checkpoint-1'}" in caplog.text
     assert entries["grpo"]["steps"] == 2 and entries["sft"] == report["stages"]["sft"]
     assert json.loads((out / ".pipeline" / "grpo.json").read_text(encoding="utf-8"))["entry"] == entries["grpo"]

@@ -328,10 +328,12 @@ def make_parser() -> FlagParser:
     return parser
 
 
-def chosen_stages(requested, profile: Profile, tokenizer: str | None) -> tuple[str, ...]:
-    """The requested stages in pipeline order, the corpus always (it is where the files are) and the tokenizer
-    stage when `--tokenizer` names one (it only loads it and measures its compression)."""
-    requested = list(requested or profile.stages)
+def chosen_stages(requested, profile: Profile, tokenizer: str | None, dry_run: bool = False) -> tuple[str, ...]:
+    """The requested stages in pipeline order (unset: the profile's, optional ones only in a dry run), the corpus
+    always (it is where the files are) and the tokenizer stage when `--tokenizer` names one (it only loads it and
+    measures its compression)."""
+    default = [stage for stage in profile.stages if dry_run or stage not in profile.optional]
+    requested = list(requested or default)
     unknown = [name for name in requested if name not in profile.stages]
     if unknown:
         raise ValueError(
@@ -369,7 +371,7 @@ def build_pipeline(argv: list[str]) -> Pipeline:
         flags=flags,
         eval_config=DRY_RUN_EVAL if args.dry_run else EvalConfig(),
     )
-    run.stages = chosen_stages(args.stages, profile, args.tokenizer)
+    run.stages = chosen_stages(args.stages, profile, args.tokenizer, args.dry_run)
     settings = {
         "profile": profile.name,
         "data": run.data,

@@ -15,6 +15,7 @@ from recipes.training.pipeline_stages import CONFIGS, STAGE_MODULES
 TRAINING_STAGES = tuple(STAGE_MODULES)
 DEMO_STAGES = ("corpus", "tokenizer", "pretrain", "model", "distill", "sft", "reward", "dpo", "ppo", "grpo", "eval")
 GPU_STAGES = ("corpus", "tokenizer", "pretrain", "model", "sft", "reward", "dpo", "ppo", "grpo", "eval")
+WITH_DISTILL = ("corpus", "tokenizer", "pretrain", "model", "distill", "sft", "reward", "dpo", "ppo", "grpo", "eval")
 # Seconds each stage took in `make demo` on this project's 2-core CPU machine; the ETA scales what is left by how fast
 # this run has gone so far, so a faster machine sees a shorter one.
 EXPECTED_SECONDS = {
@@ -36,21 +37,24 @@ EXPECTED_SECONDS = {
 class Profile:
     """A named set of stage recipes. GPU profiles train their tokenizer on at most `tokenizer_docs` documents of
     each file and score GRPO's replies with the trained reward model too (`grpo_reward_model`: upstream's RL
-    prompts carry no answer to check); `expected_seconds` (the demo's) replaces the warm-up's ETA in the banners."""
+    prompts carry no answer to check); `expected_seconds` (the demo's) replaces the warm-up's ETA in the banners.
+    `optional` stages run only when `--stages` names them (and in the dry run, which runs every stage)."""
 
     name: str
     stages: tuple[str, ...]
     recipes: dict[str, str]
+    optional: tuple[str, ...] = ()
     vocab_size: int = 6400
     tokenizer_docs: int | None = 200_000
     grpo_reward_model: bool = True
     expected_seconds: dict[str, float] | None = None
 
 
-def gpu_recipes(pretrain: str, post_training: str) -> dict[str, str]:
-    return {"pretrain": f"pretrain_{pretrain}.yaml"} | {
+def gpu_recipes(pretrain: str, post_training: str, distill: str | None = None) -> dict[str, str]:
+    recipes = {"pretrain": f"pretrain_{pretrain}.yaml"} | {
         stage: f"{stage}_{post_training}.yaml" for stage in ("sft", "reward", "dpo", "ppo", "grpo")
     }
+    return recipes | ({"distill": distill} if distill else {})
 
 
 PROFILES = {
@@ -64,10 +68,14 @@ PROFILES = {
         expected_seconds=EXPECTED_SECONDS,
     ),
     "minimind-26m": Profile("minimind-26m", GPU_STAGES, gpu_recipes("26m", "26m")),
-    "minimind-64m": Profile("minimind-64m", GPU_STAGES, gpu_recipes("64m", "64m")),
+    "minimind-64m": Profile(
+        "minimind-64m", WITH_DISTILL, gpu_recipes("64m", "64m", "distill_64m.yaml"), optional=("distill",)
+    ),
     # ~65M parameters active per token (one routed expert of four, the shared one, attention, embeddings), about the
     # 64M model's compute, so its post-training recipes fit.
-    "minimind-moe": Profile("minimind-moe", GPU_STAGES, gpu_recipes("moe", "64m")),
+    "minimind-moe": Profile(
+        "minimind-moe", WITH_DISTILL, gpu_recipes("moe", "64m", "distill_64m.yaml"), optional=("distill",)
+    ),
 }
 
 # --dry_run: every stage a few steps on the built-in tiny corpus on CPU, whatever the profile's sizes; a flag is
