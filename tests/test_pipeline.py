@@ -219,7 +219,7 @@ def test_hub_files_come_through_hf_hub_download(tmp_path, monkeypatch):
     assert "agent_rl.jsonl" not in [name for _, name, _ in calls]  # no stage reads it: not downloaded
 
 
-def test_override_values_and_their_mistakes(capsys):
+def test_override_values_and_their_mistakes(tmp_path, capsys):
     assert parse_override("sft.learning_rate=2e-4") == ("sft", "learning_rate", ["2e-4"])
     assert parse_override("grpo.reward_funcs=format accuracy") == ("grpo", "reward_funcs", ["format", "accuracy"])
     assert stage_overrides(["grpo.reward-funcs=format accuracy"], GPU_STAGES) == {
@@ -230,13 +230,13 @@ def test_override_values_and_their_mistakes(capsys):
         "learning_rate=2e-4": "expected STAGE.FLAG=VALUE",
         "sfr.learning_rate=2e-4": "no training stage 'sfr' in this profile; did you mean sft?",
         "eval.max_docs=3": "no training stage 'eval'",
-        "distill.alpha=0.5": "no training stage 'distill'",  # the GPU profiles do not distil
+        "distill.alpha=0.5": "no training stage 'distill'",  # minimind-26m has no smaller student
         "sft.learning_rat=2e-4": "learning_rat is not a flag of sft; did you mean learning_rate?",
         "dpo.output_dir=x": "output_dir is set by the runner",
     }
     for text, message in mistakes.items():
         with pytest.raises(SystemExit) as stop:
-            main(["--profile", "minimind-64m", "--set", text, "--plan_only"])
+            main(["--profile", "minimind-26m", "--set", text, "--plan_only", "--output_dir", str(tmp_path)])
         assert stop.value.code == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (text, lines)
