@@ -23,7 +23,7 @@ PRESETS: dict[str, dict] = {
     "minimind-64m": dict(),
     # ~104M: upstream MiniMind2 (width 768, 16 layers, 2 KV heads).
     "minimind-104m": dict(num_hidden_layers=16, num_key_value_heads=2, intermediate_size=2048),
-    # ~145M in all, ~47M active per token: upstream MiniMind2-MoE (width 640, 4 routed experts, top-1, one shared).
+    # ~145M in all, ~65M active per token: upstream MiniMind2-MoE (width 640, 4 routed experts, top-1, one shared).
     # Top-1 weights are left unnormalised so the router also learns from the LM loss.
     "minimind-moe": dict(
         hidden_size=640,

@@ -15,8 +15,9 @@ import yaml
 from modeling_miniminds.inference import Generator, SamplingParams, load_for_decoding
 from modeling_miniminds.serving.chat import Chat
 from modeling_miniminds.tokenizer import parse_reply
-from recipes.demo import CONFIGS, main, recipe_args
-from recipes.training import distill, dpo, grpo, ppo, pretraining, reward, sft
+from recipes.demo import main
+from recipes.training.pipeline_profiles import PROFILES
+from recipes.training.pipeline_stages import CONFIGS, STAGE_MODULES, Run, recipe_args
 
 STEPS = 8  # --stage_steps: distillation and every post-training stage
 PRETRAIN_STEPS = 60  # --max_steps: with digits one token each, 40 steps left trained-fact recall at 0
@@ -24,28 +25,23 @@ TRAINING_STAGES = ("pretrain", "distill", "sft", "reward", "dpo", "ppo", "grpo")
 STAGE_KEYS = {"seconds", "steps", "tokens", "before", "after", "gains", "output_dir", "curves"}
 
 
-@pytest.mark.parametrize(
-    ("stage", "recipe"),
-    [
-        (pretraining, "pretrain_tiny.yaml"),
-        (distill, "distill_tiny.yaml"),
-        (sft, "sft_tiny.yaml"),
-        (reward, "reward_tiny.yaml"),
-        (dpo, "dpo_tiny.yaml"),
-        (ppo, "ppo_tiny.yaml"),
-        (grpo, "grpo_tiny.yaml"),
-    ],
-)
-def test_demo_takes_run_sizes_from_the_recipe_and_knobs_from_the_stage(stage, recipe, tmp_path):
+@pytest.mark.parametrize("stage", ["pretrain", "distill", "sft", "reward", "dpo", "ppo", "grpo"])
+def test_demo_takes_run_sizes_from_the_recipe_and_knobs_from_the_stage(stage, tmp_path):
     """The demo parses each stage through the stage's own parser and its recipe: the step count is the recipe's,
-    and the demo changes nothing but where things go and the seed."""
+    and the demo changes nothing but where things go, the seed and resuming an interrupted run."""
+    recipe = PROFILES["demo"].recipes[stage]
+    assert recipe == f"{stage}_tiny.yaml"
     values = yaml.safe_load((CONFIGS / recipe).read_text(encoding="utf-8"))
-    parsed = recipe_args(stage, recipe, tmp_path / "out", 7, None)
+    parsed = recipe_args(Run(out=tmp_path, recipes=PROFILES["demo"].recipes, seed=7), stage, tmp_path / "out")
     assert parsed[1].max_steps == values.get("max_steps", -1)
     assert parsed[1].num_train_epochs == values.get("num_train_epochs", parsed[1].num_train_epochs)
     assert parsed[1].seed == 7 and Path(parsed[1].output_dir) == tmp_path / "out"
-    recipe_only = stage.make_parser().parse_args_and_config(["--config", str(CONFIGS / recipe), "--output_dir", "x"])
-    demo_flags = {"output_dir", "overwrite_output_dir", "seed", "data_seed"}
+    recipe_only = (
+        STAGE_MODULES[stage]
+        .make_parser()
+        .parse_args_and_config(["--config", str(CONFIGS / recipe), "--output_dir", "x"])
+    )
+    demo_flags = {"output_dir", "overwrite_output_dir", "seed", "data_seed", "resume_from_checkpoint"}
     for demo, plain in zip(parsed, recipe_only):
         changed = {f.name for f in dataclasses.fields(demo) if getattr(demo, f.name) != getattr(plain, f.name)}
         assert changed <= demo_flags, (type(demo).__name__, changed - demo_flags)

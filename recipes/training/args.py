@@ -54,6 +54,18 @@ def check_one_process_launch() -> None:
         )
 
 
+def accumulation_steps(global_batch_size: int, per_device_batch_size: int, world_size: int) -> int:
+    """Micro-batches each process accumulates so that a step holds `global_batch_size` rows on any number of
+    processes: a recipe keeps its optimisation when GPUs are added."""
+    rows_per_micro_step = per_device_batch_size * world_size
+    if global_batch_size % rows_per_micro_step:
+        raise ValueError(
+            f"--global_batch_size {global_batch_size} is not a multiple of per_device_train_batch_size "
+            f"{per_device_batch_size} x {world_size} processes = {rows_per_micro_step}"
+        )
+    return global_batch_size // rows_per_micro_step
+
+
 @dataclass
 class MiniMindsDefaults:
     """Defaults shared by every MiniMinds stage; put in front of the stage's trainer config class.
@@ -100,10 +112,25 @@ class MiniMindsDefaults:
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every parameter takes part in every step (MoE experts included)."}
     )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rows per optimizer step over all processes; sets gradient_accumulation_steps from the number "
+            "of processes, so a recipe trains the same on 1 or 8 GPUs. Unset: gradient_accumulation_steps as given."
+        },
+    )
 
     def __post_init__(self):
         if launcher_world_size() > 1 and not torch.cuda.is_available():
             self.use_cpu = True
+        if self.global_batch_size is not None:
+            steps = accumulation_steps(self.global_batch_size, self.per_device_train_batch_size, launcher_world_size())
+            if self.gradient_accumulation_steps not in (1, steps):
+                raise ValueError(
+                    f"--gradient_accumulation_steps {self.gradient_accumulation_steps} disagrees with "
+                    f"--global_batch_size {self.global_batch_size} (which gives {steps}); pass one of the two"
+                )
+            self.gradient_accumulation_steps = steps
         self.bf16, self.fp16 = resolve_precision(self.bf16, self.fp16, self.use_cpu)
         if self.use_cpu or not torch.cuda.is_available():
             self.dataloader_pin_memory = False

@@ -1,5 +1,5 @@
-"""The demo's report: every stage's result in one shape, written as `report.json` and `report.md` (tables, curves,
-held-out numbers before and after, sample chats)."""
+"""The pipeline's report (the demo's and every profile's): every stage's result in one shape, written as
+`report.json` and `report.md` (tables, curves, held-out numbers before and after, sample chats)."""
 
 import json
 import os
@@ -207,13 +207,13 @@ def final_chat(stages: dict) -> list[str]:
     return [f"## Sample chat with the final model ({name})", ""] + chat_lines(stages[name]["chat_samples"]) + [""]
 
 
-def write_report(out: Path, stages: dict) -> Path:
+def write_report(out: Path, stages: dict, title: str = "MiniMinds demo report") -> Path:
     """`report.json` (`{"machine": ..., "stages": {name: entry}}`) and `report.md`; returns the markdown path."""
     report = {"machine": machine(), "stages": stages}
     (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
     total = sum(stage["seconds"] for stage in stages.values())
     lines = [
-        "# MiniMinds demo report",
+        f"# {title}",
         "",
         f"{len(stages)} stages in {total:.0f} s on {report['machine']['device']}, "
         f"{report['machine']['threads']} threads.",
