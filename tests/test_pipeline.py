@@ -175,9 +175,9 @@ def test_upstream_files_route_to_stages_by_name(tmp_path):
         "dpo": "dpo.jsonl",
         "ppo": "rlaif.jsonl",
         "grpo": "rlaif.jsonl",
-        "agent": "agent_rl.jsonl",  # shown in the plan; no stage reads it yet
+        "agent": "agent_rl.jsonl",
     }
-    assert set(route_folder(folder, ("corpus", "pretrain", "distill"))) == {"pretrain", "distill", "agent"}
+    assert set(route_folder(folder, ("corpus", "pretrain", "distill"))) == {"pretrain", "distill"}
 
 
 def test_a_folder_without_a_stages_file_names_what_it_found_and_expects(tmp_path):
@@ -185,7 +185,7 @@ def test_a_folder_without_a_stages_file_names_what_it_found_and_expects(tmp_path
     with pytest.raises(ValueError) as error:
         route_folder(folder, GPU_STAGES)
     message = str(error.value)
-    assert "no file for sft, reward, dpo, ppo, grpo" in message
+    assert "no file for sft, reward, dpo, ppo, grpo, agent" in message
     assert "found pretrain_hq.jsonl, sft_1024.jsonl" in message
     assert "sft: sft_t2t_mini.jsonl or sft_mini_512.jsonl" in message and "dpo: dpo.jsonl" in message
     with pytest.raises(ValueError, match="no such folder"):
@@ -216,7 +216,7 @@ def test_hub_files_come_through_hf_hub_download(tmp_path, monkeypatch):
     }
     assert all(repo == HUB_DATASET and kwargs["repo_type"] == "dataset" for repo, _, kwargs in calls)
     assert all("endpoint" not in kwargs and kwargs["cache_dir"] == tmp_path / "hub" for _, _, kwargs in calls)
-    assert "agent_rl.jsonl" not in [name for _, name, _ in calls]  # no stage reads it: not downloaded
+    assert "agent_rl.jsonl" not in [name for _, name, _ in calls]  # no chosen stage reads it: not downloaded
 
 
 def test_override_values_and_their_mistakes(tmp_path, capsys):
@@ -323,10 +323,8 @@ def test_plan_only_measures_upstream_files_and_stops(
     assert main([*argv, "--output_dir", str(out), "--plan_only", *small_model]) == {}
     plan = capsys.readouterr().out
     assert "Plan for minimind-26m" in plan and "Disk needed:" in plan
-    for name in ("pretrain_hq.jsonl", "sft_mini_512.jsonl", "dpo.jsonl", "rlaif.jsonl"):
+    for name in ("pretrain_hq.jsonl", "sft_mini_512.jsonl", "dpo.jsonl", "rlaif.jsonl", "agent_rl.jsonl"):
         assert f"| {name} |" in plan, name
-    # a folder's agent file is shown (no stage reads it yet); the Hub's is not downloaded
-    assert ("| agent | agent_rl.jsonl |" in plan) == (source == "folder")
     corpus = json.loads((out / ".pipeline" / "corpus.json").read_text(encoding="utf-8"))
     assert corpus["artifact"]["files"]["sft"] == str(folder / "sft_mini_512.jsonl")
     assert not (out / "pretrain").exists() and not (out / ".pipeline" / "tokenizer.json").exists()

@@ -21,17 +21,14 @@ UPSTREAM_FILES = {
     "grpo": ("rlaif.jsonl", "rlaif-mini.jsonl"),
     "agent": ("agent_rl.jsonl",),
 }
-# Files a folder may hold without a stage asking for them: routed when present (the plan shows them), never fetched.
-OPTIONAL_FILES = ("agent",)
 # Distillation reads the pretraining text.
 SAME_FILE_AS = {"distill": "pretrain"}
 
 
-def file_stages(stages, optional: bool = False) -> list[str]:
-    """The stages among `stages` that read an upstream file (distillation through pretraining's), with
-    `optional` the agent stage too."""
+def file_stages(stages) -> list[str]:
+    """The stages among `stages` that read an upstream file (distillation through pretraining's)."""
     wanted = [SAME_FILE_AS.get(stage, stage) for stage in stages]
-    return [stage for stage in UPSTREAM_FILES if stage in wanted or (optional and stage in OPTIONAL_FILES)]
+    return [stage for stage in UPSTREAM_FILES if stage in wanted]
 
 
 def expected_names(stages) -> str:
@@ -45,11 +42,11 @@ def route_folder(folder: str | Path, stages) -> dict[str, Path]:
     if not folder.is_dir():
         raise ValueError(f"--data {folder}: no such folder (expected a folder of upstream MiniMind's .jsonl files)")
     routed, missing = {}, []
-    for stage in file_stages(stages, optional=True):
+    for stage in file_stages(stages):
         found = next((folder / name for name in UPSTREAM_FILES[stage] if (folder / name).is_file()), None)
         if found is not None:
             routed[stage] = found
-        elif stage not in OPTIONAL_FILES:
+        else:
             missing.append(stage)
     if missing:
         present = sorted(path.name for path in folder.glob("*.jsonl")) or ["no .jsonl file"]

@@ -14,7 +14,6 @@ from data_process.records import record_text
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.tokenizer import load_tokenizer, train_tokenizer
 from recipes.training.args import accumulation_steps
-from recipes.training.pipeline_data import UPSTREAM_FILES
 from recipes.training.pipeline_plan import (
     StagePlan,
     TokenSample,
@@ -116,7 +115,7 @@ def examples_per_epoch(stage: str, args, script_args, data_tokens: int, records:
     if stage in PACKED:
         source = script_args if stage != "sft" else args
         return -(-data_tokens // getattr(source, PACKED[stage]))
-    if stage == "grpo":
+    if stage in ("grpo", "agent"):
         return records * args.num_generations
     return records
 
@@ -171,7 +170,7 @@ def policy_config(run, done: dict, vocab_size: int):
 
 
 def build_plan(run, chosen, done: dict, device: str, nproc: int, peak: float | None) -> list[StagePlan]:
-    """A row per chosen stage (timed where it trains), and a row for a routed file no stage reads."""
+    """A row per chosen stage, timed where it trains."""
     timer = PassTimer(device if device == "cpu" else "cuda")
     shape = {"peak": peak, "processes": nproc}
     with tempfile.TemporaryDirectory() as folder:
@@ -184,9 +183,4 @@ def build_plan(run, chosen, done: dict, device: str, nproc: int, peak: float | N
                 plans.append(stage_plan(run, stage, done, timer, tokenizer, configs, shape))
             else:
                 plans.append(StagePlan(stage=stage))
-    files = done["corpus"]["files"]
-    unused = [stage for stage in files if stage in UPSTREAM_FILES and stage not in STAGE_MODULES]
-    for stage in unused:
-        path = Path(files[stage])
-        plans.append(StagePlan(stage, path, path.stat().st_size, note="no such stage in this checkout: not run"))
     return plans

@@ -13,9 +13,10 @@ from recipes.training.eval_lm import EvalConfig
 from recipes.training.pipeline_stages import CONFIGS, STAGE_MODULES
 
 TRAINING_STAGES = tuple(STAGE_MODULES)
-DEMO_STAGES = ("corpus", "tokenizer", "pretrain", "model", "distill", "sft", "reward", "dpo", "ppo", "grpo", "eval")
-GPU_STAGES = ("corpus", "tokenizer", "pretrain", "model", "sft", "reward", "dpo", "ppo", "grpo", "eval")
-WITH_DISTILL = ("corpus", "tokenizer", "pretrain", "model", "distill", "sft", "reward", "dpo", "ppo", "grpo", "eval")
+POST_TRAINING = ("sft", "reward", "dpo", "ppo", "grpo", "agent")
+DEMO_STAGES = ("corpus", "tokenizer", "pretrain", "model", "distill", *POST_TRAINING, "eval")
+GPU_STAGES = ("corpus", "tokenizer", "pretrain", "model", *POST_TRAINING, "eval")
+WITH_DISTILL = DEMO_STAGES
 # Seconds each stage took in `make demo` on this project's 2-core CPU machine; the ETA scales what is left by how fast
 # this run has gone so far, so a faster machine sees a shorter one.
 EXPECTED_SECONDS = {
@@ -52,7 +53,7 @@ class Profile:
 
 def gpu_recipes(pretrain: str, post_training: str, distill: str | None = None) -> dict[str, str]:
     recipes = {"pretrain": f"pretrain_{pretrain}.yaml"} | {
-        stage: f"{stage}_{post_training}.yaml" for stage in ("sft", "reward", "dpo", "ppo", "grpo")
+        stage: f"{stage}_{post_training}.yaml" for stage in POST_TRAINING
     }
     return recipes | ({"distill": distill} if distill else {})
 
@@ -64,6 +65,7 @@ PROFILES = {
         {stage: f"{stage}_tiny.yaml" for stage in TRAINING_STAGES},
         vocab_size=2048,
         tokenizer_docs=None,
+        optional=("agent",),  # the tiny model cannot learn the tools' prompts in the demo's minutes
         grpo_reward_model=False,
         expected_seconds=EXPECTED_SECONDS,
     ),

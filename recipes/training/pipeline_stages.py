@@ -36,6 +36,7 @@ STAGE_MODULES = {
     "dpo": dpo,
     "ppo": ppo,
     "grpo": grpo,
+    "agent": grpo,  # GRPO with the tools each record declares (the recipe sets --use_tools)
 }
 # The models the eval stage puts side by side, in pipeline order.
 EVALUATED = ("pretrain", "sft", "dpo", "ppo", "grpo")
@@ -85,6 +86,7 @@ def training_files(run: Run, corpus: dict) -> dict[str, str]:
             "dpo": corpus["dpo"],
             "ppo": corpus["rl"],
             "grpo": corpus["rl"],
+            "agent": corpus["agent"],
         }
     routed = fetch_hub(run.stages) if run.data == "hub" else route_folder(run.data, run.stages)
     return {stage: str(path) for stage, path in routed.items()}
@@ -234,6 +236,8 @@ def post_training_paths(run: Run, stage: str, done: dict) -> dict:
         start["reward_model_name_or_path"] = done["reward"]
     if stage == "ppo":
         return start | {"chat_eval_dataset": chat_eval}
+    if stage == "agent":
+        return start | {"tool_eval_dataset": held_out / "agent.jsonl"}
     # The calculator questions are asked before and after through the tool loop; training with the tool offered
     # (--use_tools true) needs a model that can already write a call, which the 0.7M-parameter demo model cannot
     # (it stops inside the JSON arguments), so GRPO trains without it unless a `--set` asks.
@@ -246,7 +250,8 @@ def stage_post_training(stage: str):
 
     def run_stage(run: Run, done: dict) -> tuple[dict, str]:
         args = recipe_args(run, stage, run.out / stage, **post_training_paths(run, stage, done))
-        result = getattr(STAGE_MODULES[stage], stage)(*args)
+        module = STAGE_MODULES[stage]
+        result = getattr(module, module.__name__.rsplit(".", 1)[1])(*args)
         return run_entry(result), args[1].output_dir
 
     return run_stage
@@ -275,7 +280,7 @@ STAGES = {
     "pretrain": stage_pretrain,
     "model": stage_model,
     "distill": stage_distill,
-    **{name: stage_post_training(name) for name in ("sft", "reward", "dpo", "ppo", "grpo")},
+    **{name: stage_post_training(name) for name in ("sft", "reward", "dpo", "ppo", "grpo", "agent")},
     "eval": stage_eval,
 }
 # The stages whose artifacts a stage starts from; ppo also takes the reward model when there is one.
@@ -289,5 +294,6 @@ NEEDS = {
     "dpo": ("sft",),
     "ppo": ("sft",),
     "grpo": ("sft",),
+    "agent": ("sft",),
     "eval": ("corpus",),
 }
