@@ -19,6 +19,7 @@ from recipes.training import sft as sft_stage
 from recipes.training.cli import RecipeParser
 from recipes.training.packed_text import PretrainConfig, PretrainModelArguments, PretrainScriptArguments, load_datasets
 from recipes.training.pretraining import pretrain
+from recipes.training.report import run_entry
 from recipes.training.sft import SFTModelArguments, SFTRecipeConfig, SFTScriptArguments, sft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,6 +196,7 @@ def test_pretraining_on_a_mixture_from_a_recipe_file(tmp_path, tiny_corpus, tiny
 
     result = pretrain(script_args, training_args, model_args)
     assert result["steps"] == 4 and result["mixture"] == mixture
+    assert run_entry(result)["mixture"] == mixture  # the report shows what the run took of each source
     card = (tmp_path / "run" / "README.md").read_text(encoding="utf-8")
     assert f"{tiny_corpus['pretrain']} (weight 3), {domain} (weight 1)" in card
 

@@ -78,6 +78,7 @@ def run_entry(result: dict) -> dict:
     details = {name: result["after"].get(key) for key, name in AFTER_SAMPLES.items()}
     details |= {key: value for key, value in result.items() if key.endswith(("_samples", "_per_family"))}
     details["per_family"] = family_table(result["before"], result["after"])
+    details["mixture"] = result.get("mixture")  # what a --dataset_mixture run took of each source
     return entry | {key: value for key, value in details.items() if value}
 
 
