@@ -98,10 +98,32 @@ def test_plan_table_rows_and_totals():
 
     pretrain = StagePlan("pretrain", Path("d/pretrain_hq.jsonl"), 1_600_000_000, 400_000_000, 763, 399_769_600)
     pretrain.disk, pretrain.step_seconds, pretrain.seconds, pretrain.mfu = 3_000_000_000, 1.6, 1220.8, 0.41
+    pretrain.note = "3.10 chars/token on 1000 records"
     table = format_plan([StagePlan("tokenizer"), pretrain], "NVIDIA H100 80GB HBM3", 989.0)
-    assert "| pretrain | pretrain_hq.jsonl | 1.6 GB | 400.0M | 763 | 399.8M | 3.0 GB | 1.6 | 20m21s | 41% |" in table
-    assert "| tokenizer | - | - | - | - | - | - | - | - | - |" in table
+    assert (
+        "| pretrain | pretrain_hq.jsonl | 1.6 GB | 400.0M | 763 | 399.8M | 3.0 GB | 1.6 | 20m21s | 41% "
+        "| 3.10 chars/token on 1000 records |"
+    ) in table
+    assert "| tokenizer | - | - | - | - | - | - | - | - | - |  |" in table
     assert "peak 989 TFLOPS. Disk needed: 3.0 GB. Training ETA: 20m21s" in table
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert len({line.count(" | ") for line in rows}) == 1  # every row has the header's columns
+
+
+def test_banner_eta_leaves_the_plan_out_of_the_pace(monkeypatch):
+    """The demo's ETA scales what is left by the pace of the stages so far; the plan's timed warm-up is no stage's
+    pace (it made the demo's first banners read 26 minutes left of a 13-minute run)."""
+    import time
+
+    from recipes.training.pipeline import Banners
+
+    banners = Banners("demo", {"corpus": 10, "pretrain": 100}, ("corpus", "pretrain"), start=0.0)
+    banners.finished.append("corpus")
+    monkeypatch.setattr(time, "perf_counter", lambda: 30.0)
+    assert banners.eta() == pytest.approx(300)  # 30 s for a 10-second stage: three times slower
+    banners.paused = 20.0
+    assert banners.eta() == pytest.approx(100)
+    assert "0m30s so far" in banners.banner("pretrain")
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,8 @@ def changed(old: dict, new: dict) -> str:
 class Banners:
     """A banner with the overall ETA before each stage: the `expected` seconds of the stages left, scaled by how
     fast the stages run so far went when they were measured on another machine (`scale`, the demo's), as they are
-    when the warm-up timed them here. Stages an earlier run finished count neither way."""
+    when the warm-up timed them here. Stages an earlier run finished count neither way, nor does the time the plan
+    took (`paused`: its warm-up is no stage's pace)."""
 
     label: str
     expected: dict[str, float]
@@ -102,11 +103,12 @@ class Banners:
     finished: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     start: float = field(default_factory=time.perf_counter)
+    paused: float = 0.0
 
     def eta(self) -> float:
         done = sum(self.expected.get(name, 0) for name in self.finished)
         left = sum(self.expected.get(name, 0) for name in self.stages if name not in self.finished + self.skipped)
-        elapsed = time.perf_counter() - self.start
+        elapsed = time.perf_counter() - self.start - self.paused
         return left * (elapsed / done if done and self.scale else 1.0)
 
     def banner(self, name: str) -> str:
@@ -188,10 +190,12 @@ class Pipeline:
             if stage not in self.chosen:
                 continue
             if stage != "corpus" and self.plan:
+                planning = time.perf_counter()
                 plans = self.print_plan()
                 if self.plan_only:
                     return {}
                 banners.expected = expected or {plan.stage: plan.seconds or 0 for plan in plans}
+                banners.paused += time.perf_counter() - planning
             say(banners.banner(stage))
             self.run_stage(stage)
             banners.finished.append(stage)

@@ -149,8 +149,8 @@ def seconds_text(seconds: float | None) -> str:
 def format_plan(plans: list[StagePlan], device: str, peak: float | None) -> str:
     """The plan as a table: each stage's file, tokens, steps, disk and ETA, then the totals."""
     rows = [
-        "| stage | file | size | tokens (file) | steps | tokens (trained) | disk | s/step | ETA | MFU |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| stage | file | size | tokens (file) | steps | tokens (trained) | disk | s/step | ETA | MFU | note |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for plan in plans:
         cells = [
@@ -164,8 +164,9 @@ def format_plan(plans: list[StagePlan], device: str, peak: float | None) -> str:
             seconds_text(plan.step_seconds),
             clock(plan.seconds) if plan.seconds is not None else "-",
             f"{plan.mfu:.0%}" if plan.mfu is not None else "-",
+            plan.note or "",
         ]
-        rows.append("| " + " | ".join(cells) + " |" + (f" {plan.note}" if plan.note else ""))
+        rows.append("| " + " | ".join(cells) + " |")
     timed = sum(plan.seconds for plan in plans if plan.seconds is not None)
     peak_text = f"peak {peak:g} TFLOPS" if peak else "peak unknown (--peak_tflops)"
     rows += [
