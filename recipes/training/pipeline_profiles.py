@@ -20,17 +20,17 @@ WITH_DISTILL = DEMO_STAGES
 # Seconds each stage took in `make demo` on this project's 2-core CPU machine; the ETA scales what is left by how fast
 # this run has gone so far, so a faster machine sees a shorter one.
 EXPECTED_SECONDS = {
-    "corpus": 5.8,
-    "tokenizer": 2.5,
-    "pretrain": 212,
-    "model": 10.1,
-    "distill": 39,
-    "sft": 173,
-    "reward": 39,
-    "dpo": 71,
-    "ppo": 66,
-    "grpo": 41,
-    "eval": 43,
+    "corpus": 5.7,
+    "tokenizer": 2.7,
+    "pretrain": 199,
+    "model": 9.3,
+    "distill": 37,
+    "sft": 163,
+    "reward": 36,
+    "dpo": 65,
+    "ppo": 62,
+    "grpo": 34,
+    "eval": 34,
 }
 
 
