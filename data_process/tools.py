@@ -133,4 +133,8 @@ def function_schema(function) -> dict:
     return schema
 
 
-CALCULATOR_TOOL = function_schema(calculator)
+# The calculator's schema as the chat template renders the function itself (transformers' `return` entry included):
+# TRL's tool loop and the held-out one offer the function, so calculator chats carry the same tokens. Without the
+# entry the demo's SFT model wrote a well-formed call to 0 of 100 held-out questions offered the function (0.95 with
+# the schema it was trained on).
+CALCULATOR_TOOL = get_json_schema(calculator)

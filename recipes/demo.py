@@ -3,7 +3,7 @@
 
     make demo                                        # installs, then runs this
     python -m recipes.demo --output_dir runs/demo    # corpus, tokenizer, pretrain, model, distill, sft, reward,
-                                                     # dpo, ppo, grpo, eval
+                                                     # dpo, ppo, grpo, tool_grpo, eval
 
 Each training stage is parsed by its script's own parser from `recipes/configs/<stage>_tiny.yaml` (run sizes there,
 knobs in the stage's dataclasses; the demo passes only paths and the seed) and runs the script's library function.
@@ -18,7 +18,7 @@ import argparse
 
 from recipes.training.pipeline import main as pipeline_main
 
-POST_TRAINING = ("distill", "sft", "reward", "dpo", "ppo", "grpo")
+POST_TRAINING = ("distill", "sft", "reward", "dpo", "ppo", "grpo", "tool_grpo")
 
 
 def parse_args(argv=None):

@@ -56,8 +56,9 @@ def occurs_as_sentence(sentence, text):
 
 
 def eval_sentences(eval_dir):
-    """Every statement of the eval split: pretraining text and the first line of each chosen assistant reply."""
-    found = [s for r in read_jsonl(eval_dir / "pretrain.jsonl") for s in sentences(r["text"])]
+    """Every statement of the eval split: pretraining text (its questions are checked as questions: "Which number is
+    larger?" ends one of them) and the first line of each chosen assistant reply."""
+    found = [s for r in read_jsonl(eval_dir / "pretrain.jsonl") for s in sentences(r["text"]) if s[-1] not in "?？"]
     chats = [r["messages"] for r in read_jsonl(eval_dir / "sft.jsonl")]
     chats += [r["chosen"] for r in read_jsonl(eval_dir / "dpo.jsonl")]
     for messages in chats:
@@ -107,6 +108,10 @@ def test_eval_and_dev_questions_never_appear_in_training_or_each_other(tiny_corp
     assert held_out["eval"] and held_out["dev"]
     assert not held_out["eval"] & train and not held_out["dev"] & train
     assert not held_out["eval"] & held_out["dev"]
+    pretraining = "\n".join(r["text"] for r in read_jsonl(tiny_corpus["pretrain"]))
+    assert "? " in pretraining and "？" in pretraining  # statements led by their questions
+    leaked = [q for q in held_out["eval"] | held_out["dev"] if occurs_as_sentence(q, pretraining)]
+    assert not leaked, leaked[:3]
 
 
 def test_no_eval_sentence_appears_in_any_training_file(small_corpus, small_training_text):

@@ -20,12 +20,12 @@ from recipes.training.pipeline_profiles import PROFILES
 from recipes.training.pipeline_stages import CONFIGS, STAGE_MODULES, Run, recipe_args
 
 STEPS = 8  # --stage_steps: distillation and every post-training stage
-PRETRAIN_STEPS = 60  # --max_steps: with digits one token each, 40 steps left trained-fact recall at 0
+PRETRAIN_STEPS = 90  # --max_steps: 60 left trained-fact recall at 0.007 once half the statements came with questions
 TRAINING_STAGES = ("pretrain", "distill", "sft", "reward", "dpo", "ppo", "grpo")
 STAGE_KEYS = {"seconds", "steps", "tokens", "before", "after", "gains", "output_dir", "curves"}
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "distill", "sft", "reward", "dpo", "ppo", "grpo"])
+@pytest.mark.parametrize("stage", [*TRAINING_STAGES, "tool_grpo"])
 def test_demo_takes_run_sizes_from_the_recipe_and_knobs_from_the_stage(stage, tmp_path):
     """The demo parses each stage through the stage's own parser and its recipe: the step count is the recipe's,
     and the demo changes nothing but where things go, the seed and resuming an interrupted run."""
@@ -154,6 +154,10 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path, capsys):
     assert stages["grpo"]["before"]["kl"] == 0.0
     assert {"reward/reward_model", "reward/accuracy", "reward/format"} <= set(stages["ppo"]["after"])
     assert {"tool_call_rate", "tool_accuracy"} <= set(stages["grpo"]["after"])
+    # SFT asks the held-out calculator questions through the tool loop, and without the tool.
+    assert {"tool_call_rate", "tool_accuracy", "no_tool_accuracy"} <= set(sft_run["gains"])
+    assert sft_run["after"]["tool_call_rate"]["n"] == 40  # every question of eval/rl_tools.jsonl
+    assert sft_run["before"]["tool_call_rate"]["value"] == 0.0  # the pretrained model has never seen a call
 
     models = stages["eval"]["models"]
     assert set(models) == {"pretrain", "sft", "dpo", "ppo", "grpo"}

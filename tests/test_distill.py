@@ -200,7 +200,8 @@ def test_document_loss_is_the_mean_cross_entropy_of_the_tokens_pretraining_predi
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     torch.manual_seed(0)
     model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer), initializer_range=0.5)).eval()
-    texts = list(iter_texts([Path(tiny_corpus["eval"]) / "pretrain.jsonl"], max_docs=2))
+    documents = iter_texts([Path(tiny_corpus["eval"]) / "pretrain.jsonl"])
+    texts = [text for text in documents if len(tokenizer(text, add_special_tokens=False).input_ids) < 128][:2]
     losses = document_losses(model, tokenizer, texts, max_length=128, batch_size=2)
 
     encoded = [tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in texts]

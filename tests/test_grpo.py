@@ -33,7 +33,7 @@ from recipes.training.tool_use import calculator, run_tool_call, tool_loop_trans
 from recipes.training.trainer import RewardStageTrainer
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 20
+STEPS = 40
 KL_LIMIT = 0.5
 CALL = '<tool_call>\n{{"name": "calculator", "arguments": {{"expression": "{}"}}}}\n</tool_call><|im_end|>'
 EXPRESSION = re.compile(r"\(?\d[\d +\-*/()]*\d\)?")
@@ -75,9 +75,9 @@ def trained(sft_folder, tiny_corpus, tmp_path_factory):
 
 
 def test_grpo_raises_held_out_reward_while_kl_stays_small(trained, sft_folder):
-    """SFT -> GRPO on saved folders, format reward, 20 steps of 4 prompts x 4 replies, lr 5e-4, beta 0.04. Measured:
-    held-out greedy reward 0.65 -> 1.0, KL 0.09 after. (The tiny model wins the format reward with one `Answer:`
-    line; its task accuracy stays 0.)"""
+    """SFT -> GRPO on saved folders, format reward, 40 steps of 4 prompts x 4 replies, lr 5e-4, beta 0.04 (20 steps
+    gave 0.25 -> 0.30 once the tiny corpus's pretraining prose led statements with questions; lr 1e-3 gave 0.175).
+    The tiny model wins the format reward with one `Answer:` line; its task accuracy stays 0."""
     result, out = trained
     before, after = result["before"], result["after"]
     assert {"reward", "reward/format", "accuracy", "task_accuracy", "eot_rate"} <= set(before)
@@ -187,7 +187,7 @@ def test_reward_model_drives_a_lora_run(sft_folder, reward_model_folder, tiny_co
         "--lora_r",
         4,
         "--learning_rate",
-        1e-3,
+        5e-4,
         "--chat_eval_dataset",
         Path(tiny_corpus["eval"]) / "rl.jsonl",
         "--chat_eval_samples",
@@ -204,7 +204,7 @@ def test_reward_model_drives_a_lora_run(sft_folder, reward_model_folder, tiny_co
 def test_calculator_is_typed_and_never_raises():
     """TRL renders the tool from its signature and docstring: the same schema the SFT conversations were made with."""
     schema = get_json_schema(calculator)
-    assert {k: v for k, v in schema["function"].items() if k != "return"} == CALCULATOR_TOOL["function"]
+    assert schema == CALCULATOR_TOOL  # the calculator chats offer the tool exactly as TRL renders it
     assert calculator("123 * 45") == "5535" and calculator("2 ** 0.5") == "1.414213562"
     assert calculator("__import__('os')").startswith("error: ") and calculator("1 / 0") == "error: division by zero"
     tools = {"calculator": calculator}
@@ -295,6 +295,7 @@ def test_calculator_through_trl_tool_loop_and_the_evaluation(sft_folder, tiny_co
     assert logged(tmp_path, "rewards/accuracy/mean") == [1.0, 1.0]
     for metrics in (result["before"], result["after"]):
         assert metrics["tool_call_rate"] == metrics["tool_accuracy"] == 1.0 and metrics["tool_calls"] == 1.0
+        assert metrics["no_tool_accuracy"] == 0.0  # with no tool offered, the scripted call is never answered
     transcript = result["before"]["tool_samples"][0]["transcript"]
     assert [m["role"] for m in transcript] == ["assistant", "tool", "assistant"]
     assert transcript[1]["content"] == result["before"]["tool_samples"][0]["answer"]

@@ -375,6 +375,22 @@ def test_dry_run_of_a_gpu_profile_runs_every_stage(profile, tmp_path, capsys, ca
         rerun_skips_finished_stages_and_resumes_the_interrupted_one(profile, out, report, capsys, caplog)
 
 
+def test_demo_tool_grpo_runs_when_named_from_the_sft_model(tmp_path):
+    """The demo's optional tool_grpo: GRPO on the calculator questions with the tool offered, from the SFT model;
+    SFT and it report the held-out calls, and the same questions answered without the tool."""
+    out = tmp_path / "dry"
+    stages = ["tokenizer", "pretrain", "sft", "tool_grpo"]
+    entries = main(["--profile", "demo", "--dry_run", "--stages", *stages, "--output_dir", str(out)])
+    assert list(entries) == ["corpus", *stages]
+    sft_run, tool = entries["sft"], entries["tool_grpo"]
+    assert tool["steps"] == 2 and tool["tokens_per_second"] > 0
+    for entry in (sft_run, tool):
+        assert {"tool_call_rate", "tool_accuracy", "no_tool_accuracy"} <= set(entry["gains"])
+    assert sft_run["after"]["tool_call_rate"]["n"] == 40  # every calculator question of the tiny corpus's eval/
+    assert "accuracy" not in tool["after"]  # the calculator questions only: no chat probe
+    assert json.loads((out / "tool_grpo" / "config.json").read_text(encoding="utf-8"))["hidden_size"] == 64
+
+
 def rerun_skips_finished_stages_and_resumes_the_interrupted_one(profile, out, report, capsys, caplog):
     argv = ["--profile", profile, "--dry_run", "--output_dir", str(out)]
     assert main(argv) == report["stages"]  # every stage finished: nothing runs, the same report

@@ -240,6 +240,33 @@ def test_padded_padding_free_and_packed_rows_give_the_same_loss(tokenizer, tiny_
     assert len(set(counted.values())) == 1, counted
 
 
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_cpu_model_loss_equals_trl_fused_head_loss_gradients_and_metrics(packing, tokenizer, tiny_corpus, tmp_path):
+    """On CPU the trainer takes the model's own cross-entropy instead of TRL's chunked log-prob head (faster there):
+    the same loss, gradients and logged token accuracy, entropy and tokens seen."""
+    rows = [to_chat_row(record) for record in list(read_jsonl(tiny_corpus["sft"]))[:8]]
+    trainer = sft_trainer(tokenizer, rows, tmp_path, packing=packing, max_length=1024)
+    assert trainer.model_loss
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    results = {}
+    for model_loss in (True, False):
+        trainer.model_loss, trainer._total_train_tokens = model_loss, 0
+        trainer._metrics["train"].clear()
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model.train(), dict(batch), num_items_in_batch=None)
+        loss.backward()
+        grads = [p.grad.clone() for p in trainer.model.parameters()]
+        metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
+        results[model_loss] = (loss.detach(), grads, metrics)
+    (loss, grads, metrics), (trl_loss, trl_grads, trl_metrics) = results[True], results[False]
+    torch.testing.assert_close(loss, trl_loss, rtol=1e-5, atol=1e-6)
+    for grad, trl_grad in zip(grads, trl_grads):
+        torch.testing.assert_close(grad, trl_grad, rtol=1e-4, atol=1e-6)
+    assert metrics.keys() == trl_metrics.keys() == {"entropy", "mean_token_accuracy", "num_tokens"}
+    for name, value in metrics.items():
+        assert value == pytest.approx(trl_metrics[name], rel=1e-4), name
+
+
 def test_sft_raises_heldout_accuracy_and_end_of_turn_rate(pretrained_base, tiny_corpus, tokenizer, tmp_path):
     """Five epochs over the tiny corpus (~45 s). Measured (1 and 2 CPU threads alike, seed 42): held-out loss
     4.27 -> 1.65, accuracy 0.0 -> 0.1 and task_accuracy 0.0 -> 0.04 (the 40 questions of eval/rl.jsonl),

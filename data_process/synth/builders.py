@@ -38,14 +38,22 @@ def _animal_paragraph(rng, lang, split):
     return {"text": " ".join(sentences)}, [f"animal:{en}"]
 
 
+# The share of a paragraph's statements that follow the question they answer, as on a FAQ page. Reading a question
+# and restating its operands is learnt in pretraining, at twice SFT's tokens a second, and SFT is left the chat format:
+# on the dev split, half the statements so led raised SFT's task accuracy from 0.15 to 0.36 at equal steps.
+QUESTION_LED = 0.5
+
+
 # Each maker returns (record, keys): the record in its project format and the item keys it states.
 def pretrain_doc(rng, split="train"):
-    """One short monolingual paragraph of related statements."""
+    """One short monolingual paragraph of related statements, some led by their question."""
     lang = _lang(rng)
     if rng.random() < 0.15:
         return _animal_paragraph(rng, lang, split)
     items = [sample_item(rng, lang, split) for _ in range(rng.randint(3, 8))]
-    return {"text": ("" if lang == "zh" else " ").join(i.statement for i in items)}, [i.key for i in items]
+    space = "" if lang == "zh" else " "
+    sentences = [f"{i.question}{space}{i.statement}" if rng.random() < QUESTION_LED else i.statement for i in items]
+    return {"text": space.join(sentences)}, [i.key for i in items]
 
 
 def _assistant(item):

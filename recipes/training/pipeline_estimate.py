@@ -24,7 +24,7 @@ from recipes.training.pipeline_plan import (
     planned_steps,
     step_seconds,
 )
-from recipes.training.pipeline_stages import STAGE_MODULES, post_training_paths, recipe_args
+from recipes.training.pipeline_stages import STAGE_MODULES, post_training_paths, recipe_args, recipe_kind
 from recipes.training.warmup import PassTimer, stage_passes
 
 SAMPLE_RECORDS = 1000
@@ -110,18 +110,19 @@ def parsed_args(run, stage: str, done: dict, nproc: int) -> tuple:
     return script_args, args, model_args
 
 
-def examples_per_epoch(stage: str, args, script_args, data_tokens: int, records: int) -> int:
-    """What a stage's batch counts: packed rows, pairs, prompts' completions (GRPO) or rollouts' prompts (PPO)."""
-    if stage in PACKED:
-        source = script_args if stage != "sft" else args
-        return -(-data_tokens // getattr(source, PACKED[stage]))
-    if stage in ("grpo", "agent"):
+def examples_per_epoch(kind: str, args, script_args, data_tokens: int, records: int) -> int:
+    """What a stage's batch counts (by the recipe it runs, `kind`): packed rows, pairs, prompts' completions (GRPO)
+    or rollouts' prompts (PPO)."""
+    if kind in PACKED:
+        source = script_args if kind != "sft" else args
+        return -(-data_tokens // getattr(source, PACKED[kind]))
+    if kind == "grpo":
         return records * args.num_generations
     return records
 
 
-def global_batch(stage: str, args, nproc: int) -> int:
-    if stage == "ppo":
+def global_batch(kind: str, args, nproc: int) -> int:
+    if kind == "ppo":
         return args.rollout_batch_size * nproc
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * nproc
 
@@ -136,18 +137,19 @@ def stage_plan(run, stage: str, done: dict, timer: PassTimer, tokenizer, configs
     file_bytes = Path(path).stat().st_size
     data_tokens, records = estimate_tokens(file_bytes, sample), estimate_records(file_bytes, sample)
     script_args, args, model_args = parsed_args(run, stage, done, nproc)
-    examples = examples_per_epoch(stage, args, script_args, data_tokens, records)
-    batch = global_batch(stage, args, nproc)
+    kind = recipe_kind(stage)
+    examples = examples_per_epoch(kind, args, script_args, data_tokens, records)
+    batch = global_batch(kind, args, nproc)
     steps = planned_steps(args.max_steps, args.num_train_epochs, examples, batch)
     if stage == "distill":
         configs = configs | {"student": get_config(model_args.model_config, vocab_size=len(tokenizer))}
     per_step = step_seconds(
         (step.count, timer.seconds(configs[step.model], step))
-        for step in stage_passes(stage, args, script_args, sample.tokens_per_record)
+        for step in stage_passes(kind, args, script_args, sample.tokens_per_record)
     )
     trained = configs["student" if stage == "distill" else "policy"]
     tokens = round(steps * batch * data_tokens / max(examples, 1))
-    tokens_per_second = tokens / (steps * per_step) if stage in PACKED and per_step else 0
+    tokens_per_second = tokens / (steps * per_step) if kind in PACKED and per_step else 0
     return StagePlan(
         stage=stage,
         file=Path(path),

@@ -24,10 +24,13 @@ from recipes.training.eval_lm import EvalConfig, evaluate_models
 from recipes.training.evaluation import read_probes
 from recipes.training.intervals import ITEMS, interval, paired_gain
 from recipes.training.pipeline_data import fetch_hub, route_folder
-from recipes.training.probes import completion_probe, document_loss_probe
+from recipes.training.probes import completion_probe, document_loss_probe, tool_probe
 from recipes.training.report import eval_headline, numbers, run_entry
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# Held-out calculator questions SFT answers through the tool loop before and after, and the longest reply (a call
+# is about 45 tokens); tool_grpo's recipe sets its own.
+SFT_TOOL_QUESTIONS, TOOL_REPLY_TOKENS = 100, 96
 STAGE_MODULES = {
     "pretrain": pretraining,
     "distill": distill,
@@ -37,7 +40,15 @@ STAGE_MODULES = {
     "ppo": ppo,
     "grpo": grpo,
     "agent": grpo,  # GRPO with the tools each record declares (the recipe sets --use_tools)
+    "tool_grpo": grpo,  # GRPO on the calculator questions with the tool offered (the recipe sets --use_tools)
 }
+
+
+def recipe_kind(stage: str) -> str:
+    """The first stage that runs the same recipe ("grpo" for agent and tool_grpo): what its steps are shaped like."""
+    return next(name for name, module in STAGE_MODULES.items() if module is STAGE_MODULES[stage])
+
+
 # The models the eval stage puts side by side, in pipeline order.
 EVALUATED = ("pretrain", "sft", "dpo", "ppo", "grpo")
 
@@ -76,7 +87,9 @@ def recipe_args(run: Run, stage: str, folder: Path, **paths) -> tuple:
 
 
 def training_files(run: Run, corpus: dict) -> dict[str, str]:
-    """The file each training stage reads: the built-in corpus's, or upstream's from `--data`."""
+    """The file each training stage reads: the built-in corpus's, or upstream's from `--data`; tool_grpo always
+    reads the built-in calculator questions (upstream has none)."""
+    calculator = {"tool_grpo": corpus["rl_tools"]}
     if run.data == "builtin":
         return {
             "pretrain": corpus["pretrain"],
@@ -87,9 +100,10 @@ def training_files(run: Run, corpus: dict) -> dict[str, str]:
             "ppo": corpus["rl"],
             "grpo": corpus["rl"],
             "agent": corpus["agent"],
+            **calculator,
         }
     routed = fetch_hub(run.stages) if run.data == "hub" else route_folder(run.data, run.stages)
-    return {stage: str(path) for stage, path in routed.items()}
+    return {stage: str(path) for stage, path in routed.items()} | calculator
 
 
 def stage_corpus(run: Run, done: dict) -> tuple[dict, dict]:
@@ -238,20 +252,27 @@ def post_training_paths(run: Run, stage: str, done: dict) -> dict:
         return start | {"chat_eval_dataset": chat_eval}
     if stage == "agent":
         return start | {"tool_eval_dataset": held_out / "agent.jsonl"}
-    # The calculator questions are asked before and after through the tool loop; training with the tool offered
-    # (--use_tools true) needs a model that can already write a call, which the 0.7M-parameter demo model cannot
-    # (it stops inside the JSON arguments), so GRPO trains without it unless a `--set` asks.
+    if stage == "tool_grpo":
+        return start | {"tool_eval_dataset": held_out / "rl_tools.jsonl"}
+    # The calculator questions are asked before and after through the tool loop too; GRPO trains without the tool
+    # (tool_grpo trains with it).
     return start | {"chat_eval_dataset": chat_eval, "tool_eval_dataset": held_out / "rl_tools.jsonl"}
 
 
 def stage_post_training(stage: str):
     """A post-training stage as `recipes/<stage>.py --config recipes/configs/<recipe>` runs it (the stage module's
-    function of the same name), reported from the result every stage returns."""
+    function of the same name), reported from the result every stage returns. SFT also asks the held-out calculator
+    questions through the tool loop before and after (the calculator chats are part of its data), numbers the SFT
+    recipe alone has no flag for."""
 
     def run_stage(run: Run, done: dict) -> tuple[dict, str]:
         args = recipe_args(run, stage, run.out / stage, **post_training_paths(run, stage, done))
         module = STAGE_MODULES[stage]
-        result = getattr(module, module.__name__.rsplit(".", 1)[1])(*args)
+        probes = {}
+        if stage == "sft":
+            records = read_probes(Path(done["corpus"]["held_out"]) / "rl_tools.jsonl")[:SFT_TOOL_QUESTIONS]
+            probes["probes"] = [tool_probe(load_tokenizer(done["tokenizer"]), records, TOOL_REPLY_TOKENS)]
+        result = getattr(module, module.__name__.rsplit(".", 1)[1])(*args, **probes)
         return run_entry(result), args[1].output_dir
 
     return run_stage
@@ -280,7 +301,7 @@ STAGES = {
     "pretrain": stage_pretrain,
     "model": stage_model,
     "distill": stage_distill,
-    **{name: stage_post_training(name) for name in ("sft", "reward", "dpo", "ppo", "grpo", "agent")},
+    **{name: stage_post_training(name) for name in ("sft", "reward", "dpo", "ppo", "grpo", "agent", "tool_grpo")},
     "eval": stage_eval,
 }
 # The stages whose artifacts a stage starts from; ppo also takes the reward model when there is one.
@@ -295,5 +316,6 @@ NEEDS = {
     "ppo": ("sft",),
     "grpo": ("sft",),
     "agent": ("sft",),
+    "tool_grpo": ("sft",),
     "eval": ("corpus",),
 }

@@ -8,6 +8,7 @@ from recipes.training.evaluation import chat_accuracy, completion_accuracy
 from recipes.training.intervals import ITEMS
 from recipes.training.lifecycle import Probe
 from recipes.training.scoring import document_losses
+from recipes.training.tool_use import heldout_tool_metrics
 
 # The chat numbers a stage reports, beside the per-family accuracy and a few sample replies.
 CHAT_METRICS = ("accuracy", "task_accuracy", "eot_rate", "per_family", "per_family_n", "samples", ITEMS)
@@ -25,6 +26,15 @@ def chat_probe(tokenizer, records: list[dict], max_new_tokens: int) -> list[Prob
         return []
     measure = functools.partial(chat_metrics, tokenizer=tokenizer, records=records, max_new_tokens=max_new_tokens)
     return [Probe("chat", measure)]
+
+
+def tool_probe(tokenizer, records: list[dict], max_new_tokens: int) -> Probe:
+    """Held-out calculator questions answered through the tool loop, and without the tool
+    (`tool_use.heldout_tool_metrics`)."""
+    measure = functools.partial(
+        heldout_tool_metrics, tokenizer=tokenizer, records=records, max_new_tokens=max_new_tokens
+    )
+    return Probe("tools", measure)
 
 
 def completion_metrics(model, tokenizer, records: list[dict]) -> dict:

@@ -42,6 +42,7 @@ METRIC_MEANINGS = {
     "nats per reply summed over tokens (PPO) or per token (GRPO)",
     "tool_call_rate / tool_accuracy": "held-out calculator questions (eval/rl_tools.jsonl) answered greedily with the "
     "tool loop: share of replies that make a well-formed calculator call, share with the right final answer",
+    "no_tool_accuracy": "the same calculator questions answered greedily with no tool offered: what the tool adds",
 }
 RUN_KEYS = ("steps", "tokens", "tokens_per_second", "train_loss", "output_dir")
 # The held-out sides a stage entry may hold, the columns of its table: before and after training, and a baseline

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import PeftModel
+from transformers import Trainer
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from data_process.assistant_masks import with_assistant_masks
@@ -139,10 +140,19 @@ class SFTRecipeTrainer(SFTStageTrainer):
         self.packed_rows = self.padding_free and self.args.packing and attention not in VARLEN_ATTENTION
         if self.packed_rows:
             self.data_collator = PackedRowsCollator(self.processing_class.pad_token_id)
+        self.model_loss = (
+            self.args.device.type == "cpu"
+            and self.args.loss_type == "nll"
+            and self.label_smoother is None
+            and self.compute_loss_func is None
+            and not self.aux_loss_enabled
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """TRL counts a batch without attention mask as one row of `position_ids.size(1)` tokens for its logged
         `num_tokens`; packed rows hold `input_ids.numel()`."""
+        if self.model_loss:
+            return self.model_loss_and_metrics(model, inputs, return_outputs, num_items_in_batch)
         counted = self._total_train_tokens
         output = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.packed_rows and model.training:
@@ -150,6 +160,28 @@ class SFTRecipeTrainer(SFTStageTrainer):
             self._total_train_tokens = counted + self.accelerator.gather_for_metrics(tokens).sum().item()
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return output
+
+    def model_loss_and_metrics(self, model, inputs, return_outputs, num_items_in_batch):
+        """On CPU, the model's own cross-entropy: TRL's chunked log-prob head (which saves GPU memory on large
+        vocabularies) made the demo's SFT steps 1.65x slower on 2 cores, for the same loss. The metrics TRL logs
+        (token accuracy, entropy, tokens seen) come from the logits."""
+        mode = "train" if model.training else "eval"
+        loss, outputs = Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, True, num_items_in_batch)
+        with torch.no_grad():
+            logits, labels = outputs.logits[:, :-1], inputs["labels"][:, 1:]
+            mask = labels != -100
+            log_probs = logits.float().log_softmax(-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            attention = inputs.get("attention_mask")
+            tokens = attention.sum() if attention is not None else torch.tensor(inputs["input_ids"].numel())
+            stats = torch.stack([mask.sum(), entropy[mask].sum(), (logits.argmax(-1) == labels)[mask].sum(), tokens])
+            valid, entropy_sum, correct, tokens = self.accelerator.gather_for_metrics(stats.float()[None]).sum(0)
+        self._metrics[mode]["entropy"].append((entropy_sum / valid.clamp(min=1)).item())
+        self._metrics[mode]["mean_token_accuracy"].append((correct / valid.clamp(min=1)).item())
+        if mode == "train":
+            self._total_train_tokens += int(tokens)
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return (loss, outputs) if return_outputs else loss
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)

@@ -10,7 +10,7 @@ with an error message instead of raising, so the policy reads what went wrong.
 `parse_reply`, as chat and the server do), run them,
 append the tool messages, generate again, at most `max_iterations` times. `tool_metrics` scores the transcripts:
 `tool_call_rate`, the share of replies that call the calculator, and `tool_accuracy`, the share whose final answer
-is right.
+is right; `heldout_tool_metrics` adds `no_tool_accuracy`, the same questions answered without the tool.
 """
 
 from data_process.rewards import answers_match, extract_answer
@@ -129,9 +129,22 @@ def tool_metrics(transcripts: list[list[dict]], answers: list[str], num_samples:
 def heldout_tool_metrics(
     model, tokenizer, records: list[dict], max_new_tokens: int = 64, max_iterations: int = 2, num_samples: int = 3
 ) -> dict:
-    """Tool-use numbers on held-out `rl` records (e.g. eval/rl_tools.jsonl), answered with the calculator."""
+    """Tool-use numbers on held-out `rl` records (e.g. eval/rl_tools.jsonl), answered with the calculator, and
+    `no_tool_accuracy`: the same questions answered greedily with no tool offered, what the tool is measured
+    against."""
     from recipes.training.rl import as_messages
 
     conversations = [as_messages(r["prompt"]) for r in records]
+    answers = [r["answer"] for r in records]
     transcripts = tool_loop_transcripts(model, tokenizer, conversations, TOOLS, max_new_tokens, max_iterations)
-    return tool_metrics(transcripts, [r["answer"] for r in records], num_samples)
+    was_training = model.training
+    try:
+        replies = generate_completions(
+            model.eval(), tokenizer, chat_prompt_ids(tokenizer, conversations), max_new_tokens
+        )
+    finally:
+        model.train(was_training)
+    unaided = [int(answers_match(extract_answer(reply.text), answer)) for reply, answer in zip(replies, answers)]
+    metrics = tool_metrics(transcripts, answers, num_samples)
+    metrics[ITEMS]["no_tool_accuracy"] = unaided
+    return metrics | {"no_tool_accuracy": round(sum(unaided) / len(unaided), 4)}

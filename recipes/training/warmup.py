@@ -57,7 +57,7 @@ def stage_passes(stage: str, args, script_args, record_tokens: float) -> list[Pa
             return train
         return train + [Pass("forward", 2 * rows, pair, accumulate)]  # the reference
     prompt, reply = max(1, round(record_tokens)), args.max_completion_length
-    if stage in ("grpo", "agent"):  # the agent's tool loop adds turns the timing leaves out
+    if stage == "grpo":  # a tool loop adds turns the timing leaves out
         return [
             Pass("decode", rows * accumulate, reply, 1, prompt=prompt),
             Pass("forward", rows, prompt + reply, accumulate),
