@@ -14,7 +14,7 @@ from data_process.synth.probes import completion_probes, trained_fact_probes
 
 SIZES = {
     "tiny": {"pretrain": 400, "sft": 300, "dpo": 120, "rl": 120, "rl_tools": 60, "agent": 60, "eval": 40},
-    "small": {"pretrain": 21000, "sft": 8000, "dpo": 2000, "rl": 2000, "rl_tools": 1000, "agent": 1000, "eval": 400},
+    "small": {"pretrain": 17000, "sft": 8000, "dpo": 2000, "rl": 2000, "rl_tools": 1000, "agent": 1000, "eval": 400},
     "medium": {
         "pretrain": 300000,
         "sft": 60000,
