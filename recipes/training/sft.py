@@ -149,8 +149,8 @@ class SFTRecipeTrainer(SFTStageTrainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL counts a batch without attention mask as one row of `position_ids.size(1)` tokens for its logged
-        `num_tokens`; packed rows hold `input_ids.numel()`."""
+        """On CPU the model's own loss (`model_loss_and_metrics`); elsewhere TRL's, whose logged `num_tokens` counts a
+        batch without attention mask as one row of `position_ids.size(1)` tokens: packed rows hold `input_ids.numel()`."""
         if self.model_loss:
             return self.model_loss_and_metrics(model, inputs, return_outputs, num_items_in_batch)
         counted = self._total_train_tokens

@@ -137,14 +137,9 @@ def heldout_tool_metrics(
     conversations = [as_messages(r["prompt"]) for r in records]
     answers = [r["answer"] for r in records]
     transcripts = tool_loop_transcripts(model, tokenizer, conversations, TOOLS, max_new_tokens, max_iterations)
-    was_training = model.training
-    try:
-        replies = generate_completions(
-            model.eval(), tokenizer, chat_prompt_ids(tokenizer, conversations), max_new_tokens
-        )
-    finally:
-        model.train(was_training)
-    unaided = [int(answers_match(extract_answer(reply.text), answer)) for reply, answer in zip(replies, answers)]
+    # The same loop with no tool offered and no round of calls: one greedy reply, scored as tool_accuracy scores.
+    unaided = tool_loop_transcripts(model, tokenizer, conversations, {}, max_new_tokens, max_iterations=0)
+    unaided = [int(answers_match(extract_answer(final_reply(t)), a)) for t, a in zip(unaided, answers)]
     metrics = tool_metrics(transcripts, answers, num_samples)
     metrics[ITEMS]["no_tool_accuracy"] = unaided
     return metrics | {"no_tool_accuracy": round(sum(unaided) / len(unaided), 4)}
