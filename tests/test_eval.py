@@ -21,6 +21,7 @@ from data_process.loading import iter_texts
 from data_process.mc import Question, builtin_questions, question_record, read_questions, write_builtin_mc
 from data_process.records import DataError
 from recipes.training.eval_lm import load_model, read_documents
+from recipes.training.evaluation import eval_mode
 from recipes.training.scoring import (
     choice_request,
     fewshot_context,
@@ -465,3 +466,18 @@ def test_two_models_give_one_table_one_chart_and_appended_results(model_dir, tin
     lines = log.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2 and json.loads(lines[0]) == {"earlier": "run"}
     assert json.loads(lines[1])["models"] == results["models"]
+
+
+def test_eval_mode_puts_the_mode_back_even_after_an_error():
+    """Probes run in the middle of training: dropout must come back on after them, and stay off for a model that
+    was already in eval mode."""
+    model = torch.nn.Dropout()
+    with eval_mode(model):
+        assert not model.training
+    assert model.training
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError("a probe failed")
+    assert model.training
+    with eval_mode(model.eval()):
+        pass
+    assert not model.training

@@ -15,6 +15,7 @@ import torch
 
 from data_process.rewards import accuracy_reward
 from modeling_miniminds.inference import chat_prompt_ids, generate_completions
+from recipes.training.evaluation import eval_mode
 from recipes.training.rl import as_messages
 
 logger = logging.getLogger(__name__)
@@ -57,13 +58,11 @@ def pass_rates(
         raise ValueError(f"prompt {missing + 1}: scoring difficulty needs an `answer` in every prompt record")
     prompts = chat_prompt_ids(tokenizer, [as_messages(r["prompt"]) for r in records])
     repeated = [ids for ids in prompts for _ in range(samples)]
-    was_training = model.training
-    model.eval()
     torch.manual_seed(seed)
     if "generation_config" not in sampling:
         sampling["do_sample"] = True
-    completions = generate_completions(model, tokenizer, repeated, max_new_tokens, batch_size, **sampling)
-    model.train(was_training)
+    with eval_mode(model):
+        completions = generate_completions(model, tokenizer, repeated, max_new_tokens, batch_size, **sampling)
     answers = [r["answer"] for r in records for _ in range(samples)]
     scores = accuracy_reward(completions=[c.text for c in completions], answer=answers)
     return [sum(scores[i * samples : (i + 1) * samples]) / samples for i in range(len(records))]

@@ -18,6 +18,7 @@ chat probes, which run during training only, decode through `modeling_miniminds.
 
 import json
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,18 @@ from recipes.training.intervals import ITEMS
 
 # The families of data_process.synth whose held-out items a model can get right without having seen them.
 GENERALISABLE_FAMILIES = ("add", "sub", "mul", "compare", "count", "unit", "next_day")
+
+
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode (no dropout) inside the block, then back in the mode it was in, even after an error:
+    probes run in the middle of training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def read_probes(path) -> list[dict]:
@@ -125,10 +138,8 @@ def chat_accuracy(
     (the held-out fact rows no model can know are not shown)."""
     if not records:
         raise ValueError("no chat probes to score")
-    was_training = model.training
-    model.eval()
-    replies = chat_replies(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, **template_kwargs)
-    model.train(was_training)
+    with eval_mode(model):
+        replies = chat_replies(model, tokenizer, [r["prompt"] for r in records], max_new_tokens, **template_kwargs)
     answerable = [(r, text) for r, (text, _) in zip(records, replies) if r.get("family", "") in generalisable]
     shown = answerable or [(r, text) for r, (text, _) in zip(records, replies)]
     return {
@@ -174,11 +185,9 @@ def completion_accuracy(model, tokenizer, probes: list[dict], num_samples: int =
     """Accuracy over all probes and per family, with a few samples for a report."""
     if not probes:
         raise ValueError("no probes to score")
-    was_training = model.training
-    model.eval()
     longest = max(len(tokenizer(p["answer"], add_special_tokens=False).input_ids) for p in probes)
-    completions = greedy_completions(model, tokenizer, [p["prompt"] for p in probes], max_new_tokens=longest + 2)
-    model.train(was_training)
+    with eval_mode(model):
+        completions = greedy_completions(model, tokenizer, [p["prompt"] for p in probes], max_new_tokens=longest + 2)
     hits = [int(answer_matches(completion, probe["answer"])) for probe, completion in zip(probes, completions)]
     per_family = defaultdict(list)
     for probe, hit in zip(probes, hits):

@@ -25,6 +25,7 @@ from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits
 
 from modeling_miniminds.inference import chat_prompt_ids, generate_completions, pad_batch
+from recipes.training.evaluation import eval_mode
 from recipes.training.intervals import ITEMS
 from recipes.training.lifecycle import HeldOutProbes, Probe
 from recipes.training.ppo_math import (
@@ -186,13 +187,10 @@ class PPOTrainer(MiniMindsTrainerMixin, Trainer):
         config, prompts = self.generation_config, self.prompt_ids(records)
         torch.manual_seed(seed)
         started = time.perf_counter()
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            was_training = unwrapped.training
-            unwrapped.eval()
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped, eval_mode(unwrapped):
             completions = generate_completions(
                 unwrapped.policy, self.processing_class, prompts, config.max_new_tokens, generation_config=config
             )
-            unwrapped.train(was_training)
         self.generate_seconds = time.perf_counter() - started
         input_ids, attention_mask = pad_batch(prompts, config.pad_token_id, padding_side="left")
         responses, mask, ended = reply_tensors(completions, config.eos_token_id, config.pad_token_id)

@@ -4,7 +4,7 @@ each held-out document."""
 
 import functools
 
-from recipes.training.evaluation import chat_accuracy, completion_accuracy
+from recipes.training.evaluation import chat_accuracy, completion_accuracy, eval_mode
 from recipes.training.intervals import ITEMS
 from recipes.training.lifecycle import Probe
 from recipes.training.scoring import document_losses
@@ -53,10 +53,8 @@ def completion_probe(tokenizer, records: list[dict]) -> Probe:
 
 
 def document_loss_metrics(model, tokenizer, documents: list[str], max_length: int) -> dict:
-    was_training = model.training
-    model.eval()
-    losses = document_losses(model, tokenizer, documents, max_length, batch_size=32)
-    model.train(was_training)
+    with eval_mode(model):
+        losses = document_losses(model, tokenizer, documents, max_length, batch_size=32)
     return {"document_loss": round(sum(losses) / len(losses), 4), ITEMS: {"document_loss": losses}}
 
 

@@ -7,6 +7,7 @@ from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain
 from modeling_miniminds.inference import pad_batch
+from recipes.training.evaluation import eval_mode
 from recipes.training.intervals import ITEMS
 from recipes.training.models import align_special_tokens, check_vocab_fits
 
@@ -37,16 +38,14 @@ def score_ids(
     model, sequences: list[list[int]], pad_token_id: int, padding_side: str = "right", batch_size: int = 32
 ) -> torch.Tensor:
     """The reward of each token sequence, in float32 on the CPU."""
-    was_training = model.training
-    model.eval()
     scores = []
-    for start in range(0, len(sequences), batch_size):
-        input_ids, attention_mask = pad_batch(sequences[start : start + batch_size], pad_token_id, padding_side)
-        logits = model(
-            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), use_cache=False
-        ).logits
-        scores.append(logits[:, 0].float().cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(sequences), batch_size):
+            input_ids, attention_mask = pad_batch(sequences[start : start + batch_size], pad_token_id, padding_side)
+            logits = model(
+                input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), use_cache=False
+            ).logits
+            scores.append(logits[:, 0].float().cpu())
     return torch.cat(scores)
 
 

@@ -19,7 +19,7 @@ from data_process.records import DataError, validate_prompt, validate_rl
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
 from data_process.sources import resolve_source
 from recipes.training.args import ModelArguments, ScriptArguments
-from recipes.training.evaluation import ChatEvalArguments, chat_replies, reply_accuracy
+from recipes.training.evaluation import ChatEvalArguments, chat_replies, eval_mode, reply_accuracy
 from recipes.training.intervals import ITEMS
 from recipes.training.reward_model import load_reward_model, score_conversations
 
@@ -262,10 +262,8 @@ def heldout_rl_metrics(
 ) -> dict:
     """Greedy replies to held-out prompts, scored by the stage's reward sources: mean `reward` (their weighted sum),
     each source's mean, exact-answer `accuracy` / `task_accuracy` when records carry answers, and `eot_rate`."""
-    was_training = model.training
-    model.eval()
-    replies = chat_replies(model, tokenizer, [as_messages(r["prompt"]) for r in records], max_new_tokens)
-    model.train(was_training)
+    with eval_mode(model):
+        replies = chat_replies(model, tokenizer, [as_messages(r["prompt"]) for r in records], max_new_tokens)
     texts = [text for text, _ in replies]
     scores = score_replies(reward_funcs, records, texts, weights)
     rewards = scores.pop("reward")

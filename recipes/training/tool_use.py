@@ -18,6 +18,7 @@ from data_process.tools import CalculatorError
 from data_process.tools import calculator as evaluate
 from modeling_miniminds.inference import chat_prompt_ids, generate_completions
 from modeling_miniminds.tokenizer import parse_reply
+from recipes.training.evaluation import eval_mode
 from recipes.training.intervals import ITEMS
 
 
@@ -67,11 +68,9 @@ def tool_loop_transcripts(
     model's (calls in it past the limit are not run). `max_new_tokens` bounds each assistant turn."""
     tools = TOOLS if tools is None else tools
     toolsets = tools if isinstance(tools, list) else [tools] * len(conversations)
-    was_training = model.training
-    model.eval()
     transcripts = [[] for _ in conversations]
     active = list(range(len(conversations)))
-    try:
+    with eval_mode(model):
         for iteration in range(max_iterations + 1):
             prompts = [
                 chat_prompt_ids(
@@ -90,8 +89,6 @@ def tool_loop_transcripts(
             active = still_calling
             if not active:
                 break
-    finally:
-        model.train(was_training)
     return transcripts
 
 
