@@ -23,6 +23,7 @@ from data_process.synth import (
     split_keys,
 )
 from data_process.synth.__main__ import main
+from data_process.synth.tables import ANSWER_PREFIX
 from data_process.tools import CALCULATOR_TOOL, calculator
 from recipes.training.rl import read_rl_records
 
@@ -57,13 +58,14 @@ def occurs_as_sentence(sentence, text):
 
 def eval_sentences(eval_dir):
     """Every statement of the eval split: pretraining text (its questions are checked as questions: "Which number is
-    larger?" ends one of them) and the first line of each chosen assistant reply."""
+    larger?" ends one of them) and the first line of each chosen assistant reply, unless it is the answer line alone
+    (a calculator reply: "Answer: 148" states no fact)."""
     found = [s for r in read_jsonl(eval_dir / "pretrain.jsonl") for s in sentences(r["text"]) if s[-1] not in "?？"]
     chats = [r["messages"] for r in read_jsonl(eval_dir / "sft.jsonl")]
     chats += [r["chosen"] for r in read_jsonl(eval_dir / "dpo.jsonl")]
-    for messages in chats:
-        found += [s for m in messages if m["role"] == "assistant" for s in sentences(m["content"].split("\n")[0])]
-    return found
+    first_lines = [m["content"].split("\n")[0] for messages in chats for m in messages if m["role"] == "assistant"]
+    answer_lines = tuple(ANSWER_PREFIX.values())
+    return found + [s for line in first_lines if not line.startswith(answer_lines) for s in sentences(line)]
 
 
 def user_questions(records, field):

@@ -162,7 +162,9 @@ def _calculator_expression(rng):
 
 def tool_record(rng, split="train"):
     """Arithmetic too large to do by heart: the assistant calls the `calculator` tool, the tool turn returns what
-    data_process.tools computes, and the assistant states the answer. The record carries the tool list in `tools`."""
+    data_process.tools computes, and the assistant gives it as the answer line, nothing more. The record carries the
+    tool list in `tools`. Restating the expression first ("(455 + 300) * 92 = 69460.") made the demo's SFT model copy
+    the result into its answer in 1 of 80 held-out dev replies that had one; the answer line alone, 36 of 83."""
     lang = _lang(rng)
     expression = _calculator_expression(rng)
     while split_of(f"calc:{expression}") != split:
@@ -173,7 +175,7 @@ def tool_record(rng, split="train"):
         {"role": "user", "content": pick(rng, CALCULATOR_QUESTIONS[lang]).format(expression=expression)},
         {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "content": result},
-        {"role": "assistant", "content": _final_reply(lang, expression, result)},
+        {"role": "assistant", "content": f"{ANSWER_PREFIX[lang]}{result}"},
     ]
     return {"messages": messages, "tools": [CALCULATOR_TOOL]}, [f"calc:{expression}"]
 
