@@ -129,6 +129,13 @@ def quick_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def format_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
+    """An SFT model (60 steps) that writes the answer line in some greedy replies, not most: GRPO's format reward
+    has groups with both to learn from."""
+    return train_tiny_sft(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory.mktemp("format-sft"), steps=60)
+
+
+@pytest.fixture(scope="session")
 def tiny_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
     """An RL starting point (200 steps): most greedy replies end their turn."""
     return train_tiny_sft(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory.mktemp("rl-sft"), steps=200)

@@ -40,8 +40,8 @@ EXPRESSION = re.compile(r"\(?\d[\d +\-*/()]*\d\)?")
 
 
 @pytest.fixture(scope="module")
-def sft_folder(quick_sft_folder):
-    return quick_sft_folder
+def sft_folder(format_sft_folder):
+    return format_sft_folder
 
 
 def recipe_args(model, dataset, out, *overrides):
@@ -75,9 +75,9 @@ def trained(sft_folder, tiny_corpus, tmp_path_factory):
 
 
 def test_grpo_raises_held_out_reward_while_kl_stays_small(trained, sft_folder):
-    """SFT -> GRPO on saved folders, format reward, 40 steps of 4 prompts x 4 replies, lr 5e-4, beta 0.04 (20 steps
-    gave 0.25 -> 0.30 once the tiny corpus's pretraining prose led statements with questions; lr 1e-3 gave 0.175).
-    The tiny model wins the format reward with one `Answer:` line; its task accuracy stays 0."""
+    """SFT -> GRPO on saved folders, format reward, 40 steps of 4 prompts x 4 replies, lr 5e-4, beta 0.04: from the
+    60-step SFT model, 0 -> 0.75 at KL 0.25 (from the 30-step one, whose replies rarely end, 0.075 -> 0). The tiny
+    model wins the format reward with one `Answer:` line; its task accuracy stays 0."""
     result, out = trained
     before, after = result["before"], result["after"]
     assert {"reward", "reward/format", "accuracy", "task_accuracy", "eot_rate"} <= set(before)
