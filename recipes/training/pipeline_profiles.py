@@ -27,12 +27,12 @@ EXPECTED_SECONDS = {
     "pretrain": 160,
     "model": 9.0,
     "distill": 43,
-    "sft": 225,
+    "sft": 205,
     "reward": 39,
     "dpo": 58,
     "ppo": 68,
     "grpo": 47,
-    "tool_grpo": 120,
+    "tool_grpo": 95,
     "eval": 42,
 }
 
