@@ -134,9 +134,8 @@ def heldout_tool_metrics(
     conversations = [as_messages(r["prompt"]) for r in records]
     answers = [r["answer"] for r in records]
     transcripts = tool_loop_transcripts(model, tokenizer, conversations, TOOLS, max_new_tokens, max_iterations)
-    # The same loop with no tool offered and no round of calls: one greedy reply, scored as tool_accuracy scores.
-    unaided = tool_loop_transcripts(model, tokenizer, conversations, {}, max_new_tokens, max_iterations=0)
-    unaided = [int(answers_match(extract_answer(final_reply(t)), a)) for t, a in zip(unaided, answers)]
+    # The same loop with no tool offered and no round of calls: one greedy reply, scored as tool_accuracy is.
+    unaided = tool_metrics(tool_loop_transcripts(model, tokenizer, conversations, {}, max_new_tokens, 0), answers)
     metrics = tool_metrics(transcripts, answers, num_samples)
-    metrics[ITEMS]["no_tool_accuracy"] = unaided
-    return metrics | {"no_tool_accuracy": round(sum(unaided) / len(unaided), 4)}
+    metrics[ITEMS]["no_tool_accuracy"] = unaided[ITEMS]["tool_accuracy"]
+    return metrics | {"no_tool_accuracy": unaided["tool_accuracy"]}
