@@ -23,6 +23,7 @@ from data_process.synth import (
     split_keys,
 )
 from data_process.synth.__main__ import main
+from data_process.synth.builders import REJECTED_KINDS
 from data_process.synth.tables import ANSWER_PREFIX
 from data_process.tools import CALCULATOR_TOOL, calculator
 from recipes.training.rl import read_rl_records
@@ -184,12 +185,20 @@ def test_every_item_answer_is_checked_by_the_shipped_rewards(lang):
     assert format_reward(completions=[i.reply for i in items]) == [1.0] * 400
 
 
-def test_dpo_rejected_is_wrong_or_badly_formatted(tiny_corpus):
+def test_dpo_rejected_is_wrong_or_badly_formatted_as_its_kind_says(tiny_corpus):
+    kinds = Counter()
     for record in read_jsonl(tiny_corpus["dpo"]):
         chosen, rejected = record["chosen"][-1]["content"], record["rejected"][-1]["content"]
         assert record["chosen"][:-1] == record["rejected"][:-1]
         assert format_reward(completions=[chosen]) == [1.0]
-        assert format_reward(completions=[rejected]) == [0.0] or extract_answer(rejected) != extract_answer(chosen)
+        kind = record["rejected_kind"]
+        kinds[kind] += 1
+        if kind == "wrong_answer":
+            assert format_reward(completions=[rejected]) == [1.0] and extract_answer(rejected) != extract_answer(chosen)
+        else:
+            assert format_reward(completions=[rejected]) == [0.0]
+            assert (record["chosen"][-2]["content"] in rejected) == (kind == "repetition")
+    assert set(kinds) == set(REJECTED_KINDS)
 
 
 def test_rl_answers_are_non_empty_and_prompts_end_with_user(tiny_corpus):

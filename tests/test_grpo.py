@@ -235,7 +235,7 @@ def test_response_template_parses_what_the_chat_template_renders(tiny_tokenizer_
 
 
 def test_tool_metrics_on_hand_made_replies():
-    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "123 * 45"}}}
+    call = {"id": "call_5f80f5", "type": "function", "function": {"name": "calculator", "arguments": {"x": "1"}}}
     transcripts = [
         [
             {"role": "assistant", "content": "", "tool_calls": [call]},
@@ -252,6 +252,9 @@ def test_tool_metrics_on_hand_made_replies():
     ]
     metrics = tool_metrics(transcripts, ["5535"] * 4)
     assert metrics["tool_call_rate"] == 0.5 and metrics["tool_accuracy"] == 0.5 and metrics["tool_calls"] == 0.5
+    # the report's samples leave out the calls' random ids, so a rerun's report reads the same
+    sample_call = metrics["tool_samples"][0]["transcript"][0]["tool_calls"][0]
+    assert sample_call == {k: v for k, v in call.items() if k != "id"} and "id" in transcripts[0][0]["tool_calls"][0]
     with pytest.raises(ValueError, match="one answer per transcript, got 4 and 3"):
         tool_metrics(transcripts, ["5535"] * 3)
 

@@ -105,3 +105,18 @@ def test_report_prints_chat_accuracy_per_family_with_its_n(tmp_path):
     markdown = (tmp_path / "report.md").read_text()
     assert "| add | 3 | 0 | 0.3333 |" in markdown and "| compare | 1 | 0 | 1 |" in markdown
     assert "per_family:" not in markdown  # the table, not a JSON dump too
+
+
+def test_report_prints_pairwise_accuracy_per_rejected_kind(tmp_path):
+    kinds_n = {"repetition": 1, "wrong_answer": 3}
+    before = {"pairwise_accuracy": 0.25, "per_kind": {"repetition": 1.0, "wrong_answer": 0.0}, "per_kind_n": kinds_n}
+    after = {"pairwise_accuracy": 0.5, "per_kind": {"repetition": 1.0, "wrong_answer": 0.3333}, "per_kind_n": kinds_n}
+    before[ITEMS], after[ITEMS] = {"pairwise_accuracy": [1, 0, 0, 0]}, {"pairwise_accuracy": [1, 1, 0, 0]}
+    entry = run_entry({"output_dir": str(tmp_path / "reward"), "before": before, "after": after})
+    assert entry["per_kind"]["wrong_answer"] == {"n": 3, "before": 0.0, "after": 0.3333}
+    assert "per_family" not in entry
+    write_report(tmp_path, {"reward": {"seconds": 1.0, **entry}})
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| rejected reply: held-out pairwise accuracy | n | before | after |" in markdown
+    assert "| wrong_answer | 3 | 0 | 0.3333 |" in markdown and "| repetition | 1 | 1 | 1 |" in markdown
+    assert "per_kind:" not in markdown

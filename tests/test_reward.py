@@ -16,6 +16,7 @@ from helpers import assert_run_card, stage_args
 from transformers import AutoModelForSequenceClassification
 
 from data_process.jsonl import read_jsonl
+from data_process.synth.builders import REJECTED_KINDS
 from modeling_miniminds import MiniMindForCausalLM, get_config
 from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.reward import make_parser
@@ -72,7 +73,7 @@ def test_reward_model_ranks_held_out_pairs(trained):
     assert (
         set(result["before"])
         == set(result["after"])
-        == {"pairwise_accuracy", "mean_chosen_score", "mean_rejected_score", "items"}
+        == {"pairwise_accuracy", "mean_chosen_score", "mean_rejected_score", "per_kind", "per_kind_n", "items"}
     )
     # one value per held-out pair on both sides, so the gain is paired over the same 40 pairs
     assert result["gains"]["pairwise_accuracy"]["n"] == len(result["after"]["items"]["pairwise_accuracy"]) == 40
@@ -81,6 +82,10 @@ def test_reward_model_ranks_held_out_pairs(trained):
     )
     after = result["after"]
     assert after["pairwise_accuracy"] >= MIN_ACCURACY > result["before"]["pairwise_accuracy"]
+    # per kind of rejected reply, the 40 pairs split three ways and the shares average back to the whole
+    assert set(after["per_kind"]) == set(REJECTED_KINDS) and sum(after["per_kind_n"].values()) == 40
+    weighted = sum(after["per_kind"][k] * after["per_kind_n"][k] for k in REJECTED_KINDS) / 40
+    assert weighted == pytest.approx(after["pairwise_accuracy"], abs=1e-3)
     assert after["mean_chosen_score"] > after["mean_rejected_score"]
 
     for name in ("eval_results.json", "all_results.json"):
@@ -190,6 +195,8 @@ def test_every_pair_layout_reads_as_prompt_and_replies(record):
     pair = canonical_pair(record)
     assert pair["chosen"] == [GOOD] and pair["rejected"] == [BAD]
     assert pair["prompt"][-1] == USER
+    assert "rejected_kind" not in pair
+    assert canonical_pair({**record, "rejected_kind": "wrong_answer"})["rejected_kind"] == "wrong_answer"
 
 
 @pytest.mark.parametrize(

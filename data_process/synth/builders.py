@@ -193,23 +193,30 @@ def chat_record(rng, split="train"):
     return sft_record(rng, split)
 
 
+REJECTED_KINDS = ("wrong_answer", "unsure", "repetition")
+
+
 def _bad_reply(rng, item):
-    """A rejected reply: wrong answer, missing answer line, or degenerate repetition."""
-    kind = rng.randrange(3)
-    if kind == 0:
-        return f"{item.wrong_statement}\n{ANSWER_PREFIX[item.lang]}{item.wrong}"
-    if kind == 1:
-        return "嗯，这个问题我不太确定，可能是吧。" if item.lang == "zh" else "Hmm, I am not sure, maybe."
-    return " ".join([item.question] * 3)
+    """A rejected reply and its kind: a wrong answer, no answer at all, or the question repeated."""
+    kind = REJECTED_KINDS[rng.randrange(3)]
+    if kind == "wrong_answer":
+        return kind, f"{item.wrong_statement}\n{ANSWER_PREFIX[item.lang]}{item.wrong}"
+    if kind == "unsure":
+        return kind, "嗯，这个问题我不太确定，可能是吧。" if item.lang == "zh" else "Hmm, I am not sure, maybe."
+    return kind, " ".join([item.question] * 3)
 
 
 def dpo_record(rng, split="train"):
+    """A preference pair; `rejected_kind` names what is wrong with the rejected reply, so the reward stage can say
+    which kinds of pairs its model ranks right."""
     lang = _lang(rng)
     item = sample_item(rng, lang, split)
     prompt = _system(rng, lang) + [{"role": "user", "content": item.question}]
+    kind, bad = _bad_reply(rng, item)
     record = {
         "chosen": prompt + [_assistant(item)],
-        "rejected": prompt + [{"role": "assistant", "content": _bad_reply(rng, item)}],
+        "rejected": prompt + [{"role": "assistant", "content": bad}],
+        "rejected_kind": kind,
     }
     return record, [item.key]
 

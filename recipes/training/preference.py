@@ -7,7 +7,9 @@ Pair layouts (one per JSONL line, or per row of a Hub dataset):
     explicit  {"prompt": messages, "chosen": messages, "rejected": messages}   the replies alone
     text      {"prompt": str, "chosen": str, "rejected": str}   through data_process.convert (`preference` source)
 
-Each becomes `{"prompt": messages, "chosen": [reply], "rejected": [reply]}`, the explicit form both TRL trainers read.
+Each becomes `{"prompt": messages, "chosen": [reply], "rejected": [reply]}`, the explicit form both TRL trainers read,
+keeping a `rejected_kind` label where the pair has one (the built-in corpus says what is wrong with each rejected
+reply; the reward stage reports its held-out accuracy per kind).
 A pair with a missing side, an empty reply or two identical replies teaches nothing (upstream users saw DPO stuck at
 0.693 on such data): it is a `file:line` error, or with `--skip_bad` a counted line in `rejected_pairs.jsonl`.
 """
@@ -29,6 +31,7 @@ from recipes.training.args import ScriptArguments
 logger = logging.getLogger(__name__)
 
 REJECTED_FILE = "rejected_pairs.jsonl"
+PAIR_LABEL = "rejected_kind"
 
 
 @dataclass
@@ -90,6 +93,7 @@ def canonical_pair(record: dict) -> dict:
     missing = [name for name in ("chosen", "rejected") if record.get(name) is None]
     if missing:
         raise ValueError(f"field '{missing[0]}': missing (keys: {', '.join(record) or 'none'})")
+    label = {PAIR_LABEL: record[PAIR_LABEL]} if isinstance(record.get(PAIR_LABEL), str) else {}
     prompt = record.get("prompt")
     if not isinstance(prompt, list) and not (prompt is None and isinstance(record["chosen"], list)):
         _, record = convert_record(record, source="preference", target="dpo")  # plain text: whole conversations
@@ -99,7 +103,7 @@ def canonical_pair(record: dict) -> dict:
     for name in ("chosen", "rejected"):
         validate_messages(record[name], name, final_assistant=True)
     prompt = prompt or []
-    return split_pair(prompt + record["chosen"], prompt + record["rejected"])
+    return split_pair(prompt + record["chosen"], prompt + record["rejected"]) | label
 
 
 def _checked(where: str, record: dict, raw: str, rejected):

@@ -34,7 +34,8 @@ METRIC_MEANINGS = {
     "task_accuracy": "the same over the families a model can generalise to (arithmetic, comparison, counting, units, "
     "dates)",
     "eot_rate": "share of those replies that end their turn with <|im_end|> within the token limit",
-    "pairwise_accuracy": "held-out preference pairs (eval/dpo.jsonl) the reward model scores chosen above rejected",
+    "pairwise_accuracy": "held-out preference pairs (eval/dpo.jsonl) the reward model scores chosen above rejected; "
+    "per kind of rejected reply below: a wrong answer, an unsure reply with no answer, or the question repeated",
     "preference_accuracy / margin": "the same pairs under DPO's implicit reward, and its mean chosen-rejected margin",
     "reward (ppo, grpo)": "greedy replies to the held-out questions scored by the stage's reward sources, summed: "
     "accuracy and format functions (0-1 each), plus the reward model's score for PPO; reward/<name> per source",
@@ -50,6 +51,11 @@ RUN_KEYS = ("steps", "tokens", "tokens_per_second", "train_loss", "output_dir")
 HELD_OUT_SIDES = ("before", "after", "alone")
 # The sample replies a stage's `after` may carry beside its numbers, and their names in the report.
 AFTER_SAMPLES = {"samples": "chat_samples", "tool_samples": "tool_samples"}
+# Held-out accuracies a side may break down by group, and the heading of each one's table in the report.
+BREAKDOWNS = {
+    "per_family": "family: held-out chat accuracy",
+    "per_kind": "rejected reply: held-out pairwise accuracy",
+}
 
 
 def rounded(value):
@@ -78,19 +84,19 @@ def run_entry(result: dict) -> dict:
     entry["gains"] = result.get("gains") or {}
     details = {name: result["after"].get(key) for key, name in AFTER_SAMPLES.items()}
     details |= {key: value for key, value in result.items() if key.endswith(("_samples", "_per_family"))}
-    details["per_family"] = family_table(result["before"], result["after"])
+    details |= {key: breakdown_table(result["before"], result["after"], key) for key in BREAKDOWNS}
     details["mixture"] = result.get("mixture")  # what a --dataset_mixture run took of each source
     return entry | {key: value for key, value in details.items() if value}
 
 
-def family_table(before: dict, after: dict) -> dict:
-    """Held-out chat accuracy per task family before and after, with its number of questions, where both sides
-    measured it."""
-    if not (before.get("per_family") and after.get("per_family")):
+def breakdown_table(before: dict, after: dict, key: str) -> dict:
+    """A held-out accuracy per group (`per_family`: chat questions by task family; `per_kind`: preference pairs by
+    what is wrong with the rejected reply) before and after, with the group's size, where both sides measured it."""
+    if not (before.get(key) and after.get(key)):
         return {}
     return {
-        name: {"n": after["per_family_n"][name], "before": before["per_family"].get(name), "after": value}
-        for name, value in after["per_family"].items()
+        name: {"n": after[f"{key}_n"][name], "before": before[key].get(name), "after": value}
+        for name, value in after[key].items()
     }
 
 
@@ -148,16 +154,17 @@ def stage_rows(name: str, metrics: dict) -> list[str]:
             lines.append(f"| {key} | " + " | ".join(format_value(metrics[side].get(key)) for side in sides) + " |")
     if metrics.get("gains"):
         lines += gain_table(metrics["gains"])
-    if metrics.get("per_family"):
-        lines += ["", "| family: held-out chat accuracy | n | before | after |", "| --- | ---: | ---: | ---: |"]
-        for family, sides in metrics["per_family"].items():
-            before, after = format_value(sides["before"]), format_value(sides["after"])
-            lines.append(f"| {family} | {sides['n']} | {before} | {after} |")
+    for key, header in BREAKDOWNS.items():
+        if metrics.get(key):
+            lines += ["", f"| {header} | n | before | after |", "| --- | ---: | ---: | ---: |"]
+            for group, sides in metrics[key].items():
+                before, after = format_value(sides["before"]), format_value(sides["after"])
+                lines.append(f"| {group} | {sides['n']} | {before} | {after} |")
     if metrics.get("chat_samples"):
         lines += ["", "Held-out questions, answered greedily after this stage:", ""]
         lines += chat_lines(metrics["chat_samples"])
     for key, value in metrics.items():
-        if key in scalars or key in (*HELD_OUT_SIDES, "gains", "models", "chat_samples", "per_family"):
+        if key in scalars or key in (*HELD_OUT_SIDES, "gains", "models", "chat_samples", *BREAKDOWNS):
             continue
         if isinstance(value, (dict, list)):
             lines += ["", f"{key}:", "", "```json", json.dumps(value, ensure_ascii=False, indent=2), "```"]

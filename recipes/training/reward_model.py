@@ -1,6 +1,8 @@
 """A trained reward model as a scorer: loading a folder as a one-output sequence classifier, and the rewards of token
 sequences, conversations and held-out pairs. The reward stage trains one; PPO and GRPO score replies with it."""
 
+from collections import defaultdict
+
 import torch
 from transformers import AutoModelForSequenceClassification
 from trl.trainer.reward_trainer import suppress_seqcls_warning
@@ -10,6 +12,7 @@ from modeling_miniminds.inference import pad_batch
 from recipes.training.evaluation import eval_mode
 from recipes.training.intervals import ITEMS
 from recipes.training.models import align_special_tokens, check_vocab_fits
+from recipes.training.preference import PAIR_LABEL
 
 
 def load_reward_model(model_args, tokenizer, trust_remote_code: bool = False):
@@ -61,12 +64,22 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
 
 def pairwise_metrics(model, pairs, pad_token_id: int, batch_size: int = 32) -> dict:
     """On tokenized pairs (`chosen_ids`, `rejected_ids`): the fraction where the chosen side scores higher, and the
-    mean score of each side."""
+    mean score of each side; with a `rejected_kind` column, the fraction per kind of rejected reply too
+    (`per_kind`, `per_kind_n`), which tells a model that ranks by form from one that checks the answer."""
     chosen = score_ids(model, pairs["chosen_ids"], pad_token_id, batch_size=batch_size)
     rejected = score_ids(model, pairs["rejected_ids"], pad_token_id, batch_size=batch_size)
-    return {
-        "pairwise_accuracy": round((chosen > rejected).float().mean().item(), 4),
+    right = (chosen > rejected).int().tolist()
+    metrics = {
+        "pairwise_accuracy": round(sum(right) / len(right), 4),
         "mean_chosen_score": round(chosen.mean().item(), 4),
         "mean_rejected_score": round(rejected.mean().item(), 4),
-        ITEMS: {"pairwise_accuracy": (chosen > rejected).int().tolist()},
+        ITEMS: {"pairwise_accuracy": right},
     }
+    kinds = pairs[PAIR_LABEL] if PAIR_LABEL in pairs.column_names else None
+    if kinds and all(kinds):
+        per_kind = defaultdict(list)
+        for kind, hit in zip(kinds, right):
+            per_kind[kind].append(hit)
+        metrics["per_kind"] = {kind: round(sum(v) / len(v), 4) for kind, v in sorted(per_kind.items())}
+        metrics["per_kind_n"] = {kind: len(v) for kind, v in sorted(per_kind.items())}
+    return metrics

@@ -106,6 +106,16 @@ def final_reply(transcript: list[dict]) -> str:
     return replies[-1] if replies else ""
 
 
+def without_call_ids(transcript: list[dict]) -> list[dict]:
+    """The transcript with its tool calls' random ids left out, so a rerun's report reads the same."""
+    return [
+        {**m, "tool_calls": [{k: v for k, v in c.items() if k != "id"} for c in m["tool_calls"]]}
+        if m.get("tool_calls")
+        else m
+        for m in transcript
+    ]
+
+
 def tool_metrics(transcripts: list[list[dict]], answers: list[str], num_samples: int = 3) -> dict:
     """`tool_call_rate` (share of replies that call the calculator), `tool_accuracy` (share whose final answer
     equals `answer`), `tool_calls` (calls per reply) and a few transcripts for a report."""
@@ -118,7 +128,9 @@ def tool_metrics(transcripts: list[list[dict]], answers: list[str], num_samples:
         "tool_call_rate": round(sum(called) / len(called), 4),
         "tool_accuracy": round(sum(right) / len(right), 4),
         "tool_calls": round(sum(calls) / len(transcripts), 4),
-        "tool_samples": [{"answer": a, "transcript": t} for t, a in list(zip(transcripts, answers))[:num_samples]],
+        "tool_samples": [
+            {"answer": a, "transcript": without_call_ids(t)} for t, a in list(zip(transcripts, answers))[:num_samples]
+        ],
         ITEMS: {"tool_call_rate": [int(c) for c in called], "tool_accuracy": [int(r) for r in right]},
     }
 
