@@ -80,8 +80,12 @@ def test_grpo_raises_held_out_reward_while_kl_stays_small(trained, sft_folder):
     model wins the format reward with one `Answer:` line; its task accuracy stays 0."""
     result, out = trained
     before, after = result["before"], result["after"]
-    assert {"reward", "reward/format", "accuracy", "task_accuracy", "eot_rate"} <= set(before)
+    assert {"reward", "reward/format", "accuracy", "task_accuracy", "eot_rate", "reply_tokens"} <= set(before)
     assert after["reward"] > before["reward"] + 0.1
+    # reply length is watched on the same questions: one token count per reply, each within the reply budget
+    lengths = after["items"]["reply_tokens"]
+    assert len(lengths) == len(after["items"]["reward"]) == result["gains"]["reply_tokens"]["n"]
+    assert 0 < max(lengths) <= 48 and after["reply_tokens"] == pytest.approx(sum(lengths) / len(lengths), abs=1e-3)
     assert_run_card(out, "grpo")
     assert 0 < after["kl"] < KL_LIMIT and result["kl_max"] < KL_LIMIT
     assert result["steps"] == STEPS and result["tokens"] > 0 and result["tokens_per_second"] > 0

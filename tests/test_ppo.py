@@ -82,7 +82,8 @@ def test_ppo_on_a_reward_model_raises_the_held_out_reward(sft_folder, tiny_rewar
     ]
     result = ppo(*ppo_args(sft_folder, tiny_corpus, tmp_path, *flags))
     before, after = result["before"], result["after"]
-    assert set(before) >= {"reward", "reward/reward_model", "accuracy", "task_accuracy", "eot_rate"}
+    assert set(before) >= {"reward", "reward/reward_model", "accuracy", "task_accuracy", "eot_rate", "reply_tokens"}
+    assert result["gains"]["reply_tokens"]["n"] == len(after["items"]["reward"]) and after["reply_tokens"] > 0
     assert after["reward"] > before["reward"] + 0.3, (before["reward"], after["reward"])
     assert 0 < after["kl"] < KL_LIMIT
     records = step_records(tmp_path)

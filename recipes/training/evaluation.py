@@ -113,14 +113,28 @@ def greedy_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     return completions
 
 
+def chat_completions(
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 32, **template_kwargs
+) -> list:
+    """Greedy assistant replies to chat prompts as `Completion`s: text, token ids (up to the eos token) and whether
+    each ended its turn in time."""
+    from modeling_miniminds.inference import chat_prompt_ids, generate_completions  # training only: see the docstring
+
+    prompts = chat_prompt_ids(tokenizer, conversations, **template_kwargs)
+    return generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
+
+
 def chat_replies(
     model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 32, **template_kwargs
 ) -> list[tuple[str, bool]]:
     """Greedy assistant replies to chat prompts and whether each ended its turn (emitted the eos token) in time."""
-    from modeling_miniminds.inference import chat_prompt_ids, generate_completions  # training only: see the docstring
+    return texts_and_ends(
+        chat_completions(model, tokenizer, conversations, max_new_tokens, batch_size, **template_kwargs)
+    )
 
-    prompts = chat_prompt_ids(tokenizer, conversations, **template_kwargs)
-    completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
+
+def texts_and_ends(completions) -> list[tuple[str, bool]]:
+    """Each completion's text and whether it ended its turn in time: what the accuracy scorers read."""
     return [(completion.text, completion.finish_reason == "stop") for completion in completions]
 
 

@@ -39,6 +39,8 @@ METRIC_MEANINGS = {
     "preference_accuracy / margin": "the same pairs under DPO's implicit reward, and its mean chosen-rejected margin",
     "reward (ppo, grpo)": "greedy replies to the held-out questions scored by the stage's reward sources, summed: "
     "accuracy and format functions (0-1 each), plus the reward model's score for PPO; reward/<name> per source",
+    "reply_tokens (ppo, grpo)": "tokens in each greedy reply to the held-out questions, averaged: a policy that games "
+    "its reward by writing longer replies shows here",
     "kl": "KL(policy || SFT reference) of sampled held-out replies (PPO) or of training replies (GRPO, TRL's log), "
     "nats per reply summed over tokens (PPO) or per token (GRPO)",
     "tool_call_rate / tool_accuracy": "held-out calculator questions (eval/rl_tools.jsonl) answered greedily with the "

@@ -19,7 +19,13 @@ from data_process.records import DataError, validate_prompt, validate_rl
 from data_process.rewards import REWARD_FUNCTIONS, completion_text, get_reward_functions
 from data_process.sources import resolve_source
 from recipes.training.args import ModelArguments, ScriptArguments
-from recipes.training.evaluation import ChatEvalArguments, chat_replies, eval_mode, reply_accuracy
+from recipes.training.evaluation import (
+    ChatEvalArguments,
+    chat_completions,
+    eval_mode,
+    reply_accuracy,
+    texts_and_ends,
+)
 from recipes.training.intervals import ITEMS
 from recipes.training.reward_model import load_reward_model, score_conversations
 
@@ -261,20 +267,24 @@ def heldout_rl_metrics(
     model, tokenizer, records: list[dict], reward_funcs, weights=None, max_new_tokens: int = 96, num_samples: int = 3
 ) -> dict:
     """Greedy replies to held-out prompts, scored by the stage's reward sources: mean `reward` (their weighted sum),
-    each source's mean, exact-answer `accuracy` / `task_accuracy` when records carry answers, and `eot_rate`."""
+    each source's mean, exact-answer `accuracy` / `task_accuracy` when records carry answers, `eot_rate`, and
+    `reply_tokens` (the mean reply length: a policy that wins its reward by writing more shows there)."""
     with eval_mode(model):
-        replies = chat_replies(model, tokenizer, [as_messages(r["prompt"]) for r in records], max_new_tokens)
+        completions = chat_completions(model, tokenizer, [as_messages(r["prompt"]) for r in records], max_new_tokens)
+    replies = texts_and_ends(completions)
     texts = [text for text, _ in replies]
     scores = score_replies(reward_funcs, records, texts, weights)
     rewards = scores.pop("reward")
     metrics = {"reward": mean(rewards)}
     metrics.update({f"reward/{name}": mean(values) for name, values in scores.items()})
-    items = {"reward": rewards, "eot_rate": [int(ended) for _, ended in replies]}
+    lengths = [len(completion.token_ids) for completion in completions]
+    items = {"reward": rewards, "eot_rate": [int(ended) for _, ended in replies], "reply_tokens": lengths}
     if all("answer" in r for r in records):
         accuracy = reply_accuracy(records, replies)
         metrics.update({key: accuracy[key] for key in ("accuracy", "task_accuracy")})
         items.update({key: accuracy[ITEMS][key] for key in ("accuracy", "task_accuracy")})
     metrics["eot_rate"] = mean([float(ended) for _, ended in replies])
+    metrics["reply_tokens"] = mean([float(length) for length in lengths])
     metrics[ITEMS] = items
     metrics["samples"] = [
         {"question": as_messages(r["prompt"])[-1]["content"], "reply": text}
