@@ -170,23 +170,37 @@ def sample(record: dict, reply: str) -> dict:
     )
 
 
+def grouped(labels, values) -> dict[str, list]:
+    """The values under each label (task family, kind of pair), labels in the order they first come."""
+    groups = defaultdict(list)
+    for label, value in zip(labels, values, strict=True):
+        groups[label].append(value)
+    return groups
+
+
+def group_means(groups: dict[str, list]) -> dict[str, float]:
+    return {name: round(sum(values) / len(values), 4) for name, values in sorted(groups.items())}
+
+
+def group_sizes(groups: dict[str, list]) -> dict[str, int]:
+    return {name: len(values) for name, values in sorted(groups.items())}
+
+
 def reply_accuracy(records: list[dict], replies: list[tuple[str, bool]], generalisable=GENERALISABLE_FAMILIES) -> dict:
     """Exact-answer accuracy of (reply, ended) pairs to `records` (overall, on generalisable families, per family)
     and the share that ended their turn."""
     from data_process.rewards import accuracy_reward
 
     scores = accuracy_reward(completions=[text for text, _ in replies], answer=[r["answer"] for r in records])
-    per_family = defaultdict(list)
-    for record, score in zip(records, scores):
-        per_family[record.get("family", "all")].append(score)
+    per_family = grouped([record.get("family", "all") for record in records], scores)
     task = [s for name, values in per_family.items() if name in generalisable for s in values]
     return {
         "accuracy": round(sum(scores) / len(scores), 4),
         "task_accuracy": round(sum(task) / len(task), 4) if task else None,
         "eot_rate": round(sum(ended for _, ended in replies) / len(replies), 4),
         "probes": len(records),
-        "per_family": {name: round(sum(v) / len(v), 4) for name, v in sorted(per_family.items())},
-        "per_family_n": {name: len(v) for name, v in sorted(per_family.items())},
+        "per_family": group_means(per_family),
+        "per_family_n": group_sizes(per_family),
         ITEMS: {
             "accuracy": [int(score) for score in scores],
             "task_accuracy": [int(score) for score in task],
@@ -203,13 +217,11 @@ def completion_accuracy(model, tokenizer, probes: list[dict], num_samples: int =
     with eval_mode(model):
         completions = greedy_completions(model, tokenizer, [p["prompt"] for p in probes], max_new_tokens=longest + 2)
     hits = [int(answer_matches(completion, probe["answer"])) for probe, completion in zip(probes, completions)]
-    per_family = defaultdict(list)
-    for probe, hit in zip(probes, hits):
-        per_family[probe["family"]].append(hit)
+    per_family = grouped([probe["family"] for probe in probes], hits)
     return {
         "accuracy": round(sum(hits) / len(hits), 4),
         "probes": len(hits),
-        "per_family": {name: round(sum(v) / len(v), 4) for name, v in sorted(per_family.items())},
+        "per_family": group_means(per_family),
         ITEMS: {"accuracy": hits},
         "samples": [
             {"prompt": p["prompt"], "answer": p["answer"], "completion": c}

@@ -1,15 +1,13 @@
 """A trained reward model as a scorer: loading a folder as a one-output sequence classifier, and the rewards of token
 sequences, conversations and held-out pairs. The reward stage trains one; PPO and GRPO score replies with it."""
 
-from collections import defaultdict
-
 import torch
 from transformers import AutoModelForSequenceClassification
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from modeling_miniminds.cli.paths import check_name_or_path, from_pretrained_or_explain
 from modeling_miniminds.inference import pad_batch
-from recipes.training.evaluation import eval_mode
+from recipes.training.evaluation import eval_mode, group_means, group_sizes, grouped
 from recipes.training.intervals import ITEMS
 from recipes.training.models import align_special_tokens, check_vocab_fits
 from recipes.training.preference import PAIR_LABEL
@@ -77,9 +75,6 @@ def pairwise_metrics(model, pairs, pad_token_id: int, batch_size: int = 32) -> d
     }
     kinds = pairs[PAIR_LABEL] if PAIR_LABEL in pairs.column_names else None
     if kinds and all(kinds):
-        per_kind = defaultdict(list)
-        for kind, hit in zip(kinds, right):
-            per_kind[kind].append(hit)
-        metrics["per_kind"] = {kind: round(sum(v) / len(v), 4) for kind, v in sorted(per_kind.items())}
-        metrics["per_kind_n"] = {kind: len(v) for kind, v in sorted(per_kind.items())}
+        per_kind = grouped(kinds, right)
+        metrics["per_kind"], metrics["per_kind_n"] = group_means(per_kind), group_sizes(per_kind)
     return metrics
