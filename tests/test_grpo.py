@@ -239,7 +239,8 @@ def test_response_template_parses_what_the_chat_template_renders(tiny_tokenizer_
 
 
 def test_tool_metrics_on_hand_made_replies():
-    call = {"id": "call_5f80f5", "type": "function", "function": {"name": "calculator", "arguments": {"x": "1"}}}
+    arguments = {"expression": "123 * 45"}
+    call = {"id": "call_5f80f5", "type": "function", "function": {"name": "calculator", "arguments": arguments}}
     transcripts = [
         [
             {"role": "assistant", "content": "", "tool_calls": [call]},
