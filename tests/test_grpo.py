@@ -13,6 +13,7 @@ import pytest
 import torch
 from datasets import Dataset
 from helpers import ScriptedPolicy, assert_run_card, stage_args
+from PIL import Image
 from transformers import AutoModelForCausalLM
 from transformers.utils import get_json_schema
 
@@ -22,7 +23,7 @@ from data_process.tools import CALCULATOR_TOOL
 from modeling_miniminds.tokenizer import RESPONSE_TEMPLATE, load_tokenizer
 from recipes.grpo import main, make_parser
 from recipes.training.args import RewardStageConfig
-from recipes.training.callbacks import METRICS_FILE, read_metrics
+from recipes.training.callbacks import METRICS_FILE, PLOT_FILE, read_metrics, reward_curves
 from recipes.training.checkpoints import is_complete_checkpoint
 from recipes.training.grpo import grpo
 from recipes.training.lifecycle import BEFORE_FILE
@@ -95,6 +96,11 @@ def test_grpo_raises_held_out_reward_while_kl_stays_small(trained, sft_folder):
     assert saved["eval_reward"] == after["reward"] and saved["eval_kl"] == after["kl"]
     assert json.loads((out / BEFORE_FILE).read_text())["reward"] == before["reward"]
     assert logged(out, "kl") and logged(out, "rewards/format/mean")
+    # the plot adds the training reward (summed and per source) and the KL below loss and learning rate
+    curves = reward_curves(read_metrics(out / METRICS_FILE))
+    assert list(curves) == ["reward", "format"] and len(curves["reward"]) == STEPS // 5
+    assert curves["format"] == curves["reward"]  # one source of weight 1: the sum is that source
+    assert Image.open(out / PLOT_FILE).height == 800
     assert is_complete_checkpoint(out / f"checkpoint-{STEPS}")
     assert not torch.equal(up_proj(out), up_proj(sft_folder))
     generation = json.loads((out / "generation_config.json").read_text())

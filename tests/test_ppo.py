@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_run_card, free_port, stage_args
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from modeling_miniminds.tokenizer import load_tokenizer
 from recipes.ppo import main, make_parser
-from recipes.training.callbacks import METRICS_FILE, read_metrics
+from recipes.training.callbacks import METRICS_FILE, PLOT_FILE, read_metrics, reward_curves
 from recipes.training.checkpoints import is_complete_checkpoint
 from recipes.training.ppo import ppo
 from recipes.training.ppo_trainer import PPOTrainer
@@ -105,7 +106,10 @@ def test_ppo_on_a_reward_model_raises_the_held_out_reward(sft_folder, tiny_rewar
         assert all(key in r for r in records), key
     assert is_complete_checkpoint(tmp_path / "checkpoint-8") and not list(tmp_path.glob(".tmp-*"))
     assert json.loads((tmp_path / "all_results.json").read_text())["eval_kl"] == after["kl"]
-    assert (tmp_path / "training_curves.png").stat().st_size > 0
+    # below loss and learning rate, the training reward per step (summed and per source) and the KL
+    curves = reward_curves(read_metrics(tmp_path / METRICS_FILE))
+    assert list(curves) == ["reward", "reward_model"] and len(curves["reward"]) == len(records)
+    assert Image.open(tmp_path / PLOT_FILE).height == 800
     AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True)  # a complete folder
     assert_run_card(tmp_path, "ppo")
     start, end = load_file(sft_folder / "model.safetensors"), load_file(tmp_path / "model.safetensors")

@@ -1,4 +1,4 @@
-"""Trainer callbacks every recipe gets: metrics.jsonl with a loss/lr plot, tokens/s, and Ctrl-C that checkpoints."""
+"""Trainer callbacks every recipe gets: metrics.jsonl with a plot of its curves, tokens/s, and Ctrl-C that checkpoints."""
 
 import json
 import signal
@@ -22,28 +22,62 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def curve(records: list[dict], key: str) -> list[tuple[int, float]]:
+    """(step, value) of every record that logged `key`."""
+    return [(r["step"], r[key]) for r in records if key in r]
+
+
+def reward_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """An RL stage's logged training reward, summed (`reward`) and per source, against the step: GRPO logs a source
+    as `rewards/<name>/mean`, PPO as `rewards/<name>`. Empty for stages that log no reward."""
+    total = curve(records, "reward")
+    if not total:
+        return {}
+    sources = dict.fromkeys(
+        key
+        for r in records
+        for key in r
+        if key.startswith("rewards/") and (key.count("/") == 1 or key.endswith("/mean"))
+    )
+    return {"reward": total} | {key[len("rewards/") :].removesuffix("/mean"): curve(records, key) for key in sources}
+
+
 def plot_metrics(records: list[dict], png_path: str | Path) -> None:
-    """Loss (train and eval) and learning rate against the optimizer step, as one PNG."""
+    """Loss (train and eval) and learning rate against the optimizer step, as one PNG; for an RL stage also its
+    training reward (summed and per source, over the replies it sampled) and its KL to the reference, since there
+    the loss says little about learning."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), layout="tight")
-    loss_ax, lr_ax = fig.subplots(1, 2)
+    rewards = reward_curves(records)
+    rows = 2 if rewards else 1
+    fig = Figure(figsize=(10, 4 * rows), layout="tight")
+    loss_ax, lr_ax, *rl_axes = fig.subplots(rows, 2).flat
     for key, label in (("loss", "train"), ("eval_loss", "eval")):
-        points = [(r["step"], r[key]) for r in records if key in r]
+        points = curve(records, key)
         if points:
             loss_ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
     loss_ax.set(xlabel="step", ylabel="loss", title="loss")
     if loss_ax.get_lines():
         loss_ax.legend()
-    lr_points = [(r["step"], r["learning_rate"]) for r in records if "learning_rate" in r]
+    lr_points = curve(records, "learning_rate")
     if lr_points:
         lr_ax.plot(*zip(*lr_points))
     lr_ax.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    if rewards:
+        reward_ax, kl_ax = rl_axes
+        for label, points in rewards.items():
+            reward_ax.plot(*zip(*points), label=label, linewidth=2 if label == "reward" else 1)
+        reward_ax.set(xlabel="step", ylabel="mean reward", title="training reward (sampled replies)")
+        reward_ax.legend()
+        kl_points = curve(records, "kl")
+        if kl_points:
+            kl_ax.plot(*zip(*kl_points))
+        kl_ax.set(xlabel="step", ylabel="KL", title="KL to the reference")
     fig.savefig(png_path, dpi=100)
 
 
 class MetricsCallback(TrainerCallback):
-    """Append every log to `output_dir/metrics.jsonl` and redraw the loss/lr plot at each save and at the end.
+    """Append every log to `output_dir/metrics.jsonl` and redraw its curves at each save and at the end.
 
     Works with or without `--report_to`. A fresh run starts a new file; on resume, records past the checkpoint's step
     are dropped, so the file matches the training that actually continued.

@@ -146,7 +146,7 @@ def stage_rows(name: str, metrics: dict) -> list[str]:
     }
     lines += [f"- {key}: {format_value(value)}" for key, value in scalars.items()]
     if "curves" in metrics:
-        lines += ["", f"![{name} loss and learning rate]({metrics['curves']})"]
+        lines += ["", f"![{name} training curves]({metrics['curves']})"]
     if "models" in metrics:
         lines += model_table(metrics)
     if "before" in metrics:

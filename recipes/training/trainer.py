@@ -5,7 +5,7 @@
 It works unchanged under Trainer, SFTTrainer, RewardTrainer, DPOTrainer and GRPOTrainer: it leaves `compute_loss`
 to the trainer (TRL adds the MoE load-balancing loss itself) and adds atomic checkpoints, weight decay on >=2-D
 weights only, the min-lr schedules, tokens/s in the logs and on the progress bar, eval perplexity for language-model
-losses, `metrics.jsonl` plus a loss/lr plot, and a Ctrl-C that saves a checkpoint before stopping. It writes no
+losses, `metrics.jsonl` plus a plot of its curves, and a Ctrl-C that saves a checkpoint before stopping. It writes no
 TRL draft model card: the run writes the project's with the final model.
 """
 
