@@ -19,9 +19,9 @@ POST_TRAINING = ("sft", "reward", "dpo", "ppo", "grpo", "agent")
 DEMO_STAGES = ("corpus", "tokenizer", "pretrain", "model", "distill", *POST_TRAINING, "tool_grpo", "eval")
 GPU_STAGES = ("corpus", "tokenizer", "pretrain", "model", *POST_TRAINING, "eval")
 WITH_DISTILL = ("corpus", "tokenizer", "pretrain", "model", "distill", *POST_TRAINING, "eval")
-# Seconds each stage took in `make demo` on this project's 2-core CPU machine on a slow day (pretraining and SFT scaled
-# by what their second epoch cost); the ETA scales what is left by how fast this run has gone so far, so a faster
-# machine sees a shorter one.
+# Seconds each stage took in `make demo` on this project's 2-core CPU machine on a slow day (pretraining, SFT, the
+# reward model and PPO scaled by what their longer runs cost); the ETA scales what is left by how fast this run has
+# gone so far, so a faster machine sees a shorter one.
 EXPECTED_SECONDS = {
     "corpus": 5.5,
     "tokenizer": 4.4,
@@ -29,9 +29,9 @@ EXPECTED_SECONDS = {
     "model": 9.0,
     "distill": 43,
     "sft": 313,
-    "reward": 39,
+    "reward": 77,
     "dpo": 58,
-    "ppo": 68,
+    "ppo": 95,
     "grpo": 47,
     "tool_grpo": 95,
     "eval": 42,
