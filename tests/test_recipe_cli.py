@@ -4,6 +4,7 @@ Each case here was hit by a newcomer: a typo in a model path spent 28 s retrying
 keys and bad data lines printed long tracebacks, `--help` ran to 651 lines without `--config`.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modeling_miniminds.cli.paths import check_name_or_path, is_hub_id
 from recipes.training.args import WORLD_SIZE_VARIABLES, check_one_process_launch
@@ -120,6 +122,30 @@ def test_accelerate_cpu_launch_of_two_processes_is_one_error_line(base_args, mon
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error: accelerate launch was asked for several processes but started one")
     assert "--config_file ds_configs/multi_cpu.yaml" in lines[-1] and (REPO / "ds_configs" / "multi_cpu.yaml").is_file()
+
+
+@pytest.mark.parametrize("where", ["flag", "recipe"])
+def test_deepspeed_without_deepspeed_installed_is_one_error_line(where, base_args, tmp_path, monkeypatch, capsys):
+    """`make install` leaves DeepSpeed out (make install-dev adds it); transformers then stopped with a traceback."""
+    from recipes.pretrain import make_parser
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a)
+    )
+    args = [str(arg) for arg in base_args]
+    if where == "flag":
+        args += ["--deepspeed", str(REPO / "ds_configs" / "zero2.json")]
+    else:
+        recipe = {**yaml.safe_load(TINY_RECIPE.read_text(encoding="utf-8")), "deepspeed": "ds_configs/zero2.json"}
+        (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+        args[args.index(str(TINY_RECIPE))] = str(tmp_path / "recipe.yaml")
+    with pytest.raises(SystemExit) as stopped:
+        make_parser().parse_args_and_config(args)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        'error: --deepspeed needs DeepSpeed, which is not installed: pip install -e ".[deepspeed]" (or make install-dev)'
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ nearest valid name, and user mistakes reported as one `error:` line instead of a
 
 import dataclasses
 import functools
+import importlib.util
 import logging
 import shlex
 import sys
@@ -135,7 +136,7 @@ class RecipeParser(trl.TrlParser):
         )
         return formatter.format_help()
 
-    def _check_config_file(self, path: str) -> None:
+    def _check_config_file(self, path: str) -> dict:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--config {path}: no such file")
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -144,6 +145,7 @@ class RecipeParser(trl.TrlParser):
         for key in values:
             if key != "env" and key not in self.valid_flags:
                 raise ValueError(f"{path}: unknown key '{key}'{did_you_mean(key, self.valid_flags)}")
+        return values
 
     def parse_args_and_config(self, args=None, **kwargs):
         """The stage's dataclasses; a mistake on the command line or in the YAML file exits with one `error:`
@@ -159,11 +161,13 @@ class RecipeParser(trl.TrlParser):
             raise SystemExit(0)
         if args.count("--config") > 1:
             raise ValueError("--config given more than once; put every default in one recipe file")
+        recipe = {}
         if "--config" in args:
             index = args.index("--config")
             if index + 1 >= len(args):
                 raise ValueError("--config needs a YAML file")
-            self._check_config_file(args[index + 1])
+            recipe = self._check_config_file(args[index + 1])
+        check_deepspeed_installed(recipe.get("deepspeed") or "--deepspeed" in args)
         *parsed, remaining = super().parse_args_and_config(args, return_remaining_strings=True)
         unknown = [arg for arg in remaining if arg.startswith("-")]
         if unknown:
@@ -171,6 +175,14 @@ class RecipeParser(trl.TrlParser):
         if remaining:
             raise ValueError(f"unexpected value {remaining[0]!r}: every value follows a --flag")
         return tuple(parsed)
+
+
+def check_deepspeed_installed(asked: bool) -> None:
+    """`make install` leaves DeepSpeed out; without this, transformers reports it missing with a traceback."""
+    if asked and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(
+            '--deepspeed needs DeepSpeed, which is not installed: pip install -e ".[deepspeed]" (or make install-dev)'
+        )
 
 
 def resume_command() -> str:
