@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: install install-dev lint format test test-all demo bench clean
 
-# The package and its server: what the demo and the README's commands need. The extras only the tests, DeepSpeed and
+# The package and its server: what the demo, the chat and the server need. The extras only the tests, DeepSpeed and
 # lm-eval use come with install-dev, so a first `make demo` does not wait for them (about 30 s of pip).
 install: $(STAMP)
 

@@ -124,7 +124,7 @@ def test_accelerate_cpu_launch_of_two_processes_is_one_error_line(base_args, mon
     assert "--config_file ds_configs/multi_cpu.yaml" in lines[-1] and (REPO / "ds_configs" / "multi_cpu.yaml").is_file()
 
 
-@pytest.mark.parametrize("where", ["flag", "recipe"])
+@pytest.mark.parametrize("where", ["flag", "flag=value", "recipe"])
 def test_deepspeed_without_deepspeed_installed_is_one_error_line(where, base_args, tmp_path, monkeypatch, capsys):
     """`make install` leaves DeepSpeed out (make install-dev adds it); transformers then stopped with a traceback."""
     from recipes.pretrain import make_parser
@@ -136,6 +136,8 @@ def test_deepspeed_without_deepspeed_installed_is_one_error_line(where, base_arg
     args = [str(arg) for arg in base_args]
     if where == "flag":
         args += ["--deepspeed", str(REPO / "ds_configs" / "zero2.json")]
+    elif where == "flag=value":
+        args += [f"--deepspeed={REPO / 'ds_configs' / 'zero2.json'}"]
     else:
         recipe = {**yaml.safe_load(TINY_RECIPE.read_text(encoding="utf-8")), "deepspeed": "ds_configs/zero2.json"}
         (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")

@@ -167,7 +167,7 @@ class RecipeParser(trl.TrlParser):
             if index + 1 >= len(args):
                 raise ValueError("--config needs a YAML file")
             recipe = self._check_config_file(args[index + 1])
-        check_deepspeed_installed(recipe.get("deepspeed") or "--deepspeed" in args)
+        check_deepspeed_installed(recipe.get("deepspeed") or any(a.split("=")[0] == "--deepspeed" for a in args))
         *parsed, remaining = super().parse_args_and_config(args, return_remaining_strings=True)
         unknown = [arg for arg in remaining if arg.startswith("-")]
         if unknown:
