@@ -22,16 +22,19 @@ every data tool.
 import json
 import logging
 import random
+import re
 from pathlib import Path
 
 import datasets
 import numpy as np
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from data_process.convert import convert_record
 from data_process.jsonl import iter_lines, parse_line
 from data_process.records import DataError, data_error_in, turns_field
 from data_process.rejected import RejectedWriter, rejected_path_for
 from data_process.sources import resolve_source
+from modeling_miniminds.tokenizer.chat_format import CHAT_TEMPLATE, SPECIAL_TOKENS, TAG_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +189,20 @@ def to_chat_row(record) -> dict:
         messages = messages[1:]  # a system turn that held only the tool list (upstream MiniMind's layout)
     check_turn_order(messages, field)
     return {"messages": messages, "tools": json.dumps(tools, ensure_ascii=False) if tools else None}
+
+
+# A tokenizer adds the special and tag tokens whole, so BPE need not learn them from their pieces.
+_ADDED_TOKENS = re.compile("|".join(map(re.escape, SPECIAL_TOKENS + TAG_TOKENS)))
+
+
+def template_text(record) -> str:
+    """One chat record as the project's chat template lays it out for the model (role headers, the tool list, tool
+    calls as JSON), less the added tokens: the text a tokenizer should learn from. One trained on the messages'
+    words alone spent 458 tokens on a demo calculator prompt, against 220."""
+    row = to_chat_row(record)
+    tools = json.loads(row["tools"]) if row["tools"] else None
+    rendered, _ = render_jinja_template([row["messages"]], tools=tools, chat_template=CHAT_TEMPLATE)
+    return _ADDED_TOKENS.sub("\n", rendered[0])
 
 
 def read_system_prompts(values) -> list[str]:

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import datasets
 
-from data_process.jsonl import expand_inputs, read_jsonl
-from data_process.records import data_error_in, record_text, validate_pretrain
+from data_process.chat import template_text
+from data_process.jsonl import expand_inputs, iter_records, read_jsonl
+from data_process.records import DataError, data_error_in, detect_format, get_validator, record_text, validate_pretrain
 from data_process.sources import resolve_source
 
 logger = logging.getLogger(__name__)
@@ -14,20 +15,28 @@ logger = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".jsonl", ".txt")
 
 
-def _file_texts(path: Path):
+def _file_texts(path: Path, render_chats: bool):
     if path.suffix == ".txt":
         with open(path, encoding="utf-8-sig") as handle:
             yield from (line.rstrip("\r\n") for line in handle if line.strip())
-    else:
-        yield from (record_text(record) for record in read_jsonl(path, validate="auto"))
+        return
+    for number, _, _, record in iter_records(path, get_validator("auto")):
+        if not (render_chats and detect_format(record) == "sft"):
+            yield record_text(record)
+            continue
+        try:
+            yield template_text(record)
+        except ValueError as err:
+            raise DataError(f"{path}:{number}: {err}") from None
 
 
-def iter_texts(inputs, max_docs=None):
+def iter_texts(inputs, max_docs=None, render_chats=False):
     """Stream the text of every record (any project format) of JSONL files, or every non-empty line of .txt
-    files; `inputs` are files, folders or globs, as for the data tools."""
+    files; `inputs` are files, folders or globs, as for the data tools. With `render_chats`, a conversation's text
+    is its chat-template layout (`data_process.chat.template_text`), what a tokenizer should learn from."""
     count = 0
     for path in expand_inputs(inputs, suffixes=TEXT_SUFFIXES):
-        for text in _file_texts(path):
+        for text in _file_texts(path, render_chats):
             yield text
             count += 1
             if max_docs and count >= max_docs:

@@ -3,7 +3,8 @@
     python recipes/tokenizer.py --dataset_name data/synth --output_dir runs/tokenizer --vocab_size 6400
 
 Reads JSONL in any project format (every text field of every record) or .txt files (one document per non-empty
-line). Special tokens get fixed ids (<|endoftext|>=0 pad, <|im_start|>=1 bos, <|im_end|>=2 eos) and the think and
+line). A conversation is read as the chat template lays it out, role headers, tool lists and tool calls included, so
+the markup the model reads costs few tokens. Special tokens get fixed ids (<|endoftext|>=0 pad, <|im_start|>=1 bos, <|im_end|>=2 eos) and the think and
 tool tags follow as unsplittable added tokens; see `modeling_miniminds.tokenizer`. After training, compression
 (UTF-8 bytes and characters per token, per language) is printed for a held-out file.
 """
@@ -60,7 +61,7 @@ def make_parser():
 def main(argv=None):
     args = make_parser().parse_args(argv)
     tokenizer = train_tokenizer(
-        iter_texts(args.dataset_name, args.max_docs),
+        iter_texts(args.dataset_name, args.max_docs, render_chats=True),
         args.output_dir,
         vocab_size=args.vocab_size,
         min_frequency=args.min_frequency,

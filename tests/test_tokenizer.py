@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from data_process.jsonl import read_jsonl
 from data_process.loading import iter_texts
+from data_process.records import DataError
 from data_process.text import compression_stats
 from modeling_miniminds.tokenizer import (
     CHAT_TEMPLATE,
@@ -157,6 +159,57 @@ def test_cli_refuses_a_corpus_without_text(tmp_path, content):
 def test_cli_names_a_missing_input(tmp_path):
     done = run_recipe("--dataset_name", tmp_path / "nope.jsonl", "--output_dir", tmp_path / "tok")
     assert done.returncode == 1 and done.stderr.strip() == f"error: input not found: {tmp_path / 'nope.jsonl'}"
+
+
+CALCULATOR_CHAT = {
+    "messages": [
+        {"role": "user", "content": "What is 12 * 34?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "calculator", "arguments": {"expression": "12 * 34"}}}],
+        },
+        {"role": "tool", "content": "408"},
+        {"role": "assistant", "content": "Answer: 408"},
+    ],
+    "tools": [{"type": "function", "function": {"name": "calculator", "description": "Evaluate an expression."}}],
+}
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_render_chats_reads_a_chat_as_its_template_layout(tmp_path):
+    data = write_jsonl(tmp_path / "mixed.jsonl", [CALCULATOR_CHAT, {"text": "Plain text stays as it is."}])
+    words, layout = list(iter_texts([data])), list(iter_texts([data], render_chats=True))
+    assert words[0] == "What is 12 * 34?\n408\nAnswer: 408" and words[1] == layout[1] == "Plain text stays as it is."
+    assert '"name": "calculator", "description": "Evaluate an expression."' in layout[0]
+    assert '{"name": "calculator", "arguments": {"expression": "12 * 34"}}' in layout[0]
+    assert "\nuser\nWhat is 12 * 34?\n" in layout[0] and "\nassistant\nAnswer: 408\n" in layout[0]
+    assert not any(token in layout[0] for token in ["<|im_start|>", "<|im_end|>", *TAG_TOKENS])
+
+
+def test_render_chats_names_the_line_of_a_chat_out_of_order(tmp_path):
+    reversed_turns = {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "hello"}]}
+    data = write_jsonl(tmp_path / "chats.jsonl", [CALCULATOR_CHAT, reversed_turns])
+    with pytest.raises(DataError, match=r"chats\.jsonl:2: field 'messages\[0\]\.role': 'assistant' cannot come first"):
+        list(iter_texts([data], render_chats=True))
+
+
+def test_a_tokenizer_that_learns_the_chat_layout_spends_fewer_tokens_on_a_tool_chat(tiny_corpus, tmp_path):
+    """The demo's calculator prompt took 458 tokens from a tokenizer trained on the messages' words, 220 from one
+    trained on the chats' layout; the pretraining text costs about the same under both."""
+    files = [tiny_corpus["pretrain"], tiny_corpus["sft"]]
+    words = train_tokenizer(iter_texts(files), tmp_path / "words", vocab_size=1024)
+    layout = train_tokenizer(iter_texts(files, render_chats=True), tmp_path / "layout", vocab_size=1024)
+    chat = next(r for r in read_jsonl(tiny_corpus["sft"]) if r.get("tools"))
+    lengths = [len(t.apply_chat_template(chat["messages"], tools=chat["tools"])["input_ids"]) for t in (words, layout)]
+    assert lengths[1] < 0.6 * lengths[0], lengths
+    held_out = list(iter_texts([Path(tiny_corpus["eval"]) / "pretrain.jsonl"]))
+    costs = [sum(len(t(text)["input_ids"]) for text in held_out) for t in (words, layout)]
+    assert costs[1] < 1.05 * costs[0], costs
 
 
 def test_compression_is_better_than_bytes(tokenizer, tiny_corpus):

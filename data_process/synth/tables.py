@@ -197,13 +197,24 @@ MONTHS_EN = [
     "December",
 ]
 
-SYSTEM_PROMPTS = {
-    "zh": ["你是一个乐于助人的助手。", "你是 MiniMind，一个小而聪明的语言模型。", "请用简洁的中文回答问题。"],
-    "en": ["You are a helpful assistant.", "You are MiniMind, a small but careful language model.", "Answer briefly."],
-}
 RL_SYSTEM = {
     "zh": "先简要说明思路，再在最后一行用“答案：X”的格式给出答案。",
     "en": "Explain briefly, then give the final answer on the last line as 'Answer: X'.",
+}
+# The RL questions' instruction is one of the SFT chats' system prompts, so the SFT model has met it before RL asks.
+SYSTEM_PROMPTS = {
+    "zh": [
+        "你是一个乐于助人的助手。",
+        "你是 MiniMind，一个小而聪明的语言模型。",
+        "请用简洁的中文回答问题。",
+        RL_SYSTEM["zh"],
+    ],
+    "en": [
+        "You are a helpful assistant.",
+        "You are MiniMind, a small but careful language model.",
+        "Answer briefly.",
+        RL_SYSTEM["en"],
+    ],
 }
 CHITCHAT = {
     "zh": [

@@ -20,15 +20,15 @@ DEMO_STAGES = ("corpus", "tokenizer", "pretrain", "model", "distill", *POST_TRAI
 GPU_STAGES = ("corpus", "tokenizer", "pretrain", "model", *POST_TRAINING, "eval")
 WITH_DISTILL = ("corpus", "tokenizer", "pretrain", "model", "distill", *POST_TRAINING, "eval")
 # Seconds each stage took in `make demo` on this project's 2-core CPU machine on a slow day (pretraining, SFT, the
-# reward model and PPO scaled by what their longer runs cost); the ETA scales what is left by how fast this run has
+# reward model and PPO scaled by what their changed runs cost); the ETA scales what is left by how fast this run has
 # gone so far, so a faster machine sees a shorter one.
 EXPECTED_SECONDS = {
     "corpus": 5.5,
     "tokenizer": 4.4,
-    "pretrain": 296,
+    "pretrain": 444,
     "model": 9.0,
     "distill": 43,
-    "sft": 313,
+    "sft": 231,
     "reward": 77,
     "dpo": 58,
     "ppo": 95,

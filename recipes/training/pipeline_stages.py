@@ -127,7 +127,7 @@ def stage_corpus(run: Run, done: dict) -> tuple[dict, dict]:
 
 
 def stage_tokenizer(run: Run, done: dict) -> tuple[dict, str]:
-    """A byte-level BPE tokenizer trained on the pretraining and SFT text, or `--tokenizer` (e.g. upstream's) as
+    """A byte-level BPE tokenizer trained on the pretraining text and the SFT chats as the template lays them out, or `--tokenizer` (e.g. upstream's) as
     is; its compression on held-out text either way."""
     corpus = done["corpus"]
     held_out = iter_texts([Path(corpus["held_out"]) / "pretrain.jsonl"])
@@ -137,7 +137,13 @@ def stage_tokenizer(run: Run, done: dict) -> tuple[dict, str]:
         return metrics | {"compression_heldout": compression_stats(tokenizer, held_out)}, run.tokenizer
     folder = run.out / "tokenizer"
     files = corpus["files"]
-    texts = chain(*(iter_texts([files[stage]], run.tokenizer_docs) for stage in ("pretrain", "sft") if stage in files))
+    texts = chain(
+        *(
+            iter_texts([files[stage]], run.tokenizer_docs, render_chats=True)
+            for stage in ("pretrain", "sft")
+            if stage in files
+        )
+    )
     tokenizer = train_tokenizer(texts, folder, vocab_size=run.vocab_size)
     metrics = {"vocab_size": len(tokenizer), "compression_heldout": compression_stats(tokenizer, held_out)}
     return metrics, str(folder)
