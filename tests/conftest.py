@@ -130,9 +130,9 @@ def quick_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def format_sft_folder(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory):
-    """An SFT model (60 steps) that does not yet end its greedy replies on an answer line but samples one now and
-    then: room for GRPO's format reward to move it (the 30-step model's replies rarely end at all)."""
-    return train_tiny_sft(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory.mktemp("format-sft"), steps=60)
+    """An SFT model (80 steps) that does not yet end its greedy replies on an answer line but samples one now and
+    then: room for GRPO's format reward to move it (the 60-step model's replies rarely end at all)."""
+    return train_tiny_sft(tiny_corpus, tiny_tokenizer_dir, tmp_path_factory.mktemp("format-sft"), steps=80)
 
 
 @pytest.fixture(scope="session")

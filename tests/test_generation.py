@@ -248,7 +248,7 @@ def test_prompt_lookup_keeps_seeded_sampling(tokenizer, prompts):
     torch.manual_seed(0)
     model = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer))).eval()
     with torch.no_grad():
-        model.model.norm.weight.mul_(8)
+        model.model.norm.weight.mul_(6)
     for penalty in (1.0, 1.3):
         params = [
             SamplingParams(max_new_tokens=n, temperature=1.0, repetition_penalty=penalty, seed=7) for n in (10, 60, 25)
@@ -262,7 +262,7 @@ def test_prompt_lookup_keeps_seeded_sampling(tokenizer, prompts):
 def test_draft_model_keeps_greedy_and_seeded_output(model, tokenizer, prompts):
     """Greedy, a draft that agrees with the model (itself) has every draft kept and one with other weights has some
     rejected; seeded sampling rejects the greedy drafts it does not draw. The replies are always plain decoding's."""
-    torch.manual_seed(1)  # a stranger whose greedy tokens match the model's at some steps and not at others
+    torch.manual_seed(6)  # a stranger whose greedy tokens match the model's at some steps and not at others
     stranger = MiniMindForCausalLM(get_config("minimind-tiny", vocab_size=len(tokenizer))).eval()
     for temperature in (0, 0.8):
         params = [SamplingParams(max_new_tokens=n, temperature=temperature, seed=3) for n in (5, 40, 17)]

@@ -77,8 +77,8 @@ def trained(sft_folder, tiny_corpus, tmp_path_factory):
 
 def test_grpo_raises_held_out_reward_while_kl_stays_small(trained, sft_folder):
     """SFT -> GRPO on saved folders, format reward, 40 steps of 4 prompts x 4 replies, lr 5e-4, beta 0.04: from the
-    60-step SFT model, 0 -> 0.75 at KL 0.25 (from the 30-step one, whose replies rarely end, 0.075 -> 0). The tiny
-    model wins the format reward with one `Answer:` line; its task accuracy stays 0."""
+    80-step SFT model, 0.025 -> 0.5 at KL 0.22 (from the 60-step one 0 -> 0, from the 100-step one 0.45 -> 0.5). The
+    tiny model wins the format reward with one `Answer:` line; its task accuracy stays 0."""
     result, out = trained
     before, after = result["before"], result["after"]
     assert {"reward", "reward/format", "accuracy", "task_accuracy", "eot_rate", "reply_tokens"} <= set(before)

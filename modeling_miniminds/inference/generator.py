@@ -300,6 +300,13 @@ class Generator:
         batch.rewind(len(drafts) - kept)
         return all_logits[kept : kept + 1], drawn, kept
 
+    @staticmethod
+    def _last_text(row) -> str:
+        """A finishing row's held-back text: the bytes of a character its tokens ended inside, then what the stop
+        strings were holding."""
+        text, stopped = row.stops.feed(row.text.flush())
+        return text if stopped else text + row.stops.flush()
+
     def _advance(self, rows, active, next_tokens, step, cancelled, tokens) -> list[Delta]:
         """Feed each active row its new token; finished rows get their finish reason and their last text."""
         deltas = []
@@ -312,14 +319,14 @@ class Generator:
                 deltas.append(Delta(row.index, "", FINISH_CANCELLED, len(tokens[row.index])))
                 continue
             if token in self.stop_ids:
-                text, row.finish_reason = row.stops.flush(), FINISH_STOP
+                text, row.finish_reason = self._last_text(row), FINISH_STOP
             else:
                 tokens[row.index].append(token)
                 text, stopped = row.stops.feed(row.text.push(token))
                 if stopped:
                     row.finish_reason = FINISH_STOP
                 elif step + 1 >= row.params.max_new_tokens:
-                    text, row.finish_reason = text + row.stops.flush(), FINISH_LENGTH
+                    text, row.finish_reason = text + self._last_text(row), FINISH_LENGTH
             if text or row.finish_reason:
                 deltas.append(Delta(row.index, text, row.finish_reason, len(tokens[row.index])))
         return deltas

@@ -11,11 +11,21 @@ class TextStream:
     `tokenizers`' DecodeStream does the work on the tokenizer's backend, special tokens skipped as in `decode`."""
 
     def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
         self.backend = tokenizer.backend_tokenizer
         self.stream = DecodeStream(skip_special_tokens=True)
+        self.held = []
 
     def push(self, token_id: int) -> str:
-        return self.stream.step(self.backend, token_id) or ""
+        text = self.stream.step(self.backend, token_id) or ""
+        self.held = [] if text else [*self.held, token_id]
+        return text
+
+    def flush(self) -> str:
+        """The held-back tokens' text when the reply ends inside a character: U+FFFD for the stray bytes, as
+        `decode` gives them, so a finished reply's text is always the decode of its tokens."""
+        held, self.held = self.held, []
+        return self.tokenizer.decode(held, skip_special_tokens=True) if held else ""
 
 
 class StopStrings:
