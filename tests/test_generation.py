@@ -76,6 +76,18 @@ def test_batched_greedy_equals_model_generate_row_by_row(model, tokenizer, promp
         assert completion.text == tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def test_text_cut_inside_a_character_flushes_what_decode_gives(tokenizer):
+    """A reply whose tokens stop inside a multi-byte character: streaming holds the bytes back, and the flush at the
+    end gives them as `decode` does (U+FFFD), so a finished reply's text is the decode of its tokens."""
+    ids = tokenizer.encode("clef 𝄞", add_special_tokens=False)
+    cut = ids[:-1]
+    stream = TextStream(tokenizer)
+    streamed = "".join(stream.push(token) for token in cut)
+    assert streamed == "clef "  # nothing of the half character is streamed
+    assert streamed + stream.flush() == tokenizer.decode(cut) and tokenizer.decode(cut).endswith("\ufffd")
+    assert stream.flush() == ""
+
+
 def test_pad_batch_pads_either_side_and_masks_only_the_padding():
     input_ids, attention_mask = pad_batch([[5, 6, 7], [8]], pad_token_id=0, padding_side="left")
     assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8]] and attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
