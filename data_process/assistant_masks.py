@@ -8,11 +8,11 @@ marked, as upstream MiniMind's trainer marks them. On the project's own template
 its generation markers (tests/test_sft.py checks it), so both ways train the same tokens.
 """
 
-import json
 import re
 
 import datasets
 
+from data_process.chat import row_tools
 from modeling_miniminds.tokenizer.chat_format import BOS, EOS
 
 ASSISTANT_TURN = re.compile(re.escape(f"{BOS}assistant\n") + r"(.*?" + re.escape(EOS) + ")", re.DOTALL)
@@ -32,8 +32,7 @@ def assistant_spans(text: str) -> list[tuple[int, int]]:
 def masked_row(row: dict, tokenizer) -> dict:
     """`{"input_ids", "assistant_masks"}` of one chat row (`messages`, `tools` as JSON text) rendered by the
     tokenizer's template: a token is an assistant token when it starts inside an assistant span."""
-    tools = json.loads(row["tools"]) if row.get("tools") else None
-    text = tokenizer.apply_chat_template(row["messages"], tools=tools, tokenize=False)
+    text = tokenizer.apply_chat_template(row["messages"], tools=row_tools(row), tokenize=False)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     spans = assistant_spans(text)
     masks = [int(any(lo <= start < hi for lo, hi in spans)) for start, _ in encoding["offset_mapping"]]

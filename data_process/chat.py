@@ -191,6 +191,11 @@ def to_chat_row(record) -> dict:
     return {"messages": messages, "tools": json.dumps(tools, ensure_ascii=False) if tools else None}
 
 
+def row_tools(row: dict) -> list[dict] | None:
+    """A chat row's tool list, decoded from the JSON text `to_chat_row` keeps it as (one column type for datasets)."""
+    return json.loads(row["tools"]) if row.get("tools") else None
+
+
 # A tokenizer adds the special and tag tokens whole, so BPE need not learn them from their pieces.
 _ADDED_TOKENS = re.compile("|".join(map(re.escape, SPECIAL_TOKENS + TAG_TOKENS)))
 
@@ -200,8 +205,7 @@ def template_text(record) -> str:
     calls as JSON), less the added tokens: the text a tokenizer should learn from. One trained on the messages'
     words alone spent 458 tokens on a demo calculator prompt, against 220."""
     row = to_chat_row(record)
-    tools = json.loads(row["tools"]) if row["tools"] else None
-    rendered, _ = render_jinja_template([row["messages"]], tools=tools, chat_template=CHAT_TEMPLATE)
+    rendered, _ = render_jinja_template([row["messages"]], tools=row_tools(row), chat_template=CHAT_TEMPLATE)
     return _ADDED_TOKENS.sub("\n", rendered[0])
 
 

@@ -10,9 +10,7 @@ tools and tool calls included. A record that is not a conversation stops the run
 `<output>.rejected.jsonl` with `--skip_bad`.
 """
 
-import json
-
-from data_process.chat import to_chat_row
+from data_process.chat import row_tools, to_chat_row
 from data_process.rejected import print_rejected
 from data_process.transform import JsonlTransform, add_io_arguments
 from modeling_miniminds.cli import FlagParser, command_main
@@ -22,8 +20,7 @@ from modeling_miniminds.tokenizer import load_tokenizer
 def render_record(record, tokenizer) -> dict:
     """One chat record as `{"text"}`: its messages (and tools) through the chat template; ValueError if not a chat."""
     row = to_chat_row(record)
-    tools = json.loads(row["tools"]) if row["tools"] else None
-    return {"text": tokenizer.apply_chat_template(row["messages"], tools=tools, tokenize=False)}
+    return {"text": tokenizer.apply_chat_template(row["messages"], tools=row_tools(row), tokenize=False)}
 
 
 def render_jsonl(inputs, output, tokenizer, skip_bad=False) -> tuple[int, int]:

@@ -127,8 +127,8 @@ def stage_corpus(run: Run, done: dict) -> tuple[dict, dict]:
 
 
 def stage_tokenizer(run: Run, done: dict) -> tuple[dict, str]:
-    """A byte-level BPE tokenizer trained on the pretraining text and the SFT chats as the template lays them out, or `--tokenizer` (e.g. upstream's) as
-    is; its compression on held-out text either way."""
+    """A byte-level BPE tokenizer trained on the pretraining text and the SFT chats as the template lays them out,
+    or `--tokenizer` (e.g. upstream's) as is; its compression on held-out text either way."""
     corpus = done["corpus"]
     held_out = iter_texts([Path(corpus["held_out"]) / "pretrain.jsonl"])
     if run.tokenizer:
