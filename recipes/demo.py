@@ -18,7 +18,7 @@ import argparse
 
 from recipes.training.pipeline import main as pipeline_main
 
-POST_TRAINING = ("distill", "sft", "reward", "dpo", "ppo", "grpo", "tool_grpo")
+POST_TRAINING = ("distill", "sft", "dpo", "reward", "ppo", "grpo", "tool_grpo")
 
 
 def parse_args(argv=None):

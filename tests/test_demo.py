@@ -21,7 +21,7 @@ from recipes.training.pipeline_stages import CONFIGS, STAGE_MODULES, Run, recipe
 
 STEPS = 8  # --stage_steps: distillation and every post-training stage
 PRETRAIN_STEPS = 90  # --max_steps: 60 left trained-fact recall at 0.007 once half the statements came with questions
-TRAINING_STAGES = ("pretrain", "distill", "sft", "reward", "dpo", "ppo", "grpo")
+TRAINING_STAGES = ("pretrain", "distill", "sft", "dpo", "reward", "ppo", "grpo")
 STAGE_KEYS = {"seconds", "steps", "tokens", "before", "after", "gains", "output_dir", "curves"}
 
 
@@ -75,8 +75,8 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path, capsys):
         "model",
         "distill",
         "sft",
-        "reward",
         "dpo",
+        "reward",
         "ppo",
         "grpo",
         "eval",

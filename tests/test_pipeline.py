@@ -24,7 +24,7 @@ from recipes.training.pipeline_plan import (
     step_seconds,
 )
 from recipes.training.pipeline_profiles import GPU_STAGES, PROFILES, parse_override, stage_overrides
-from recipes.training.pipeline_stages import CONFIGS
+from recipes.training.pipeline_stages import CONFIGS, NEEDS, Run, post_training_paths
 from recipes.training.pretraining import make_parser as pretrain_parser
 from recipes.training.warmup import Pass, stage_passes
 
@@ -202,12 +202,27 @@ def test_upstream_files_route_to_stages_by_name(tmp_path):
     assert set(route_folder(folder, ("corpus", "pretrain", "distill"))) == {"pretrain", "distill"}
 
 
+def test_the_reward_model_starts_from_the_dpo_model_when_the_run_trained_one(tmp_path):
+    """DPO runs before the reward model and is where it starts; without a DPO model it starts from SFT, and PPO
+    still starts from SFT with the reward model beside it."""
+    assert GPU_STAGES.index("dpo") < GPU_STAGES.index("reward") < GPU_STAGES.index("ppo")
+    assert NEEDS["reward"] == ("sft",)  # DPO is used when there, not required
+    run = Run(out=tmp_path, recipes={})
+    files = {stage: f"{stage}.jsonl" for stage in ("reward", "ppo")}
+    done = {"corpus": {"held_out": str(tmp_path / "eval"), "files": files}, "sft": "runs/sft"}
+    assert post_training_paths(run, "reward", done)["model_name_or_path"] == "runs/sft"
+    with_dpo = done | {"dpo": "runs/dpo"}
+    assert post_training_paths(run, "reward", with_dpo)["model_name_or_path"] == "runs/dpo"
+    ppo = post_training_paths(run, "ppo", with_dpo | {"reward": "runs/reward"})
+    assert ppo["model_name_or_path"] == "runs/sft" and ppo["reward_model_name_or_path"] == "runs/reward"
+
+
 def test_a_folder_without_a_stages_file_names_what_it_found_and_expects(tmp_path):
     folder = write_upstream_folder(tmp_path / "data", ["pretrain_hq.jsonl", "sft_1024.jsonl"])
     with pytest.raises(ValueError) as error:
         route_folder(folder, GPU_STAGES)
     message = str(error.value)
-    assert "no file for sft, reward, dpo, ppo, grpo, agent" in message
+    assert "no file for sft, dpo, reward, ppo, grpo, agent" in message
     assert "found pretrain_hq.jsonl, sft_1024.jsonl" in message
     assert "sft: sft_t2t_mini.jsonl or sft_mini_512.jsonl" in message and "dpo: dpo.jsonl" in message
     with pytest.raises(ValueError, match="no such folder"):

@@ -15,8 +15,8 @@ HUB_DATASET = "jingyaogong/minimind_dataset"
 UPSTREAM_FILES = {
     "pretrain": ("pretrain_t2t_mini.jsonl", "pretrain_hq.jsonl"),
     "sft": ("sft_t2t_mini.jsonl", "sft_mini_512.jsonl"),
-    "reward": ("dpo.jsonl",),
     "dpo": ("dpo.jsonl",),
+    "reward": ("dpo.jsonl",),
     "ppo": ("rlaif.jsonl", "rlaif-mini.jsonl"),
     "grpo": ("rlaif.jsonl", "rlaif-mini.jsonl"),
     "agent": ("agent_rl.jsonl",),

@@ -13,7 +13,8 @@ from recipes.training.eval_lm import EvalConfig
 from recipes.training.pipeline_stages import CONFIGS, STAGE_MODULES
 
 TRAINING_STAGES = tuple(STAGE_MODULES)
-POST_TRAINING = ("sft", "reward", "dpo", "ppo", "grpo", "agent")
+# DPO before the reward model, which starts from it (see `pipeline_stages.post_training_paths`).
+POST_TRAINING = ("sft", "dpo", "reward", "ppo", "grpo", "agent")
 # The demo's SFT data holds calculator chats (SFT reports the held-out calls); tool_grpo then trains on the calculator
 # questions with the tool offered.
 DEMO_STAGES = ("corpus", "tokenizer", "pretrain", "model", "distill", *POST_TRAINING, "tool_grpo", "eval")

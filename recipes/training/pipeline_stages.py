@@ -241,7 +241,12 @@ def stage_distill(run: Run, done: dict) -> tuple[dict, None]:
 
 def post_training_paths(run: Run, stage: str, done: dict) -> dict:
     """Where a post-training stage starts from and what it reads: the model before it, its file, the held-out
-    files it reports on, and for PPO (and GRPO when the run says so) the reward model when one was trained."""
+    files it reports on, and for PPO (and GRPO when the run says so) the reward model when one was trained.
+
+    The reward model starts from the DPO model when the run trained one (else from SFT): DPO has learnt from the same
+    pairs which replies are preferred, and on the demo's dev split the reward model ranked more held-out pairs right
+    from it (0.8925 against 0.85, paired +0.0425 [+0.012, +0.073]; +0.0225 [-0.010, +0.055] with seed 1), most of
+    it on wrong answers (0.71 against 0.59 of 148)."""
     held_out, files = Path(done["corpus"]["held_out"]), done["corpus"]["files"]
     chat_eval = held_out / "rl.jsonl"
     if stage == "sft":
@@ -249,6 +254,7 @@ def post_training_paths(run: Run, stage: str, done: dict) -> dict:
         return paths | {"dataset_name": files["sft"], "chat_eval_dataset": chat_eval}
     start = {"model_name_or_path": done["sft"], "dataset_name": files[stage]}
     if stage == "reward":
+        start["model_name_or_path"] = done.get("dpo") or done["sft"]
         return start | {"eval_dataset_name": held_out / "dpo.jsonl"}
     if stage == "dpo":
         return start | {"eval_dataset_name": held_out / "dpo.jsonl", "chat_eval_dataset": chat_eval}
@@ -307,10 +313,11 @@ STAGES = {
     "pretrain": stage_pretrain,
     "model": stage_model,
     "distill": stage_distill,
-    **{name: stage_post_training(name) for name in ("sft", "reward", "dpo", "ppo", "grpo", "agent", "tool_grpo")},
+    **{name: stage_post_training(name) for name in ("sft", "dpo", "reward", "ppo", "grpo", "agent", "tool_grpo")},
     "eval": stage_eval,
 }
-# The stages whose artifacts a stage starts from; ppo also takes the reward model when there is one.
+# The stages whose artifacts a stage starts from; reward also takes the DPO model and ppo the reward model when
+# there is one.
 NEEDS = {
     "tokenizer": ("corpus",),
     "pretrain": ("tokenizer",),
