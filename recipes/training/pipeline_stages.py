@@ -252,9 +252,9 @@ def post_training_paths(run: Run, stage: str, done: dict) -> dict:
     if stage == "sft":
         paths = {"model_name_or_path": done["pretrain"], "eval_dataset_name": held_out / "sft.jsonl"}
         return paths | {"dataset_name": files["sft"], "chat_eval_dataset": chat_eval}
-    start = {"model_name_or_path": done["sft"], "dataset_name": files[stage]}
+    model = (done.get("dpo") or done["sft"]) if stage == "reward" else done["sft"]
+    start = {"model_name_or_path": model, "dataset_name": files[stage]}
     if stage == "reward":
-        start["model_name_or_path"] = done.get("dpo") or done["sft"]
         return start | {"eval_dataset_name": held_out / "dpo.jsonl"}
     if stage == "dpo":
         return start | {"eval_dataset_name": held_out / "dpo.jsonl", "chat_eval_dataset": chat_eval}
