@@ -35,8 +35,8 @@ STAGE_MODULES = {
     "pretrain": pretraining,
     "distill": distill,
     "sft": sft,
-    "reward": reward,
     "dpo": dpo,
+    "reward": reward,
     "ppo": ppo,
     "grpo": grpo,
     "agent": grpo,  # GRPO with the tools each record declares (the recipe sets --use_tools)
@@ -313,7 +313,7 @@ STAGES = {
     "pretrain": stage_pretrain,
     "model": stage_model,
     "distill": stage_distill,
-    **{name: stage_post_training(name) for name in ("sft", "dpo", "reward", "ppo", "grpo", "agent", "tool_grpo")},
+    **{name: stage_post_training(name) for name in STAGE_MODULES if name not in ("pretrain", "distill")},
     "eval": stage_eval,
 }
 # The stages whose artifacts a stage starts from; reward also takes the DPO model and ppo the reward model when
