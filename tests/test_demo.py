@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from modeling_miniminds.inference import Generator, SamplingParams, load_for_decoding
@@ -82,6 +83,7 @@ def test_demo_runs_every_stage_and_reports_heldout_metrics(tmp_path, capsys):
         "eval",
     ]
     assert report["machine"]["torch"] and report["machine"]["threads"] >= 1
+    assert report["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # the float rounding
     assert stages["corpus"]["records"]["pretrain"] == 400 and stages["corpus"]["records"]["eval/completion"] > 0
     assert stages["tokenizer"]["compression_heldout"]["en"]["bytes_per_token"] > 1.5  # 2.29
 

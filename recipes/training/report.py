@@ -16,7 +16,9 @@ from recipes.training.intervals import ITEMS, interval, share_interval, verdict,
 METRIC_MEANINGS = {
     "value [low, high] n=": "a held-out mean with its 95% interval (Wilson's for accuracies, t for rewards and KL) "
     "over n questions; a paired change is after minus before on the same questions (loss_vs_alone: with the teacher "
-    "minus alone), claimed only when its interval excludes 0",
+    "minus alone), claimed only when its interval excludes 0. It covers which questions were asked, not training noise: "
+    "the same seed on a CPU with another kernel set (machine.cpu_capability) trains a slightly different model, whose "
+    "numbers can fall outside it",
     "eval_loss": "cross-entropy per token on eval/pretrain.jsonl (held out: no sentence of it is in a training file)",
     "perplexity": "exp(eval_loss)",
     "document_loss": "the same cross-entropy per token taken document by document and averaged over documents, so it "
@@ -116,11 +118,23 @@ def eval_headline(metrics: dict) -> dict:
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name where Linux gives it (`platform.processor()` is often empty there), else the arch."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
+    """What a run's numbers depend on besides its seed. The CPU's kernel set (`cpu_capability`: AVX512, AVX2, ...)
+    rounds floats its own way, so on another CPU the same seed trains a slightly different model."""
     return {
-        "device": torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else f"CPU ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({cpu_name()})",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
