@@ -2,8 +2,8 @@
 --profile demo`, with the demo's own flags.
 
     make demo                                        # installs, then runs this
-    python -m recipes.demo --output_dir runs/demo    # corpus, tokenizer, pretrain, model, distill, sft, reward,
-                                                     # dpo, ppo, grpo, tool_grpo, eval
+    python -m recipes.demo --output_dir runs/demo    # corpus, tokenizer, pretrain, model, distill, sft, dpo,
+                                                     # reward, ppo, grpo, eval (agent, tool_grpo: pipeline --stages)
 
 Each training stage is parsed by its script's own parser from `recipes/configs/<stage>_tiny.yaml` (run sizes there,
 knobs in the stage's dataclasses; the demo passes only paths and the seed) and runs the script's library function.
@@ -17,8 +17,10 @@ run in the same folder skips the stages that finished (`--restart` runs them all
 import argparse
 
 from recipes.training.pipeline import main as pipeline_main
+from recipes.training.pipeline_profiles import DEMO_STAGES, TRAINING_STAGES
 
-POST_TRAINING = ("distill", "sft", "dpo", "reward", "ppo", "grpo", "tool_grpo")
+# The demo's training stages after pretraining, in its order: what `--stage_steps` caps.
+POST_TRAINING = tuple(stage for stage in DEMO_STAGES if stage in TRAINING_STAGES and stage != "pretrain")
 
 
 def parse_args(argv=None):

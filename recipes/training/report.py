@@ -16,9 +16,9 @@ from recipes.training.intervals import ITEMS, interval, share_interval, verdict,
 METRIC_MEANINGS = {
     "value [low, high] n=": "a held-out mean with its 95% interval (Wilson's for accuracies, t for rewards and KL) "
     "over n questions; a paired change is after minus before on the same questions (loss_vs_alone: with the teacher "
-    "minus alone), claimed only when its interval excludes 0. It covers which questions were asked, not training noise: "
-    "the same seed on a CPU with another kernel set (machine.cpu_capability) trains a slightly different model, whose "
-    "numbers can fall outside it",
+    "minus alone), claimed only when its interval excludes 0. It covers which questions were asked, not training "
+    "noise: the same seed on a CPU with another kernel set (machine.cpu_capability) trains a slightly different model, "
+    "whose numbers can fall outside it",
     "eval_loss": "cross-entropy per token on eval/pretrain.jsonl (held out: no sentence of it is in a training file)",
     "perplexity": "exp(eval_loss)",
     "document_loss": "the same cross-entropy per token taken document by document and averaged over documents, so it "
