@@ -174,6 +174,29 @@ def test_ppo_on_reward_functions_reports_a_failing_one_by_name(sft_folder, tiny_
     assert 0 < after["kl"] < KL_LIMIT  # the policy moved off the reference
 
 
+def test_the_critic_learns_at_its_own_rate(sft_folder, tiny_corpus, tmp_path):
+    """`--critic_learning_rate` puts every critic parameter, and only those, in groups at that rate; the schedule
+    scales both rates alike."""
+    _, training_args, model_args = ppo_args(
+        sft_folder, tiny_corpus, tmp_path, "--reward_funcs", "format", "--critic_learning_rate", 1e-3
+    )
+    training_args.lr_scheduler_type, training_args.warmup_steps = "linear", 0
+    tokenizer = load_tokenizer(sft_folder)
+    policy, critic = AutoModelForCausalLM.from_pretrained(sft_folder), load_reward_model(model_args, tokenizer)
+    records = read_rl_records(tiny_corpus["rl"])
+    reference = AutoModelForCausalLM.from_pretrained(sft_folder)
+    trainer = PPOTrainer(training_args, policy, critic, [], tokenizer, records, ref_model=reference)
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    rate = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    grouped = [id(p) for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert len(grouped) == len(rate) == len([p for p in trainer.model.parameters() if p.requires_grad])
+    assert {rate[id(p)] for p in critic.parameters()} == {1e-3}
+    assert {rate[id(p)] for p in policy.parameters()} == {training_args.learning_rate}
+    trainer.lr_scheduler.step()
+    trainer.lr_scheduler.step()
+    assert sorted(set(trainer.lr_scheduler.get_last_lr())) == pytest.approx([training_args.learning_rate / 2, 5e-4])
+
+
 def test_resume_repeats_the_uninterrupted_run(sft_folder, tiny_corpus, tmp_path):
     flags = [
         "--reward_funcs",
@@ -267,6 +290,8 @@ def two_process_runs(sft_folder, tiny_corpus, tmp_path_factory):
             "2",
             "--save_steps",
             "2",
+            "--critic_learning_rate",
+            "1e-3",
             "--output_dir",
             str(out),
             "--report_to",

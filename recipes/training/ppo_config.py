@@ -18,7 +18,10 @@ class PPOConfig(MiniMindsDefaults, TrainingArguments):
     """
 
     output_dir: str | None = field(default="runs/ppo", metadata={"help": "Checkpoints and the final model."})
-    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate of actor and critic."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate of the actor (and critic)."})
+    critic_learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate of the critic; default --learning_rate."}
+    )
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the prompts (without max_steps)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Replies per update micro-batch."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N rollouts."})

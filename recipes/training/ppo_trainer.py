@@ -65,6 +65,11 @@ class PPOTrainer(MiniMindsTrainerMixin, Trainer):
         for model in (policy, critic):
             disable_dropout_in_model(model)
         super().__init__(model=PolicyAndValue(policy, critic), args=args, processing_class=tokenizer)
+        deepspeed_config = getattr(getattr(args, "hf_deepspeed_config", None), "config", {})
+        if args.critic_learning_rate is not None and "optimizer" in deepspeed_config:
+            raise ValueError(
+                "--critic_learning_rate needs the Trainer's optimizer: drop `optimizer` from the DeepSpeed config"
+            )
         self.reward_funcs, self.eval_records = reward_funcs, eval_records or []
         self.eval_max_new_tokens = eval_max_new_tokens
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
@@ -93,6 +98,21 @@ class PPOTrainer(MiniMindsTrainerMixin, Trainer):
         if self.is_deepspeed_enabled:
             return prepare_deepspeed(model, self.accelerator)
         return model.to(self.accelerator.device)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the critic's parameters in groups of their own at `critic_learning_rate`:
+        a critic that learns at the actor's small rate stays useless for the whole of a short run."""
+        optimizer = super().create_optimizer(model)
+        if self.args.critic_learning_rate is None:
+            return optimizer
+        critic = {id(p) for p in self.accelerator.unwrap_model(self.model).critic.parameters()}
+        for group in list(optimizer.param_groups):
+            own = [p for p in group["params"] if id(p) in critic]
+            group["params"] = [p for p in group["params"] if id(p) not in critic]
+            if own:
+                optimizer.add_param_group({**group, "params": own, "lr": self.args.critic_learning_rate})
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
 
     @property
     def policy(self):
