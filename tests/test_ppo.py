@@ -1,7 +1,8 @@
 """PPO (TRL removed its trainer; the math is tested in test_ppo_math.py), real runs from a tiny SFT folder: the
 held-out reward rises with the KL to the reference in bounds, on a reward model and on reward functions; a raising
-reward function is reported by name; two processes end with identical weights, under DDP and ZeRO-3; resume repeats
-the uninterrupted run; LoRA uses its base as the reference; Ctrl-C saves a checkpoint and the run resumes."""
+reward function is reported by name; the critic learns at its own rate when asked; two processes end with identical
+weights, under DDP and ZeRO-3; resume repeats the uninterrupted run; LoRA uses its base as the reference; Ctrl-C saves
+a checkpoint and the run resumes."""
 
 import json
 import logging
