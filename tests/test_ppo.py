@@ -338,6 +338,14 @@ def test_cli_errors_name_the_problem(sft_folder, tiny_corpus, tmp_path, capsys):
         main(*args)
     err = capsys.readouterr().err
     assert exit_info.value.code != 0 and err.startswith("error:") and "missing.jsonl" in err
+    # a DeepSpeed config with its own optimizer would leave the critic at the actor's rate without a word
+    ds_config = tmp_path / "with_optimizer.json"
+    ds_config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}))
+    flags = ["--dataset_name", str(tiny_corpus["rl"]), "--deepspeed", str(ds_config), "--critic_learning_rate", "1e-3"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(*make_parser().parse_args_and_config(base + flags))
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and err.startswith("error:") and "--critic_learning_rate" in err
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(sft_folder, tiny_corpus, tmp_path):

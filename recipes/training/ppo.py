@@ -93,6 +93,12 @@ def build_trainer(script_args: RLScriptArguments, training_args: PPOConfig, mode
         raise ValueError("pass --dataset_name: the prompts to train on")
     if model_args.use_peft and training_args.deepspeed_plugin is not None:
         raise ValueError("--use_peft under DeepSpeed: the adapter is merged before the final save, which needs DDP")
+    if training_args.critic_learning_rate is not None and "optimizer" in getattr(
+        training_args.deepspeed_plugin, "deepspeed_config", {}
+    ):
+        raise ValueError(
+            "--critic_learning_rate needs the Trainer's optimizer: drop `optimizer` from the DeepSpeed config"
+        )
     tokenizer = resolve_tokenizer(model_args)
     train_records = fit_prompts(
         read_rl_records(script_args.dataset_name, script_args.dataset_train_split),

@@ -65,11 +65,6 @@ class PPOTrainer(MiniMindsTrainerMixin, Trainer):
         for model in (policy, critic):
             disable_dropout_in_model(model)
         super().__init__(model=PolicyAndValue(policy, critic), args=args, processing_class=tokenizer)
-        deepspeed_config = getattr(getattr(args, "hf_deepspeed_config", None), "config", {})
-        if args.critic_learning_rate is not None and "optimizer" in deepspeed_config:
-            raise ValueError(
-                "--critic_learning_rate needs the Trainer's optimizer: drop `optimizer` from the DeepSpeed config"
-            )
         self.reward_funcs, self.eval_records = reward_funcs, eval_records or []
         self.eval_max_new_tokens = eval_max_new_tokens
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
